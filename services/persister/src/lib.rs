@@ -1,0 +1,250 @@
+//! sysmonstm-persister: the only writer of the database.
+//!
+//! It pulls snapshots from the durable consumer `persister` on METRICS in
+//! batches, writes each batch with one statement, and acknowledges the
+//! messages only after the rows are committed. A message that can never be
+//! stored (garbage, wrong subject, absurd timestamp) is terminated, counted and
+//! logged; the rest of its batch is stored. A database error acknowledges
+//! nothing: the batch is written again, with back-off, until it goes in.
+
+pub mod config;
+pub mod counters;
+pub mod decode;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use sysmonstm_schemas::streams;
+use tokio_util::sync::CancellationToken;
+
+pub use config::PersisterConfig;
+pub use counters::Counters;
+use decode::{Limits, MetricRow, Rejection};
+
+pub struct Persister {
+    config: PersisterConfig,
+    counters: Arc<Counters>,
+}
+
+impl Persister {
+    pub fn new(config: PersisterConfig) -> Self {
+        Self {
+            config,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Live counters, readable while [`run`](Self::run) goes on.
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Runs until `shutdown`. Returns an error only for what retrying cannot
+    /// mend (a configuration the server refuses); an absent hub or database
+    /// is waited for.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let cfg = &self.config;
+        let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
+        let client = cfg.nats.connect("sysmonstm-persister", true).await?;
+        let js = jetstream::new(client);
+
+        let Some(consumer) = ensure_consumer(&js, cfg, max_backoff, &shutdown).await else {
+            return Ok(());
+        };
+        let Some(pool) = store::connect(&cfg.database_url, max_backoff, &shutdown).await else {
+            return Ok(());
+        };
+        tracing::info!(batch_size = cfg.batch_size, "persister ready");
+
+        let limits = Limits {
+            max_payload_bytes: cfg.max_payload_bytes,
+            max_future_skew_ms: cfg.max_future_skew_s.saturating_mul(1000),
+        };
+        let linger = Duration::from_millis(cfg.linger_ms.max(1));
+        let mut fetch_backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                b = fetch(&consumer, cfg.batch_size.max(1), linger) => b,
+                _ = shutdown.cancelled() => break,
+            };
+            let msgs = match batch {
+                Ok(m) => {
+                    fetch_backoff = Duration::from_millis(100);
+                    m
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?fetch_backoff, "cannot pull from METRICS");
+                    tokio::select! {
+                        _ = tokio::time::sleep(fetch_backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    fetch_backoff = (fetch_backoff * 2).min(max_backoff);
+                    continue;
+                }
+            };
+            if msgs.is_empty() {
+                continue;
+            }
+            self.handle_batch(&pool, msgs, limits, max_backoff, &shutdown)
+                .await;
+        }
+        tracing::info!(
+            stored = Counters::get(&self.counters.stored),
+            rejected = self.counters.rejected_total(),
+            "persister stopped"
+        );
+        Ok(())
+    }
+
+    /// Sorts a batch into rows and rejects, terminates the rejects, stores the
+    /// rows (retrying until it works or shutdown), then acknowledges them.
+    async fn handle_batch(
+        &self,
+        pool: &sqlx::PgPool,
+        msgs: Vec<jetstream::Message>,
+        limits: Limits,
+        max_backoff: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let c = &self.counters;
+        let now = chrono::Utc::now();
+        let mut rows: Vec<MetricRow> = Vec::with_capacity(msgs.len());
+        let mut accepted: Vec<jetstream::Message> = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            Counters::add(&c.received, 1);
+            if msg.info().is_ok_and(|i| i.delivered > 1) {
+                Counters::add(&c.redelivered, 1);
+            }
+            match decode::decode(msg.subject.as_str(), &msg.payload, now, limits) {
+                Ok(row) => {
+                    rows.push(row);
+                    accepted.push(msg);
+                }
+                Err(why) => self.reject(&msg, why).await,
+            }
+        }
+
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store::insert_metrics(pool, &rows).await {
+                Ok(new) => {
+                    Counters::add(&c.stored, new);
+                    Counters::add(&c.duplicates, rows.len() as u64 - new);
+                    Counters::add(&c.batches, 1);
+                    break;
+                }
+                Err(e) => {
+                    let n = c
+                        .db_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    tracing::warn!(error = %e, rows = rows.len(), db_errors_total = n, retry_in = ?backoff,
+                        "database write failed; nothing acknowledged, retrying");
+                    // Keep the messages ours while we retry, so they are not
+                    // handed to another instance in the meantime.
+                    for m in &accepted {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        // Unacknowledged: JetStream redelivers them later.
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+        for m in &accepted {
+            if let Err(e) = m.ack().await {
+                // The row is committed; a lost ack means a redelivery that
+                // ON CONFLICT turns into nothing.
+                tracing::debug!(error = %e, "ack not sent");
+            }
+        }
+    }
+
+    async fn reject(&self, msg: &jetstream::Message, why: Rejection) {
+        let c = &self.counters;
+        let counter = match why {
+            Rejection::Oversized(_) => &c.rejected_oversized,
+            Rejection::Decode(_) => &c.rejected_decode,
+            Rejection::Subject | Rejection::MachineMismatch { .. } => &c.rejected_subject,
+            Rejection::Timestamp(_) => &c.rejected_timestamp,
+        };
+        Counters::add(counter, 1);
+        tracing::warn!(subject = %msg.subject, bytes = msg.payload.len(), reason = %why,
+            rejected_total = c.rejected_total(), "snapshot rejected and terminated");
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "terminating a rejected message failed; it will come back");
+        }
+    }
+}
+
+/// Creates METRICS and the durable consumer if they are missing, waiting for
+/// the hub while it is away. `None` only if shut down meanwhile.
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    cfg: &PersisterConfig,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let stream = js
+                .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
+                .await?;
+            let consumer = stream
+                .get_or_create_consumer(
+                    streams::PERSISTER_CONSUMER,
+                    streams::persister_consumer(
+                        cfg.max_ack_pending,
+                        Duration::from_secs(cfg.ack_wait_s.max(1)),
+                    ),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(consumer)
+        };
+        match attempt.await {
+            Ok(c) => return Some(c),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
+                "cannot set up METRICS and its consumer"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// One pull of up to `max` messages, waiting at most `linger` for them.
+async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    linger: Duration,
+) -> anyhow::Result<Vec<jetstream::Message>> {
+    let mut batch = consumer
+        .batch()
+        .max_messages(max)
+        .expires(linger)
+        .messages()
+        .await?;
+    let mut out = Vec::with_capacity(max);
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                if out.is_empty() {
+                    return Err(anyhow::anyhow!(e));
+                }
+                tracing::debug!(error = %e, "pull ended early");
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,161 @@
+//! Helpers shared by the persister's integration tests: a persister running
+//! in-process against real servers, and snapshots to publish.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use prost::Message as _;
+use sqlx::PgPool;
+use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_persister::{Counters, Persister, PersisterConfig};
+use sysmonstm_schemas::{MachineId, headers, subjects, v1};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn config(nats_url: &str, db_url: &str) -> PersisterConfig {
+    PersisterConfig {
+        database_url: db_url.to_owned(),
+        batch_size: 200,
+        linger_ms: 50,
+        ack_wait_s: 2,
+        max_backoff_ms: 500,
+        stream_max_mib: 1024,
+        nats: NatsConfig {
+            servers: vec![nats_url.to_owned()],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+pub struct Running {
+    pub counters: Arc<Counters>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("persister stops on shutdown");
+        r.expect("task not panicked")
+            .expect("run ended without error");
+    }
+}
+
+pub fn spawn(cfg: PersisterConfig) -> Running {
+    sysmonstm_kit::telemetry::init_for_tests();
+    let p = Persister::new(cfg);
+    let counters = p.counters();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(p.run(shutdown.clone()));
+    Running {
+        counters,
+        shutdown,
+        task,
+    }
+}
+
+/// A realistic snapshot of `machine` with distinct values per `seq`.
+pub fn snapshot(machine: &str, seq: u64) -> v1::Snapshot {
+    let ts = 1_790_000_000_000 + seq as i64 * 1000;
+    v1::Snapshot {
+        machine_id: machine.to_owned(),
+        seq,
+        timestamp_ms: ts,
+        interval_ms: 1000,
+        cpu: Some(v1::Cpu {
+            usage_percent: (seq % 100) as f32 + 0.5,
+            per_core_percent: vec![1.0, 2.0],
+            ..Default::default()
+        }),
+        memory: Some(v1::Memory {
+            total_bytes: 16 << 30,
+            used_bytes: (1 << 30) + seq,
+            available_bytes: (15 << 30) - seq,
+            swap_total_bytes: 1 << 30,
+            swap_used_bytes: seq,
+            swap_free_bytes: (1 << 30) - seq,
+        }),
+        load: Some(v1::Load {
+            one: seq as f64 / 100.0,
+            five: 0.5,
+            fifteen: 0.25,
+        }),
+        uptime_s: 1000 + seq,
+        process_count: 100 + (seq % 7) as u32,
+        ..Default::default()
+    }
+}
+
+/// Publishes through JetStream as the agent does (Msg-Id `<machine>:<seq>`)
+/// and returns whether JetStream called it a duplicate.
+pub async fn publish(js: &jetstream::Context, snap: &v1::Snapshot) -> bool {
+    let machine = MachineId::parse(&snap.machine_id).expect("valid machine id");
+    publish_raw(
+        js,
+        &subjects::metrics(&machine),
+        &headers::msg_id(&machine, snap.seq),
+        snap.encode_to_vec(),
+    )
+    .await
+}
+
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: Vec<u8>,
+) -> bool {
+    let ack = js
+        .send_publish(
+            subject.to_owned(),
+            PublishMessage::build()
+                .message_id(msg_id)
+                .payload(payload.into()),
+        )
+        .await
+        .expect("publish sent")
+        .await
+        .expect("publish acked");
+    ack.duplicate
+}
+
+/// Creates METRICS as the persister would, so tests can publish before a
+/// persister runs.
+pub async fn ensure_stream(js: &jetstream::Context) -> jetstream::stream::Stream {
+    let limits = config("nats://unused", "postgres://unused").metrics_limits();
+    js.get_or_create_stream(sysmonstm_schemas::streams::metrics(&limits))
+        .await
+        .expect("METRICS created")
+}
+
+pub async fn row_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM metrics")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+pub async fn wait_rows(pool: &PgPool, n: i64) {
+    sysmonstm_testkit::eventually(WAIT, &format!("{n} rows in metrics"), || async {
+        (row_count(pool).await >= n).then_some(())
+    })
+    .await;
+    // Nothing beyond: exactly n.
+    assert_eq!(row_count(pool).await, n);
+}
+
+pub async fn js_for(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url)
+        .await
+        .expect("connect to test nats");
+    jetstream::new(client)
+}

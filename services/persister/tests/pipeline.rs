@@ -1,0 +1,215 @@
+//! The walking skeleton end to end, on a real nats-server and a real
+//! PostgreSQL: agent → JetStream → persister → `metrics`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt as _;
+use prost::Message as _;
+use sysmonstm_persister::Counters;
+use sysmonstm_schemas::v1;
+use sysmonstm_testkit::{NatsServer, TestDb, eventually};
+
+/// seq, ts (ms), cpu %, memory used, swap total, load1, uptime, processes.
+type StoredRow = (i64, i64, f32, i64, i64, f64, i64, i32);
+
+#[tokio::test]
+async fn agent_snapshots_arrive_as_rows_with_the_published_values() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let persister = spawn(config(&nats.url(), db.url()));
+
+    // Record exactly what goes over the wire, to compare with the rows.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut wire = client
+        .subscribe("sysmon.metrics.e2e-box")
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+
+    const N: u64 = 25;
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent_cfg = sysmonstm_agent::AgentConfig {
+        machine: Some("e2e-box".into()),
+        interval_ms: 40,
+        state_dir: Some(state.path().to_owned()),
+        count: Some(N),
+        nats: sysmonstm_kit::nats::NatsConfig {
+            servers: vec![nats.url()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = sysmonstm_agent::run(agent_cfg, Default::default())
+        .await
+        .expect("agent runs");
+    assert_eq!(
+        (report.sampled, report.published, report.pending_at_exit),
+        (N, N, 0)
+    );
+
+    let mut published: BTreeMap<u64, v1::Snapshot> = BTreeMap::new();
+    while published.len() < N as usize {
+        let msg = tokio::time::timeout(WAIT, wire.next())
+            .await
+            .expect("published snapshot seen")
+            .expect("subscription open");
+        let snap = v1::Snapshot::decode(msg.payload).expect("agent publishes valid snapshots");
+        published.insert(snap.seq, snap);
+    }
+
+    wait_rows(&pool, N as i64).await;
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT seq, (extract(epoch FROM ts) * 1000)::int8, cpu_percent, mem_used_bytes,
+                swap_total_bytes, load1, uptime_s, process_count
+         FROM metrics WHERE machine_id = 'e2e-box' ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("query");
+    assert_eq!(rows.len(), N as usize);
+    for (row, (seq, snap)) in rows.iter().zip(&published) {
+        let cpu = snap.cpu.as_ref().expect("cpu");
+        let mem = snap.memory.as_ref().expect("memory");
+        let load = snap.load.as_ref().expect("load");
+        assert_eq!(
+            *row,
+            (
+                *seq as i64,
+                snap.timestamp_ms,
+                cpu.usage_percent,
+                mem.used_bytes as i64,
+                mem.swap_total_bytes as i64,
+                load.one,
+                snap.uptime_s as i64,
+                snap.process_count as i32
+            )
+        );
+        assert!(
+            mem.total_bytes > 0 && snap.uptime_s > 0,
+            "real values, not defaults"
+        );
+    }
+    assert_eq!(Counters::get(&persister.counters.stored), N);
+    persister.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_snapshot_twice_is_one_row() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    ensure_stream(&js).await;
+
+    let snap = snapshot("twice", 1);
+    assert!(!publish(&js, &snap).await, "first publish is new");
+    assert!(
+        publish(&js, &snap).await,
+        "same Msg-Id: JetStream reports a duplicate"
+    );
+    // A copy that slips past the duplicate window (another Msg-Id) must
+    // still change nothing in the table.
+    let machine = sysmonstm_schemas::MachineId::parse("twice").expect("valid");
+    publish_raw(
+        &js,
+        &sysmonstm_schemas::subjects::metrics(&machine),
+        "another-id",
+        snap.encode_to_vec(),
+    )
+    .await;
+
+    let persister = spawn(config(&nats.url(), db.url()));
+    eventually(WAIT, "both copies handled", || async {
+        (Counters::get(&persister.counters.received) >= 2).then_some(())
+    })
+    .await;
+    wait_rows(&pool, 1).await;
+    assert_eq!(Counters::get(&persister.counters.stored), 1);
+    assert_eq!(Counters::get(&persister.counters.duplicates), 1);
+    persister.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_is_terminated_and_counted_while_valid_snapshots_are_stored() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    let stream = ensure_stream(&js).await;
+    let persister = spawn(config(&nats.url(), db.url()));
+
+    let valid = snapshot("x", 1).encode_to_vec();
+    let truncated = valid[..valid.len() / 2].to_vec();
+    publish(&js, &snapshot("x", 1)).await;
+    publish_raw(
+        &js,
+        "sysmon.metrics.x",
+        "g1",
+        b"\xff\xfe not protobuf at all".to_vec(),
+    )
+    .await;
+    publish(&js, &snapshot("x", 2)).await;
+    publish_raw(&js, "sysmon.metrics.x", "g2", truncated).await;
+    publish(&js, &snapshot("x", 3)).await;
+
+    wait_rows(&pool, 3).await;
+    eventually(WAIT, "both bad payloads rejected", || async {
+        (Counters::get(&persister.counters.rejected_decode) == 2).then_some(())
+    })
+    .await;
+
+    // Still running, still storing.
+    publish(&js, &snapshot("x", 4)).await;
+    wait_rows(&pool, 4).await;
+    assert!(!persister.task.is_finished());
+
+    // Terminated, not left to be redelivered forever.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(sysmonstm_schemas::streams::PERSISTER_CONSUMER)
+        .await
+        .expect("consumer");
+    eventually(WAIT, "nothing pending or unacknowledged", || async {
+        let info = consumer.get_info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(persister.counters.rejected_total(), 2);
+    persister.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    ensure_stream(&js).await;
+    let persister = spawn(config(&nats.url(), db.url()));
+
+    // Published on web01's subject but claiming to be db02: refused.
+    publish_raw(
+        &js,
+        "sysmon.metrics.web01",
+        "m1",
+        snapshot("db02", 1).encode_to_vec(),
+    )
+    .await;
+    publish(&js, &snapshot("web01", 1)).await;
+    wait_rows(&pool, 1).await;
+    eventually(WAIT, "impersonation rejected", || async {
+        (Counters::get(&persister.counters.rejected_subject) == 1).then_some(())
+    })
+    .await;
+    let who: String = sqlx::query_scalar("SELECT machine_id FROM metrics")
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(who, "web01");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    persister.stop().await;
+}
