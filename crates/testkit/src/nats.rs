@@ -26,12 +26,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream and waits until it accepts clients.
     pub fn start() -> Self {
-        Self::start_with("")
+        Self::start_with("", "")
     }
 
-    /// Starts a server whose config has `extra` appended (accounts, leaf
-    /// nodes, JetStream `sync_interval` …).
-    pub fn start_with(extra: &str) -> Self {
+    /// A server as durable as the hub (`nats/hub.conf`): JetStream fsyncs
+    /// every write before acking, so a SIGKILL loses nothing acked.
+    pub fn start_hub() -> Self {
+        Self::start_with("sync_interval: always", "")
+    }
+
+    /// Starts a server with `jetstream` added to its JetStream block and
+    /// `extra` appended to its config (accounts, leaf nodes …).
+    pub fn start_with(jetstream: &str, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sysmonstm-nats-")
             .tempdir()
@@ -40,7 +46,7 @@ impl NatsServer {
         let store = dir.path().join("store");
         let conf = format!(
             "listen: 127.0.0.1:{port}\nserver_name: test_{port}\n\
-             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n{extra}\n"
+             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  {jetstream}\n}}\n{extra}\n"
         );
         let mut f = std::fs::File::create(dir.path().join("server.conf")).expect("write config");
         f.write_all(conf.as_bytes()).expect("write config");
