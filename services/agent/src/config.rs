@@ -89,3 +89,32 @@ impl AgentConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
+        let cfg: AgentConfig =
+            sysmonstm_kit::config::load(Some(&path), "SYSMON_AGENT_EXAMPLE_TEST_")
+                .expect("example config loads");
+        assert_eq!(cfg, AgentConfig::default());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let cfg = AgentConfig {
+            machine: Some("Web.01".into()),
+            ..Default::default()
+        };
+        assert!(matches!(cfg.validate(), Err(AgentConfigError::Machine(_))));
+        let cfg = AgentConfig {
+            machine: Some("web01".into()),
+            interval_ms: 5,
+            ..Default::default()
+        };
+        assert!(matches!(cfg.validate(), Err(AgentConfigError::Interval(5))));
+    }
+}

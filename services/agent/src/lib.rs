@@ -8,7 +8,9 @@
 
 pub mod collect;
 pub mod config;
+pub mod procfs;
 pub mod publish;
+pub mod rates;
 pub mod seq;
 
 use std::sync::Arc;

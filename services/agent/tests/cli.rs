@@ -1,0 +1,85 @@
+//! The agent binary as a person runs it.
+
+use std::process::Command;
+
+fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sysmonstm-agent"));
+    c.env_remove("SYSMON_AGENT_CONFIG").env_remove("NATS_URL");
+    c
+}
+
+#[test]
+fn once_json_prints_what_this_machine_has() {
+    let out = agent()
+        .args(["--once", "--json", "--machine", "cli-test"])
+        .output()
+        .expect("run agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["machine_id"], "cli-test");
+    assert!(
+        v["timestamp_ms"]
+            .as_i64()
+            .is_some_and(|t| t > 1_700_000_000_000)
+    );
+    assert!(v["memory"]["total_bytes"].as_u64().is_some_and(|m| m > 0));
+    assert!(
+        v["memory"]["available_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0)
+    );
+    let cores = v["cpu"]["per_core_percent"]
+        .as_array()
+        .expect("per-core list");
+    assert_eq!(
+        cores.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    assert!(v["uptime_s"].as_u64().is_some_and(|u| u > 0));
+    assert!(v["process_count"].as_u64().is_some_and(|p| p > 1));
+    assert!(v["load"]["one"].as_f64().is_some());
+}
+
+#[test]
+fn a_broken_config_file_names_the_field_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "interval_ms = \"fast\"\n").expect("write");
+    let out = agent()
+        .args(["--once", "--json", "--machine", "x", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interval_ms"), "{err}");
+
+    std::fs::write(&path, "interval_ms = 1000\n[nats\n").expect("write");
+    let out = agent()
+        .args(["--once", "--json", "--machine", "x", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agent.toml") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_machine_id_is_a_startup_error() {
+    let out = agent()
+        .args(["--once", "--json", "--machine", "No.Dots"])
+        .output()
+        .expect("run agent");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid machine id"));
+}
