@@ -9,6 +9,8 @@ use crate::subjects;
 
 /// The stream of every machine's snapshots.
 pub const METRICS: &str = "METRICS";
+/// The stream of machine facts: the last `MachineInfo` of every machine.
+pub const MACHINES: &str = "MACHINES";
 /// The persister's durable pull consumer on [`METRICS`].
 pub const PERSISTER_CONSUMER: &str = "persister";
 
@@ -49,6 +51,20 @@ pub fn metrics(limits: &MetricsLimits) -> stream::Config {
     }
 }
 
+/// MACHINES: file storage, only the latest message per subject (machine).
+pub fn machines() -> stream::Config {
+    stream::Config {
+        name: MACHINES.to_owned(),
+        description: Some("sysmonstm machine facts, the latest per machine".to_owned()),
+        subjects: vec![subjects::INFO_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        duplicate_window: METRICS_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
 /// The persister's consumer: durable, explicit acks, everything from the
 /// start of the stream. Several persister instances may pull from it at once
 /// and share the work. A message not acked within `ack_wait` (its persister
@@ -77,5 +93,12 @@ mod tests {
         assert!(cfg.duplicate_window >= Duration::from_secs(120));
         assert!(cfg.max_age > Duration::ZERO && cfg.max_bytes > 0);
         assert_eq!(cfg.subjects, vec!["sysmon.metrics.*".to_owned()]);
+    }
+
+    #[test]
+    fn machines_stream_keeps_the_latest_per_machine() {
+        let cfg = machines();
+        assert_eq!(cfg.max_messages_per_subject, 1);
+        assert_eq!(cfg.subjects, vec!["sysmon.info.*".to_owned()]);
     }
 }

@@ -23,6 +23,11 @@ pub struct AgentConfig {
     /// Snapshots held in memory while the hub does not ack; beyond this the
     /// oldest are dropped and counted.
     pub max_pending: usize,
+    /// Processes in each top list (by CPU, by memory).
+    pub top_n: usize,
+    /// Refresh the process table (the costly part of a sample) every this
+    /// many samples; the top lists repeat the last refresh in between.
+    pub process_every: u32,
     /// Stop after this many snapshots (tests, one-off runs); unset: run until
     /// shut down.
     pub count: Option<u64>,
@@ -37,6 +42,8 @@ impl Default for AgentConfig {
             state_dir: None,
             publish_timeout_ms: 2000,
             max_pending: 3600,
+            top_n: 5,
+            process_every: 5,
             count: None,
             nats: NatsConfig::default(),
         }
@@ -56,6 +63,15 @@ pub enum AgentConfigError {
 }
 
 impl AgentConfig {
+    pub fn collect_options(&self) -> crate::collect::CollectOptions {
+        crate::collect::CollectOptions {
+            interval: std::time::Duration::from_millis(self.interval_ms),
+            top_n: self.top_n,
+            process_every: self.process_every.max(1),
+            ..Default::default()
+        }
+    }
+
     /// The machine id: the configured one, checked as it is, or the hostname
     /// made into a valid subject token.
     pub fn machine_id(&self) -> Result<MachineId, AgentConfigError> {

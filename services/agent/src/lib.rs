@@ -8,6 +8,7 @@
 
 pub mod collect;
 pub mod config;
+pub mod info;
 pub mod procfs;
 pub mod publish;
 pub mod rates;
@@ -51,11 +52,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let interval = Duration::from_millis(config.interval_ms);
     let ack_timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
 
+    let mut collector = collect::Collector::new(machine.clone(), config.collect_options())
+        .context("cannot read this machine's metrics")?;
     let client = config
         .nats
         .connect(&format!("sysmonstm-agent {machine}"), true)
         .await?;
     let js = async_nats::jetstream::new(client.clone());
+    let js_info = js.clone();
     let subject = subjects::metrics(&machine);
     tracing::info!(%machine, %subject, interval_ms = config.interval_ms,
         state_dir = %state_dir.display(), next_seq = seq.last() + 1, "agent started");
@@ -69,8 +73,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         stop_publisher.clone(),
     ));
 
-    let mut collector = collect::Collector::new(machine.clone(), interval)
-        .context("cannot read this machine's metrics")?;
+    let info_task = tokio::spawn(info::run(
+        js_info,
+        machine.clone(),
+        ack_timeout,
+        stop_publisher.clone(),
+    ));
+
     collector.warm_up().await;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,6 +115,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     stop_publisher.cancel();
     let _ = publisher.await;
+    let _ = info_task.await;
     let _ = client.flush().await;
 
     report.published = queue.stats.published.load(Ordering::Relaxed);
@@ -119,7 +129,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 /// One snapshot of this machine, taken now (for `--once --json`).
 pub async fn sample_once(config: &AgentConfig) -> anyhow::Result<sysmonstm_schemas::v1::Snapshot> {
     let machine = config.machine_id()?;
-    let mut collector = collect::Collector::new(machine, Duration::from_millis(config.interval_ms))
+    let mut collector = collect::Collector::new(machine, config.collect_options())
         .context("cannot read this machine's metrics")?;
     collector.warm_up().await;
     Ok(collector.sample(0))

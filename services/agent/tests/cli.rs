@@ -44,6 +44,25 @@ fn once_json_prints_what_this_machine_has() {
     assert!(v["uptime_s"].as_u64().is_some_and(|u| u > 0));
     assert!(v["process_count"].as_u64().is_some_and(|p| p > 1));
     assert!(v["load"]["one"].as_f64().is_some());
+    assert!(v["cpu"]["iowait_percent"].as_f64().is_some());
+    // Every section this machine has (it has no sensors: temperatures may
+    // be empty).
+    for section in [
+        "filesystems",
+        "disks",
+        "interfaces",
+        "top_cpu",
+        "top_memory",
+    ] {
+        let list = v[section]
+            .as_array()
+            .unwrap_or_else(|| panic!("{section} is a list"));
+        assert!(!list.is_empty(), "{section} is populated");
+    }
+    assert!(
+        v["disks"][0]["read_bytes_per_s"].as_f64().is_some(),
+        "rates after warm-up"
+    );
 }
 
 #[test]

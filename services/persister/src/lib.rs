@@ -183,7 +183,7 @@ impl Persister {
     }
 }
 
-/// Creates METRICS and the durable consumer if they are missing, waiting for
+/// Creates METRICS, MACHINES and the durable consumer if they are missing, waiting for
 /// the hub while it is away. `None` only if shut down meanwhile.
 async fn ensure_consumer(
     js: &jetstream::Context,
@@ -194,6 +194,9 @@ async fn ensure_consumer(
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
+            // The agents' MachineInfo lands here; the persister sets up the
+            // hub's streams so a fresh hub needs nothing else.
+            js.get_or_create_stream(streams::machines()).await?;
             let stream = js
                 .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
                 .await?;

@@ -31,6 +31,16 @@ async fn agent_snapshots_arrive_as_rows_with_the_published_values() {
         .expect("subscribe");
     client.flush().await.expect("flush");
 
+    // The persister sets up METRICS and MACHINES before the agent starts.
+    let js = js_for(&nats.url()).await;
+    eventually(WAIT, "the persister created MACHINES", || async {
+        js.get_stream(sysmonstm_schemas::streams::MACHINES)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
     const N: u64 = 25;
     let state = tempfile::tempdir().expect("tempdir");
     let agent_cfg = sysmonstm_agent::AgentConfig {
@@ -95,6 +105,18 @@ async fn agent_snapshots_arrive_as_rows_with_the_published_values() {
         );
     }
     assert_eq!(Counters::get(&persister.counters.stored), N);
+
+    // The agent's facts are in MACHINES, the latest for its subject.
+    let info = js
+        .get_stream(sysmonstm_schemas::streams::MACHINES)
+        .await
+        .expect("MACHINES")
+        .get_last_raw_message_by_subject("sysmon.info.e2e-box")
+        .await
+        .expect("machine info published");
+    let info = v1::MachineInfo::decode(info.payload).expect("valid MachineInfo");
+    assert_eq!(info.machine_id, "e2e-box");
+    assert!(info.core_count >= 1 && info.memory_total_bytes > 0 && !info.agent_version.is_empty());
     persister.stop().await;
 }
 
