@@ -69,24 +69,20 @@ fn once_json_prints_what_this_machine_has() {
 fn a_broken_config_file_names_the_field_and_exits_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("agent.toml");
-    std::fs::write(&path, "interval_ms = \"fast\"\n").expect("write");
-    let out = agent()
-        .args(["--once", "--json", "--machine", "x", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run agent");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The agent's stderr when started with `text` as its config file.
+    let refused = |text: &str| {
+        std::fs::write(&path, text).expect("write");
+        let out = agent()
+            .args(["--once", "--json", "--machine", "x", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run agent");
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("interval_ms = \"fast\"\n");
     assert!(err.contains("interval_ms"), "{err}");
-
-    std::fs::write(&path, "interval_ms = 1000\n[nats\n").expect("write");
-    let out = agent()
-        .args(["--once", "--json", "--machine", "x", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run agent");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("interval_ms = 1000\n[nats\n");
     assert!(
         err.contains("agent.toml") && err.contains("line 2"),
         "{err}"

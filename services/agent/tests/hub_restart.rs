@@ -26,6 +26,20 @@ fn agent_config(url: String, state: &std::path::Path, machine: &str) -> AgentCon
     }
 }
 
+/// A JetStream context on `hub`, with METRICS created as the persister would.
+async fn with_metrics(hub: &NatsServer) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(hub.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let limits = streams::MetricsLimits {
+        max_bytes: 1 << 30,
+        ..Default::default()
+    };
+    js.create_stream(streams::metrics(&limits))
+        .await
+        .expect("METRICS");
+    js
+}
+
 /// Every seq stored in METRICS, and how many messages it holds.
 async fn stored_seqs(js: &async_nats::jetstream::Context) -> (BTreeSet<u64>, u64) {
     let mut stream = js.get_stream(streams::METRICS).await.expect("stream");
@@ -44,15 +58,7 @@ async fn stored_seqs(js: &async_nats::jetstream::Context) -> (BTreeSet<u64>, u64
 async fn hub_down_and_back_leaves_no_gap_and_no_duplicate() {
     sysmonstm_kit::telemetry::init_for_tests();
     let mut hub = NatsServer::start_hub();
-    let client = async_nats::connect(hub.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let limits = streams::MetricsLimits {
-        max_bytes: 1 << 30,
-        ..Default::default()
-    };
-    js.create_stream(streams::metrics(&limits))
-        .await
-        .expect("METRICS");
+    let js = with_metrics(&hub).await;
 
     let state = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();
@@ -104,15 +110,7 @@ async fn hub_down_and_back_leaves_no_gap_and_no_duplicate() {
 async fn seq_keeps_growing_across_restarts() {
     sysmonstm_kit::telemetry::init_for_tests();
     let hub = NatsServer::start();
-    let client = async_nats::connect(hub.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let limits = streams::MetricsLimits {
-        max_bytes: 1 << 30,
-        ..Default::default()
-    };
-    js.create_stream(streams::metrics(&limits))
-        .await
-        .expect("METRICS");
+    let js = with_metrics(&hub).await;
     let state = tempfile::tempdir().expect("tempdir");
     for round in 0..2u64 {
         let cfg = AgentConfig {
