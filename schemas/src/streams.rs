@@ -11,8 +11,20 @@ use crate::subjects;
 pub const METRICS: &str = "METRICS";
 /// The stream of machine facts: the last `MachineInfo` of every machine.
 pub const MACHINES: &str = "MACHINES";
+/// The stream of alert events (firing / resolved / acknowledged).
+pub const ALERTS: &str = "ALERTS";
 /// The persister's durable pull consumer on [`METRICS`].
 pub const PERSISTER_CONSUMER: &str = "persister";
+/// The persister's durable pull consumer on [`ALERTS`].
+pub const PERSISTER_ALERTS_CONSUMER: &str = "persister_alerts";
+/// The alerter's durable pull consumer on [`METRICS`].
+pub const ALERTER_CONSUMER: &str = "alerter";
+/// KV bucket holding the alert rules, one key per rule name.
+pub const RULES_BUCKET: &str = "sysmon_rules";
+/// KV bucket holding the alerter's per-(machine, rule) state.
+pub const ALERT_STATE_BUCKET: &str = "sysmon_alert_state";
+/// How long ALERTS keeps events by default.
+pub const ALERTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// JetStream drops a second message with the same `Nats-Msg-Id` within this
 /// window. It must outlast the longest publish retry of an agent; the contract
@@ -65,6 +77,35 @@ pub fn machines() -> stream::Config {
     }
 }
 
+/// ALERTS: file storage, long retention, de-duplicating by Msg-Id so a
+/// retried event is stored once.
+pub fn alerts() -> stream::Config {
+    stream::Config {
+        name: ALERTS.to_owned(),
+        description: Some("sysmonstm alert events: firing, resolved, acknowledged".to_owned()),
+        subjects: vec![subjects::ALERTS_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: ALERTS_MAX_AGE,
+        duplicate_window: METRICS_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The persister's consumer on ALERTS: every event, into the `alerts` table.
+pub fn persister_alerts_consumer(ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(PERSISTER_ALERTS_CONSUMER.to_owned()),
+        description: Some("sysmonstm-persister: alert events into PostgreSQL".to_owned()),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        filter_subject: subjects::ALERTS_ALL.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// The persister's consumer: durable, explicit acks, everything from the
 /// start of the stream. Several persister instances may pull from it at once
 /// and share the work. A message not acked within `ack_wait` (its persister
@@ -93,6 +134,14 @@ mod tests {
         assert!(cfg.duplicate_window >= Duration::from_secs(120));
         assert!(cfg.max_age > Duration::ZERO && cfg.max_bytes > 0);
         assert_eq!(cfg.subjects, vec!["sysmon.metrics.*".to_owned()]);
+    }
+
+    #[test]
+    fn alerts_stream_dedupes_and_keeps_long() {
+        let cfg = alerts();
+        assert!(cfg.duplicate_window >= Duration::from_secs(120));
+        assert!(cfg.max_age >= Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(cfg.subjects, vec!["sysmon.alerts.*.*.*".to_owned()]);
     }
 
     #[test]

@@ -22,6 +22,53 @@ pub fn info(machine: &MachineId) -> String {
     format!("sysmon.info.{machine}")
 }
 
+/// The severity token of an alert subject.
+pub fn severity_token(severity: crate::v1::Severity) -> &'static str {
+    use crate::v1::Severity;
+    match severity {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+        Severity::Unspecified => "unspecified",
+    }
+}
+
+/// Where the alerter publishes an event of `rule` on `machine`.
+/// `rule` must be a valid token (the same character set as a machine id).
+pub fn alert(severity: crate::v1::Severity, machine: &MachineId, rule: &MachineId) -> String {
+    format!(
+        "sysmon.alerts.{}.{machine}.{rule}",
+        severity_token(severity)
+    )
+}
+
+/// A subscription filter over alert subjects; `None` is a wildcard.
+/// Machine and rule here may themselves be plain tokens only (no glob): the
+/// caller filters finer globs client-side.
+pub fn alerts_filter(
+    severity: Option<crate::v1::Severity>,
+    machine: Option<&MachineId>,
+    rule: Option<&MachineId>,
+) -> String {
+    format!(
+        "sysmon.alerts.{}.{}.{}",
+        severity.map_or("*", severity_token),
+        machine.map_or("*", |m| m.as_str()),
+        rule.map_or("*", |r| r.as_str()),
+    )
+}
+
+/// The parts of an alert subject: (severity, machine, rule).
+pub fn parse_alert(subject: &str) -> Option<(&str, &str, &str)> {
+    let rest = subject.strip_prefix("sysmon.alerts.")?;
+    let mut it = rest.split('.');
+    let (sev, machine, rule) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || sev.is_empty() || machine.is_empty() || rule.is_empty() {
+        return None;
+    }
+    Some((sev, machine, rule))
+}
+
 /// The machine a metrics subject belongs to, if it is one.
 pub fn machine_of_metrics(subject: &str) -> Option<&str> {
     subject
@@ -42,5 +89,22 @@ mod tests {
         assert_eq!(machine_of_metrics("sysmon.metrics."), None);
         assert_eq!(machine_of_metrics("sysmon.metrics.a.b"), None);
         assert_eq!(machine_of_metrics("sysmon.info.web01"), None);
+    }
+
+    #[test]
+    fn builds_and_parses_alert_subjects() {
+        use crate::v1::Severity;
+        let m = MachineId::parse("web01").expect("valid");
+        let r = MachineId::parse("cpu_high").expect("valid");
+        let s = alert(Severity::Critical, &m, &r);
+        assert_eq!(s, "sysmon.alerts.critical.web01.cpu_high");
+        assert_eq!(parse_alert(&s), Some(("critical", "web01", "cpu_high")));
+        assert_eq!(parse_alert("sysmon.alerts.critical.web01"), None);
+        assert_eq!(parse_alert("sysmon.alerts.a.b.c.d"), None);
+        assert_eq!(alerts_filter(None, None, None), ALERTS_ALL);
+        assert_eq!(
+            alerts_filter(Some(Severity::Warning), Some(&m), None),
+            "sysmon.alerts.warning.web01.*"
+        );
     }
 }
