@@ -172,6 +172,7 @@ impl Collector {
             top_cpu: self.top_cpu.clone(),
             top_memory: self.top_memory.clone(),
             temperatures: self.temperatures(),
+            agent: None,
         }
     }
 

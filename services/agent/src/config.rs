@@ -14,15 +14,22 @@ pub struct AgentConfig {
     pub machine: Option<String>,
     /// Sampling interval in milliseconds.
     pub interval_ms: u64,
-    /// Where the agent keeps its sequence number (and, later, its spool).
+    /// Where the agent keeps its sequence number and its spool.
     /// Unset: `$STATE_DIRECTORY` (systemd), else `~/.local/state/sysmonstm-agent`.
     pub state_dir: Option<PathBuf>,
     /// How long to wait for JetStream's ack before publishing the same
     /// message (same Msg-Id) again.
     pub publish_timeout_ms: u64,
-    /// Snapshots held in memory while the hub does not ack; beyond this the
-    /// oldest are dropped and counted.
-    pub max_pending: usize,
+    /// Upper bound of the on-disk spool (every snapshot not yet acked), in
+    /// MiB; when full, the oldest snapshots are dropped and counted.
+    pub spool_max_mb: u64,
+    /// How often the spool is fsynced, in milliseconds (0: every sample).
+    pub spool_fsync_ms: u64,
+    /// Unacked snapshots also kept in memory, so a healthy agent never reads
+    /// its spool back; older ones are read from disk when replayed.
+    pub spool_memory_records: usize,
+    /// Publishes in flight at once while a backlog drains.
+    pub publish_window: usize,
     /// Processes in each top list (by CPU, by memory).
     pub top_n: usize,
     /// Refresh the process table (the costly part of a sample) every this
@@ -41,7 +48,10 @@ impl Default for AgentConfig {
             interval_ms: 1000,
             state_dir: None,
             publish_timeout_ms: 2000,
-            max_pending: 3600,
+            spool_max_mb: 64,
+            spool_fsync_ms: 1000,
+            spool_memory_records: 16,
+            publish_window: 32,
             top_n: 5,
             process_every: 5,
             count: None,
@@ -60,6 +70,8 @@ pub enum AgentConfigError {
     Interval(u64),
     #[error("no state dir: set state_dir (or $STATE_DIRECTORY, or $HOME)")]
     NoStateDir,
+    #[error("spool_max_mb must be at least 1, got {0}")]
+    SpoolSize(u64),
 }
 
 impl AgentConfig {
@@ -85,6 +97,14 @@ impl AgentConfig {
         }
     }
 
+    pub fn spool_options(&self) -> crate::spool::SpoolOptions {
+        crate::spool::SpoolOptions {
+            max_bytes: self.spool_max_mb.saturating_mul(1024 * 1024),
+            memory_records: self.spool_memory_records.max(1),
+            fsync_every: std::time::Duration::from_millis(self.spool_fsync_ms),
+        }
+    }
+
     pub fn state_dir(&self) -> Result<PathBuf, AgentConfigError> {
         if let Some(d) = &self.state_dir {
             return Ok(d.clone());
@@ -100,6 +120,9 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         if self.interval_ms < 10 {
             return Err(AgentConfigError::Interval(self.interval_ms));
+        }
+        if self.spool_max_mb < 1 {
+            return Err(AgentConfigError::SpoolSize(self.spool_max_mb));
         }
         self.machine_id()?;
         Ok(())

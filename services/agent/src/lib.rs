@@ -13,6 +13,7 @@ pub mod procfs;
 pub mod publish;
 pub mod rates;
 pub mod seq;
+pub mod spool;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ pub struct RunReport {
     pub published: u64,
     pub duplicates: u64,
     pub dropped: u64,
-    pub pending_at_exit: usize,
+    pub pending_at_exit: u64,
     pub first_seq: u64,
     pub last_seq: u64,
 }
@@ -49,6 +50,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             state_dir.display()
         )
     })?;
+    let spool_dir = state_dir.join("spool");
+    let spool = spool::Spool::open(&spool_dir, config.spool_options())
+        .with_context(|| format!("failed to open the spool in {}", spool_dir.display()))?;
+    let mut next_seq = seq.last().max(spool.last_seq()) + 1;
     let interval = Duration::from_millis(config.interval_ms);
     let ack_timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
 
@@ -62,14 +67,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let js_info = js.clone();
     let subject = subjects::metrics(&machine);
     tracing::info!(%machine, %subject, interval_ms = config.interval_ms,
-        state_dir = %state_dir.display(), next_seq = seq.last() + 1, "agent started");
+        state_dir = %state_dir.display(), next_seq, "agent started");
 
-    let queue = publish::Queue::new(config.max_pending);
+    let shared = publish::Shared::new(spool);
     let stop_publisher = CancellationToken::new();
     let publisher = tokio::spawn(publish::run_publisher(
         js,
-        Arc::clone(&queue),
+        Arc::clone(&shared),
         ack_timeout,
+        config.publish_window,
         stop_publisher.clone(),
     ));
 
@@ -84,20 +90,45 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = RunReport::default();
+    let mut spool_error_logged = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        let n = seq
-            .advance()
-            .context("failed to record the next sequence number")?;
-        let snap = collector.sample(n);
-        queue.push(publish::Outgoing {
+        let n = next_seq;
+        let mut snap = collector.sample(n);
+        let stats = shared.lock().stats();
+        if stats.pending > 0 || stats.dropped > 0 {
+            snap.agent = Some(sysmonstm_schemas::v1::AgentStatus {
+                spool_pending: stats.pending + 1,
+                spool_dropped: stats.dropped,
+            });
+        }
+        let record = spool::Record {
+            seq: n,
             subject: subject.clone(),
             msg_id: headers::msg_id(&machine, n),
             payload: snap.encode_to_vec().into(),
-        });
+        };
+        let appended = {
+            let mut spool = shared.lock();
+            let r = spool.append(record);
+            let synced = spool.maybe_sync();
+            r.and(synced)
+        };
+        if let Err(e) = appended {
+            // A full or broken disk must not stop the agent; the sample is
+            // lost, and said so once until the spool works again.
+            if !spool_error_logged {
+                tracing::error!(error = %e, seq = n, "cannot write the spool; snapshots are lost until it works again");
+                spool_error_logged = true;
+            }
+        } else {
+            spool_error_logged = false;
+        }
+        next_seq += 1;
+        shared.notify.notify_one();
         if report.sampled == 0 {
             report.first_seq = n;
         }
@@ -108,20 +139,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
     }
 
-    // Give what is queued a moment to be acknowledged before leaving.
+    // Give what is pending a moment to be acknowledged before leaving; what
+    // is not stays in the spool for the next start.
     let grace = tokio::time::Instant::now() + ack_timeout * 3;
-    while !queue.is_empty() && tokio::time::Instant::now() < grace && !shutdown.is_cancelled() {
+    while shared.lock().stats().pending > 0
+        && tokio::time::Instant::now() < grace
+        && !shutdown.is_cancelled()
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop_publisher.cancel();
     let _ = publisher.await;
     let _ = info_task.await;
-    let _ = client.flush().await;
-
-    report.published = queue.stats.published.load(Ordering::Relaxed);
-    report.duplicates = queue.stats.duplicates.load(Ordering::Relaxed);
-    report.dropped = queue.stats.dropped.load(Ordering::Relaxed);
-    report.pending_at_exit = queue.len();
+    // Flushing waits for a connection; with the hub away it would never return.
+    let _ = tokio::time::timeout(ack_timeout, client.flush()).await;
+    {
+        let mut spool = shared.lock();
+        if let Err(e) = spool.sync() {
+            tracing::error!(error = %e, "cannot sync the spool at exit");
+        }
+        let stats = spool.stats();
+        report.dropped = stats.dropped;
+        report.pending_at_exit = stats.pending;
+    }
+    if let Err(e) = seq.record(next_seq - 1) {
+        tracing::error!(error = %e, "cannot record the last sequence number");
+    }
+    report.published = shared.stats.published.load(Ordering::Relaxed);
+    report.duplicates = shared.stats.duplicates.load(Ordering::Relaxed);
     tracing::info!(?report, "agent stopped");
     Ok(report)
 }

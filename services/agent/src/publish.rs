@@ -1,27 +1,23 @@
-//! Publishing to JetStream, decoupled from sampling.
+//! Publishing to JetStream from the spool, decoupled from sampling.
 //!
-//! Samples go into a bounded queue; one task publishes them in order and
-//! waits for each ack. A publish that is not acked in time is sent again with
-//! the same Msg-Id, so a message stored before its ack got lost is not stored
-//! twice (JetStream's duplicate window). Sampling never waits for the network.
+//! The sampler appends every snapshot to the [`Spool`]; this task sends what
+//! the spool holds, in seq order, and acknowledges it there once JetStream
+//! has. A publish that is not acked in time is sent again with the same
+//! Msg-Id, so a message stored before its ack got lost is not stored twice
+//! (JetStream's duplicate window). While the hub answers, up to `window`
+//! publishes are in flight at once, so a backlog (a replay after an outage)
+//! drains fast; after a failure one message probes until the hub is back.
+//! Sampling never waits for the network.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// One encoded snapshot, ready to send.
-#[derive(Clone, Debug)]
-pub struct Outgoing {
-    pub subject: String,
-    pub msg_id: String,
-    pub payload: Bytes,
-}
+use crate::spool::{Record, Spool};
 
 /// What the publisher did, for logs and tests.
 #[derive(Debug, Default)]
@@ -29,105 +25,77 @@ pub struct PublishStats {
     pub published: AtomicU64,
     pub duplicates: AtomicU64,
     pub retries: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
-/// The queue between the sampler and the publisher. Bounded: when full, the
-/// oldest sample is dropped and counted.
-pub struct Queue {
-    inner: std::sync::Mutex<VecDeque<Outgoing>>,
-    cap: usize,
-    notify: Notify,
+/// The spool shared by the sampler (appends) and the publisher (reads, acks).
+pub struct Shared {
+    pub spool: Mutex<Spool>,
+    pub notify: Notify,
     pub stats: PublishStats,
 }
 
-impl Queue {
-    pub fn new(cap: usize) -> Arc<Self> {
+impl Shared {
+    pub fn new(spool: Spool) -> Arc<Self> {
         Arc::new(Self {
-            inner: std::sync::Mutex::new(VecDeque::new()),
-            cap: cap.max(1),
+            spool: Mutex::new(spool),
             notify: Notify::new(),
             stats: PublishStats::default(),
         })
     }
 
-    pub fn push(&self, msg: Outgoing) {
-        let dropped = {
-            let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let dropped = if q.len() >= self.cap {
-                q.pop_front()
-            } else {
-                None
-            };
-            q.push_back(msg);
-            dropped
-        };
-        if let Some(d) = dropped {
-            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(msg_id = %d.msg_id, dropped_total = n, "pending queue full; oldest snapshot dropped");
-        }
-        self.notify.notify_one();
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn front(&self) -> Option<Outgoing> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .front()
-            .cloned()
-    }
-
-    /// Removes the front only if it is still `msg_id` (it may have been
-    /// dropped meanwhile for room).
-    fn pop_if(&self, msg_id: &str) {
-        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if q.front().is_some_and(|m| m.msg_id == msg_id) {
-            q.pop_front();
-        }
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Publishes the queue's messages in order until `shutdown`, then stops
-/// (whatever is still queued is reported, not silently lost).
+/// Publishes the spool's records in order until `shutdown`.
 pub async fn run_publisher(
     js: jetstream::Context,
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     ack_timeout: Duration,
+    window: usize,
     shutdown: CancellationToken,
 ) {
+    let window = window.max(1);
     let mut backoff = Duration::from_millis(50);
+    let mut healthy = true;
     loop {
-        let Some(msg) = queue.front() else {
-            tokio::select! {
-                _ = queue.notify.notified() => continue,
-                _ = shutdown.cancelled() => break,
+        let batch = {
+            let mut spool = shared.lock();
+            let acked = spool.acked();
+            spool.peek(acked, if healthy { window } else { 1 })
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
             }
         };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shared.notify.notified() => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
         let result = tokio::select! {
-            r = publish_once(&js, &msg, ack_timeout) => r,
+            r = publish_batch(&js, &shared, &batch, ack_timeout) => r,
             _ = shutdown.cancelled() => break,
         };
         match result {
-            Ok(duplicate) => {
-                if duplicate {
-                    queue.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                queue.stats.published.fetch_add(1, Ordering::Relaxed);
-                queue.pop_if(&msg.msg_id);
+            Ok(()) => {
+                healthy = true;
                 backoff = Duration::from_millis(50);
             }
-            Err(e) => {
-                let n = queue.stats.retries.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(msg_id = %msg.msg_id, error = %e, retries_total = n,
-                    pending = queue.len(), "publish not acknowledged; will send again with the same Msg-Id");
+            Err((rec, e)) => {
+                healthy = false;
+                let n = shared.stats.retries.fetch_add(1, Ordering::Relaxed) + 1;
+                let pending = shared.lock().stats().pending;
+                tracing::warn!(msg_id = %rec.msg_id, error = %e, retries_total = n, pending,
+                    "publish not acknowledged; will send again with the same Msg-Id");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => break,
@@ -136,32 +104,57 @@ pub async fn run_publisher(
             }
         }
     }
-    let left = queue.len();
-    if left > 0 {
-        tracing::warn!(
-            pending = left,
-            "stopping with snapshots not yet acknowledged"
+    let spool = shared.lock();
+    let pending = spool.stats().pending;
+    if pending > 0 {
+        tracing::info!(
+            pending,
+            "stopping with snapshots not yet acknowledged; they stay in the spool for the next start"
         );
     }
 }
 
-/// One attempt: send and wait for the ack. `Ok(true)` when JetStream says it
-/// already had this Msg-Id.
-async fn publish_once(
+/// Sends every record of `batch`, then waits for their acks in order and
+/// acknowledges each in the spool. Stops at the first failure, returning the
+/// record it failed on.
+async fn publish_batch(
     js: &jetstream::Context,
-    msg: &Outgoing,
+    shared: &Shared,
+    batch: &[Record],
     ack_timeout: Duration,
-) -> Result<bool, String> {
-    let publish = PublishMessage::build()
-        .message_id(msg.msg_id.as_str())
-        .payload(msg.payload.clone());
-    let ack_future = js
-        .send_publish(msg.subject.clone(), publish)
-        .await
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(ack_timeout, ack_future).await {
-        Ok(Ok(ack)) => Ok(ack.duplicate),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no ack within {ack_timeout:?}")),
+) -> Result<(), (Record, String)> {
+    let deadline = tokio::time::Instant::now() + ack_timeout;
+    let mut acks = Vec::with_capacity(batch.len());
+    for rec in batch {
+        let publish = PublishMessage::build()
+            .message_id(rec.msg_id.as_str())
+            .payload(rec.payload.clone());
+        let sent = tokio::time::timeout_at(deadline, js.send_publish(rec.subject.clone(), publish));
+        match sent.await {
+            Ok(Ok(ack)) => acks.push(ack),
+            Ok(Err(e)) => return Err((rec.clone(), e.to_string())),
+            Err(_) => {
+                return Err((
+                    rec.clone(),
+                    format!("could not send within {ack_timeout:?}"),
+                ));
+            }
+        }
     }
+    for (rec, ack) in batch.iter().zip(acks) {
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(ack)) => {
+                if ack.duplicate {
+                    shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = shared.lock().ack(rec.seq) {
+                    tracing::error!(error = %e, seq = rec.seq, "cannot record an ack in the spool");
+                }
+            }
+            Ok(Err(e)) => return Err((rec.clone(), e.to_string())),
+            Err(_) => return Err((rec.clone(), format!("no ack within {ack_timeout:?}"))),
+        }
+    }
+    Ok(())
 }

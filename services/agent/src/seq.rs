@@ -2,6 +2,11 @@
 //! across restarts. It is part of the Msg-Id (`<machine>:<seq>`): a restarted
 //! agent that began at 1 again would have its new snapshots discarded as
 //! duplicates by JetStream for the length of the duplicate window.
+//!
+//! The spool holds every snapshot until it is acked and keeps its newest
+//! segment, so it knows the last seq too; the agent starts after the larger
+//! of the two. This file is the floor for when the spool is lost, and is
+//! written when the spool is synced rather than on every sample.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,21 @@ impl SeqStore {
 
     pub fn last(&self) -> u64 {
         self.last
+    }
+
+    /// Records `n` as used, if it is beyond what is recorded.
+    pub fn record(&mut self, n: u64) -> std::io::Result<()> {
+        if n <= self.last {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{n}")?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        self.last = n;
+        Ok(())
     }
 
     /// The next number, recorded before it is used. Written with a rename so
