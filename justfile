@@ -87,6 +87,16 @@ down:
       scripts/pg.sh stop "{{run_dir}}/pg" && echo "stopped PostgreSQL"
     fi
 
+# Benchmarks that print the figures the README quotes: `just bench agent`.
+bench which:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    eval "$(scripts/install-deps.sh)"
+    case "{{which}}" in
+      agent) scripts/bench-agent.sh ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent" >&2; exit 2 ;;
+    esac
+
 # Print one snapshot of this machine as JSON (what the agent sees).
 agent:
     cargo run -q -p sysmonstm-agent -- --once --json

@@ -23,6 +23,11 @@ use sysmonstm_schemas::v1::{
 use crate::procfs::{self, DiskCounters, NetCounters};
 use crate::rates::{RateTracker, per_second};
 
+/// Mounts and sensors are listed again every this many samples (a new USB
+/// disk shows up within a minute at 1 s); in between only their values are
+/// read.
+const RELIST: u64 = 60;
+
 /// Filesystem types that hold no user data.
 const PSEUDO_FS: &[&str] = &[
     "proc",
@@ -90,6 +95,9 @@ pub struct Collector {
     disk_rates: RateTracker<DiskCounters>,
     net_rates: RateTracker<NetCounters>,
     whole_disks: HashSet<String>,
+    /// Every name of /proc/diskstats seen so far (partitions and loop
+    /// devices too), so /sys/block is listed again only for a new one.
+    disk_names_seen: HashSet<String>,
     samples: u64,
     top_cpu: Vec<Process>,
     top_memory: Vec<Process>,
@@ -116,6 +124,7 @@ impl Collector {
             disk_rates: RateTracker::default(),
             net_rates: RateTracker::default(),
             whole_disks: HashSet::new(),
+            disk_names_seen: HashSet::new(),
             samples: 0,
             top_cpu: Vec::new(),
             top_memory: Vec::new(),
@@ -223,9 +232,8 @@ impl Collector {
             .lines()
             .filter_map(|l| l.split_ascii_whitespace().nth(2))
             .collect();
-        if names.iter().any(|n| {
-            !self.whole_disks.contains(*n) && self.opts.sys_root.join("block").join(n).exists()
-        }) {
+        if names.iter().any(|n| !self.disk_names_seen.contains(*n)) {
+            self.disk_names_seen = names.iter().map(|n| (*n).to_owned()).collect();
             self.whole_disks = std::fs::read_dir(self.opts.sys_root.join("block"))
                 .into_iter()
                 .flatten()
@@ -291,8 +299,16 @@ impl Collector {
     }
 
     fn filesystems(&mut self) -> Vec<Filesystem> {
-        self.filesystems
-            .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
+        // Listing mounts costs far more than reading their usage: re-list
+        // every RELIST samples, read usage every sample.
+        let storage = DiskRefreshKind::nothing().with_storage();
+        if self.samples % RELIST == 1 {
+            self.filesystems.refresh_specifics(true, storage);
+        } else {
+            for d in self.filesystems.iter_mut() {
+                d.refresh_specifics(storage);
+            }
+        }
         let mut seen_devices = HashSet::new();
         let mut out: Vec<Filesystem> = self
             .filesystems
@@ -319,7 +335,10 @@ impl Collector {
         self.sys.refresh_processes_specifics(
             ProcessesToUpdate::All,
             true,
-            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+            ProcessRefreshKind::nothing()
+                .with_cpu()
+                .with_memory()
+                .without_tasks(),
         );
         let mut all: Vec<Process> = self
             .sys
@@ -362,7 +381,13 @@ impl Collector {
     }
 
     fn temperatures(&mut self) -> Vec<Temperature> {
-        self.components.refresh(false);
+        if self.samples % RELIST == 1 {
+            self.components.refresh(true);
+        } else {
+            for c in self.components.iter_mut() {
+                c.refresh();
+            }
+        }
         self.components
             .iter()
             .filter_map(|c| {

@@ -414,9 +414,15 @@ impl Spool {
     }
 
     /// Records in (`lo`, `hi`]: seqs are contiguous within a run, so this is
-    /// the difference, bounded by what is pending.
+    /// the difference — counted from the oldest record still in the spool,
+    /// since those before it were dropped (and counted) already — bounded by
+    /// what is pending.
     fn count_between(&self, lo: u64, hi: u64) -> u64 {
-        (hi - lo).min(self.stats.pending)
+        let oldest = self
+            .segments
+            .front()
+            .map_or(hi, |s| s.first_seq.saturating_sub(1));
+        hi.saturating_sub(lo.max(oldest)).min(self.stats.pending)
     }
 
     /// Fsyncs the current segment and records `acked` if either changed.
