@@ -27,6 +27,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,13 @@ impl Gateway {
         self.start_feeds(&shutdown);
         let app = self.router();
         tracing::info!(%addr, "gateway listening");
+        // Live updates are small writes: without TCP_NODELAY, Nagle holds one
+        // back until the client's delayed ACK (up to 40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
