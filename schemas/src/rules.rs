@@ -435,6 +435,9 @@ pub struct AlertStateRecord {
     /// When this machine's last snapshot arrived (alerter's clock), so that
     /// a restarted alerter still counts the silence of a dead machine.
     pub last_seen_ms: i64,
+    /// That machine's sampling interval, which the silent check counts in.
+    #[serde(default)]
+    pub interval_ms: u32,
     #[serde(default)]
     pub message: String,
 }
