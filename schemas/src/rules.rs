@@ -297,6 +297,7 @@ impl Rule {
             (Some(m), Metric::Disk) if !m.starts_with('/') => {
                 return Err(err("mount", format!("{m:?} is not an absolute path")));
             }
+            (Some(_), Metric::Disk) => {}
             (Some(_), other) => {
                 return Err(err(
                     "mount",
@@ -582,6 +583,13 @@ mod tests {
             ("threshold", Box::new(|r| r.threshold = f64::NAN)),
             ("clear", Box::new(|r| r.clear = Some(95.0))),
             ("mount", Box::new(|r| r.mount = Some("/".into()))),
+            (
+                "mount",
+                Box::new(|r| {
+                    r.metric = Metric::Disk;
+                    r.mount = Some("var".into());
+                }),
+            ),
             ("machines", Box::new(|r| r.machines = vec!["Web.*".into()])),
             ("machines", Box::new(|r| r.machines.clear())),
             ("exclude", Box::new(|r| r.exclude = vec![String::new()])),

@@ -8,5 +8,14 @@
 //! stream the events go to.
 
 pub mod clock;
+pub mod config;
+pub mod counters;
 pub mod engine;
+pub mod rules_file;
 pub mod sample;
+mod service;
+pub mod wire;
+
+pub use config::AlerterConfig;
+pub use counters::Counters;
+pub use service::Alerter;

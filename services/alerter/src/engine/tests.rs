@@ -97,20 +97,18 @@ async fn hysteresis_turns_hovering_into_one_firing_and_one_resolved() {
     let series = [
         91.0, 89.0, 92.0, 85.0, 95.0, 88.0, 91.0, 82.0, 90.5, 86.0, 79.0, 75.0,
     ];
-    let run = |clear: Option<f64>| {
-        async move {
-            let clock = Clock::starting_at(0);
-            let mut e = Engine::new();
-            let mut r = rule("cpu_high", Metric::Cpu, 90.0);
-            r.clear = clear;
-            e.set_rule(r, 0);
-            let mut log = Log::default();
-            for v in series {
-                log.take(&clock, e.on_sample(&cpu("web01", v), clock.now_ms()));
-                advance(SECOND).await;
-            }
-            log.kinds()
+    let run = |clear: Option<f64>| async move {
+        let clock = Clock::starting_at(0);
+        let mut e = Engine::new();
+        let mut r = rule("cpu_high", Metric::Cpu, 90.0);
+        r.clear = clear;
+        e.set_rule(r, 0);
+        let mut log = Log::default();
+        for v in series {
+            log.take(&clock, e.on_sample(&cpu("web01", v), clock.now_ms()));
+            advance(SECOND).await;
         }
+        log.kinds()
     };
     assert_eq!(
         run(Some(80.0)).await,
