@@ -94,9 +94,14 @@ bench which:
     eval "$(scripts/install-deps.sh)"
     case "{{which}}" in
       agent) scripts/bench-agent.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent" >&2; exit 2 ;;
+      alerts) scripts/bench-alerts.sh ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).
 agent:
     cargo run -q -p sysmonstm-agent -- --once --json
+
+# Follow alerts live from the hub (extra flags go to `sysmonstm alerts watch`, e.g. --since 1h --json).
+watch *args:
+    cargo run -q -p sysmonstm-cli --bin sysmonstm -- alerts watch {{args}}

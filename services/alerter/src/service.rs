@@ -122,6 +122,7 @@ impl Alerter {
         let changes = engine.restore(records, self.clock.now_ms());
         self.emit(&js, changes, &tx).await;
         self.reconcile_acks(&mut engine, &alerts, &tx).await;
+        self.seed_machines(&mut engine, &js).await;
 
         let consumer = metrics
             .get_or_create_consumer(
@@ -301,6 +302,28 @@ impl Alerter {
                 && let Some(ev) = wire::decode(&m.payload)
             {
                 self.apply_ack(engine, &ev, tx);
+            }
+        }
+    }
+
+    /// Machines that went quiet while no alerter ran are still owed a
+    /// silent alert: their last snapshot in METRICS says when they were
+    /// last heard of.
+    async fn seed_machines(&self, engine: &mut Engine, js: &jetstream::Context) {
+        let now = self.clock.now_ms();
+        match wire::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
+            Ok(lasts) => {
+                for (subject, payload) in lasts {
+                    if let (Some(m), Ok(s)) = (
+                        subjects::machine_of_metrics(&subject),
+                        v1::Snapshot::decode(payload.as_ref()),
+                    ) {
+                        engine.seen(m, s.timestamp_ms.min(now), s.interval_ms);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the last snapshots; silent machines are counted from their next snapshot")
             }
         }
     }

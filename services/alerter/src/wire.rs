@@ -180,3 +180,50 @@ pub fn from_proto(ev: &v1::AlertEvent) -> Option<Alert> {
 pub fn decode(payload: &[u8]) -> Option<Alert> {
     from_proto(&v1::AlertEvent::decode(payload).ok()?)
 }
+
+/// The last message of every subject of `stream` under `filter` (subject,
+/// payload), read with one last-per-subject ordered consumer: the cost
+/// follows the number of subjects, not the history.
+pub async fn last_per_subject(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<(String, bytes::Bytes)>, WireError> {
+    let setup = |why: String| WireError::Setup {
+        what: format!("reading the last of each subject of {stream}"),
+        why,
+    };
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Ok(Vec::new());
+    };
+    if s.info()
+        .await
+        .map_err(|e| setup(e.to_string()))?
+        .state
+        .messages
+        == 0
+    {
+        return Ok(Vec::new());
+    }
+    let mut msgs = s
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(e.to_string()))?
+        .messages()
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await {
+        let m = m.map_err(|e| setup(e.to_string()))?;
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        out.push((m.subject.to_string(), m.payload.clone()));
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -340,3 +340,37 @@ async fn garbage_and_lies_are_counted_and_survived() {
     assert_eq!(fired[0].threshold, 90.0);
     alerter.stop().await;
 }
+
+#[tokio::test]
+async fn a_machine_that_went_quiet_before_the_alerter_started_is_still_silent() {
+    let nats = NatsServer::start_hub();
+    let js = js_for(&nats.url()).await;
+    let (rules, _) = setup(&js).await;
+    put_rule(
+        &rules,
+        &rule(
+            r#"{"name":"machine_silent","metric":"silent","op":">=",
+        "threshold":3,"severity":"critical"}"#,
+        ),
+    )
+    .await;
+    let mut db = Machine::new("db02").await;
+    db.interval_ms = 200;
+    for _ in 0..3 {
+        db.publish(&js, 5.0).await;
+    }
+    // No alerter was running; the one that starts now learns of db02 from
+    // its last snapshot in METRICS.
+    let alerter = spawn(config(&nats.url()));
+    let filter = critical_filter("db02", "machine_silent");
+    let fired = eventually(WAIT, "machine_silent fires for db02", || {
+        let (js, filter) = (js.clone(), filter.clone());
+        async move {
+            let ev = stored_events(&js, &filter).await;
+            (!ev.is_empty()).then_some(ev)
+        }
+    })
+    .await;
+    assert_eq!(kinds(&fired), vec![(EventKind::Firing, 0)]);
+    alerter.stop().await;
+}

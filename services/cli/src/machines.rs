@@ -3,12 +3,11 @@
 //! with history.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt as _;
+use async_nats::jetstream;
 use prost::Message as _;
 use serde::Serialize;
+use sysmonstm_alerter::wire;
 use sysmonstm_schemas::{streams, subjects, v1};
 
 use crate::print;
@@ -31,48 +30,15 @@ struct Row {
     load1: Option<f64>,
 }
 
-/// The last message of every subject of `stream` under `filter`.
-async fn last_per_subject(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
-    let Ok(mut s) = js.get_stream(stream).await else {
-        return Ok(Vec::new());
-    };
-    if s.info().await?.state.messages == 0 {
-        return Ok(Vec::new());
-    }
-    let mut msgs = s
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
-    let mut out = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await {
-        let m = m?;
-        let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        out.push((m.subject.to_string(), m.payload.clone()));
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
     let mut infos: BTreeMap<String, v1::MachineInfo> = BTreeMap::new();
-    for (_, p) in last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
+    for (_, p) in wire::last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
         if let Ok(i) = v1::MachineInfo::decode(p.as_ref()) {
             infos.insert(i.machine_id.clone(), i);
         }
     }
     let mut snaps: BTreeMap<String, v1::Snapshot> = BTreeMap::new();
-    for (subject, p) in last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
+    for (subject, p) in wire::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
         if let (Some(m), Ok(s)) = (
             subjects::machine_of_metrics(&subject),
             v1::Snapshot::decode(p.as_ref()),
