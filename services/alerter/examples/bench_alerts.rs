@@ -213,9 +213,8 @@ async fn main() -> anyhow::Result<()> {
             s.machine_id = id.to_string();
             s.seq = sec + 1;
             s.timestamp_ms = chrono_now_ms();
-            if let Some(c) = s.cpu.as_mut() {
-                c.usage_percent = if phase < 20 { 95.0 } else { 10.0 };
-            }
+            s.cpu.get_or_insert_with(Default::default).usage_percent =
+                if phase < 20 { 95.0 } else { 10.0 };
             let mut h = async_nats::HeaderMap::new();
             h.insert(headers::MSG_ID, headers::msg_id(id, s.seq).as_str());
             let payload = s.encode_to_vec();

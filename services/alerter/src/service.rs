@@ -210,7 +210,11 @@ impl Alerter {
             .saturating_mul(1000);
         if snap.timestamp_ms < now - max_age {
             Counters::add(&c.snapshots_stale, 1);
-            engine.seen(&snap.machine_id, snap.timestamp_ms.min(now), snap.interval_ms);
+            engine.seen(
+                &snap.machine_id,
+                snap.timestamp_ms.min(now),
+                snap.interval_ms,
+            );
         } else {
             Counters::add(&c.snapshots_evaluated, 1);
             let changes = engine.on_sample(&Sample::from_snapshot(&snap), now);
