@@ -49,8 +49,23 @@ async fn cpu_held_high_fires_once_then_resolves_once() {
             .await;
         tokio::time::sleep(TICK).await;
     }
-    let fired = stored_events(&js, &filter).await;
+    // Every snapshot evaluated and the event stored, however slow the host.
+    let c = alerter.counters.clone();
+    eventually(WAIT, "all 25 snapshots evaluated", || {
+        let c = c.clone();
+        async move { (Counters::get(&c.snapshots_evaluated) >= 25).then_some(()) }
+    })
+    .await;
+    let fired = eventually(WAIT, "the firing event stored", || {
+        let (js, filter) = (js.clone(), filter.clone());
+        async move {
+            let ev = stored_events(&js, &filter).await;
+            (!ev.is_empty()).then_some(ev)
+        }
+    })
+    .await;
     assert_eq!(kinds(&fired), vec![(EventKind::Firing, 0)], "{fired:?}");
+    assert_eq!(Counters::get(&alerter.counters.events_firing), 1);
     assert_eq!((fired[0].value, fired[0].threshold), (97.0, 90.0));
 
     for _ in 0..5 {
@@ -127,6 +142,7 @@ async fn a_restart_while_firing_does_not_fire_again_nor_forget() {
         async move { (Counters::get(&c.snapshots_evaluated) >= 5).then_some(()) }
     })
     .await;
+    assert_eq!(Counters::get(&second.counters.events_firing), 0);
     assert_eq!(
         kinds(&stored_events(&js, &filter).await),
         vec![(EventKind::Firing, 0)]
