@@ -5,6 +5,10 @@
 /// reconnect is stored once.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
+/// JetStream KV's operation header; [`KV_DELETE`] marks a deleted key.
+pub const KV_OPERATION: &str = "KV-Operation";
+pub const KV_DELETE: &str = "DEL";
+
 /// The value of [`MSG_ID`] for one snapshot of one machine.
 pub fn msg_id(machine: &crate::MachineId, seq: u64) -> String {
     format!("{machine}:{seq}")

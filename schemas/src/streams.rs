@@ -162,6 +162,13 @@ pub fn alert_state_bucket() -> async_nats::jetstream::kv::Config {
     }
 }
 
+/// The subject a write to key `key` of [`ALERT_STATE_BUCKET`] is published
+/// on (JetStream KV's own layout, `$KV.<bucket>.<key>`). The alerter writes
+/// there directly so that many state writes can be in flight at once.
+pub fn alert_state_subject(key: &str) -> String {
+    format!("$KV.{ALERT_STATE_BUCKET}.{key}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

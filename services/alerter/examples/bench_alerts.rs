@@ -7,8 +7,9 @@
 //! and resolve once per period each, fifteen rules on other metrics are
 //! evaluated and never met. For each firing event that is not a reminder, the
 //! latency is from the publish of the snapshot that completed its window
-//! (the machine's last one before the event) to the event's arrival on a
-//! plain subscription. The alerter's CPU comes from /proc/<pid>/stat over
+//! (the event's `trigger_seq`) to the event's arrival on a plain
+//! subscription. The publish→ack time of the snapshots is printed next to it:
+//! the part of the path that is the hub storing (and fsyncing) the snapshot. The alerter's CPU comes from /proc/<pid>/stat over
 //! the measured window. Figures are printed whether or not they meet the
 //! target.
 //!
@@ -140,8 +141,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| MachineId::parse(&format!("bench-{i:04}")))
         .collect::<Result<_, _>>()?;
 
-    // machine index → publish instant of its latest snapshot.
-    let last_publish: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; machines]));
+    // (machine index, seq) → publish instant; the event names its snapshot.
+    let published_at: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
+    let ack_latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let index: Arc<HashMap<String, usize>> = Arc::new(
         ids.iter()
             .enumerate()
@@ -154,8 +156,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut sub = client.subscribe(subjects::ALERTS_ALL).await?;
     let receiver = tokio::spawn({
-        let (last_publish, index, measuring, latencies, counts) = (
-            last_publish.clone(),
+        let (published_at, index, measuring, latencies, counts) = (
+            published_at.clone(),
             index.clone(),
             measuring.clone(),
             latencies.clone(),
@@ -177,7 +179,12 @@ async fn main() -> anyhow::Result<()> {
                     let Some(&i) = index.get(&ev.machine) else {
                         continue;
                     };
-                    if let Some(p) = last_publish.lock().expect("lock")[i] {
+                    if let Some(p) = published_at
+                        .lock()
+                        .expect("lock")
+                        .get(&(i, ev.trigger_seq))
+                        .copied()
+                    {
                         latencies
                             .lock()
                             .expect("lock")
@@ -197,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     let mut slot_timer = tokio::time::interval(Duration::from_millis(1000 / slots));
     slot_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut acks = futures::stream::FuturesUnordered::new();
+    let alerter_consumer = js.get_stream(streams::METRICS).await?;
     let mut slot: u64 = 0;
     let mut behind_max = Duration::ZERO;
     while start.elapsed() < total {
@@ -219,11 +227,22 @@ async fn main() -> anyhow::Result<()> {
             h.insert(headers::MSG_ID, headers::msg_id(id, s.seq).as_str());
             let payload = s.encode_to_vec();
             let at = Instant::now();
-            last_publish.lock().expect("lock")[i] = Some(at);
+            published_at.lock().expect("lock").insert((i, s.seq), at);
             let ack = js
                 .publish_with_headers(subjects::metrics(id), h, payload.into())
                 .await?;
-            acks.push(std::future::IntoFuture::into_future(ack));
+            let measured = measuring.load(std::sync::atomic::Ordering::Relaxed);
+            let ack_latencies = ack_latencies.clone();
+            acks.push(async move {
+                let r = ack.await;
+                if measured {
+                    ack_latencies
+                        .lock()
+                        .expect("lock")
+                        .push(at.elapsed().as_secs_f64() * 1000.0);
+                }
+                r
+            });
             published += 1;
         }
         while let Some(Some(r)) = futures::FutureExt::now_or_never(acks.next()) {
@@ -239,6 +258,13 @@ async fn main() -> anyhow::Result<()> {
     while let Some(r) = acks.next().await {
         r?;
     }
+    let pending_at_end = match alerter_consumer
+        .consumer_info(streams::ALERTER_CONSUMER)
+        .await
+    {
+        Ok(i) => (i.num_pending, i.num_ack_pending),
+        Err(_) => (0, 0),
+    };
     let (t0, i0) = ticks_at_start.unwrap_or((cpu_ticks(pid), Instant::now()));
     let cpu_ticks_used = cpu_ticks(pid) - t0;
     let wall = i0.elapsed().as_secs_f64();
@@ -282,6 +308,17 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN),
         lat.len()
+    );
+    let mut acks_ms = ack_latencies.lock().expect("lock").clone();
+    acks_ms.sort_by(f64::total_cmp);
+    println!(
+        "  publish→JetStream ack:      p50 {:.2} ms  p99 {:.2} ms  (the hub's part: stored and fsynced)",
+        percentile(&acks_ms, 0.50),
+        percentile(&acks_ms, 0.99)
+    );
+    println!(
+        "  alerter consumer at end:    {} pending, {} unacked",
+        pending_at_end.0, pending_at_end.1
     );
     let p99 = percentile(&lat, 0.99);
     println!(

@@ -36,6 +36,9 @@ pub struct Alert {
     pub message: String,
     /// 0 for the first firing event, n for the n-th reminder.
     pub repeat: u32,
+    /// The snapshot (`seq`) whose evaluation produced the event; 0 for the
+    /// timer, rule changes and acknowledgements.
+    pub trigger_seq: u64,
 }
 
 impl Alert {
@@ -53,6 +56,7 @@ impl Alert {
             ts_ms: now_ms,
             message: format!("acknowledged by {by}"),
             repeat: 0,
+            trigger_seq: 0,
         }
     }
 }
@@ -195,6 +199,7 @@ impl Engine {
             };
             let ctx = Ctx {
                 machine: &sample.machine,
+                seq: sample.seq,
                 seen,
                 now_ms,
                 detail,
@@ -225,6 +230,7 @@ impl Engine {
                 let missed = ((now_ms - seen.last_ms).max(0) / interval) as f64;
                 let ctx = Ctx {
                     machine,
+                    seq: 0,
                     seen: *seen,
                     now_ms,
                     detail: None,
@@ -269,6 +275,7 @@ impl Engine {
             ts_ms: now_ms,
             message: why.to_owned(),
             repeat: 0,
+            trigger_seq: 0,
         });
         out.push(Change {
             machine: key.0.clone(),
@@ -281,6 +288,8 @@ impl Engine {
 
 struct Ctx<'a> {
     machine: &'a str,
+    /// The snapshot being evaluated; 0 on a timer tick.
+    seq: u64,
     seen: Seen,
     now_ms: i64,
     detail: Option<&'a str>,
@@ -353,6 +362,7 @@ fn step(
                         show(rule.clear_level())
                     ),
                     repeat: 0,
+                    trigger_seq: ctx.seq,
                     ..alert_from(rec, ctx.now_ms)
                 };
                 states.remove(&key);
@@ -365,6 +375,7 @@ fn step(
                 rec.notified_ms = ctx.now_ms;
                 let event = Alert {
                     repeat: rec.repeats,
+                    trigger_seq: ctx.seq,
                     message: format!("{} (reminder {})", rec.message, rec.repeats),
                     ..alert_from(rec, ctx.now_ms)
                 };
@@ -384,7 +395,10 @@ fn fire(rule: &Rule, rec: &mut AlertStateRecord, ctx: &Ctx<'_>, value: f64) -> A
     rec.acked = false;
     rec.last_seen_ms = ctx.seen.last_ms;
     rec.message = firing_message(rule, value, ctx.detail);
-    alert_from(rec, ctx.now_ms)
+    Alert {
+        trigger_seq: ctx.seq,
+        ..alert_from(rec, ctx.now_ms)
+    }
 }
 
 fn alert_from(rec: &AlertStateRecord, now_ms: i64) -> Alert {
@@ -400,6 +414,7 @@ fn alert_from(rec: &AlertStateRecord, now_ms: i64) -> Alert {
         ts_ms: now_ms,
         message: rec.message.clone(),
         repeat: 0,
+        trigger_seq: 0,
     }
 }
 

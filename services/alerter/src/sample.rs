@@ -9,6 +9,7 @@ use sysmonstm_schemas::v1;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
     pub machine: String,
+    pub seq: u64,
     pub timestamp_ms: i64,
     pub interval_ms: u32,
     pub cpu: Option<f64>,
@@ -43,6 +44,7 @@ impl Sample {
         let ifaces = || s.interfaces.iter().filter(|i| i.name != "lo");
         Self {
             machine: s.machine_id.clone(),
+            seq: s.seq,
             timestamp_ms: s.timestamp_ms,
             interval_ms: s.interval_ms,
             cpu: s.cpu.as_ref().map(|c| f64::from(c.usage_percent)),

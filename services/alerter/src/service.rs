@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, AckKind, consumer, context::PublishAckFuture, 
 use futures::StreamExt as _;
 use prost::Message as _;
 use sysmonstm_schemas::rules::{Phase, Rule, state_key};
-use sysmonstm_schemas::{MachineId, streams, subjects, v1};
+use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -90,18 +90,14 @@ impl Alerter {
 
         let mut engine = Engine::new();
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
-        let confirm = tokio::spawn(confirm_loop(
-            js.clone(),
-            state_kv.clone(),
-            rx,
-            Arc::clone(&self.counters),
-        ));
+        let confirm = tokio::spawn(confirm_loop(js.clone(), rx, Arc::clone(&self.counters)));
 
-        // Rules first (the current value of every key), then the live watch.
+        // The live watch starts before the current values are read, so a
+        // change in between is not missed (applying one twice is harmless).
+        let mut rule_watch = rules_kv.watch_all().await?;
         for entry in wire::current_entries(&rules_kv).await? {
             self.apply_rule(&mut engine, &entry, &js, &tx).await;
         }
-        let mut rule_watch = rules_kv.watch_all().await?;
         // Acks: live from now; those given while we were away are read back
         // from the last event of each firing alert below.
         let mut acks = alerts
@@ -384,13 +380,17 @@ async fn put_rules(kv: &kv::Store, rules: &[Rule]) -> anyhow::Result<()> {
 }
 
 /// In order: the event is stored (published again until it is), then the
-/// pair's state is written.
+/// pair's state is written. State writes are published without waiting (in
+/// order on one connection, so the last write of a key wins) and their acks
+/// are checked by [`state_acks`]; waiting for each fsynced write in turn
+/// would hold back the events behind it.
 async fn confirm_loop(
     js: jetstream::Context,
-    state_kv: kv::Store,
     mut rx: mpsc::UnboundedReceiver<InFlight>,
     counters: Arc<Counters>,
 ) {
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let checker = tokio::spawn(state_acks(acks_rx, Arc::clone(&counters)));
     while let Some(InFlight { change, ack }) = rx.recv().await {
         if let Some(ev) = &change.event {
             let mut ack = ack;
@@ -413,17 +413,46 @@ async fn confirm_loop(
             }
         }
         let key = state_key(&change.machine, &change.rule);
-        let result = match &change.record {
-            Some(rec) => state_kv
-                .put(&key, serde_json::to_vec(rec).unwrap_or_default().into())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => state_kv.delete(&key).await.map_err(|e| e.to_string()),
+        let subject = streams::alert_state_subject(&key);
+        let sent = match &change.record {
+            Some(rec) => {
+                js.publish(subject, serde_json::to_vec(rec).unwrap_or_default().into())
+                    .await
+            }
+            None => {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(headers::KV_OPERATION, headers::KV_DELETE);
+                js.publish_with_headers(subject, h, bytes::Bytes::new())
+                    .await
+            }
         };
-        if let Err(e) = result {
-            Counters::add(&counters.state_write_errors, 1);
-            tracing::warn!(key, error = %e, "cannot store alert state; a restart may re-evaluate this pair");
+        match sent {
+            Ok(f) => {
+                let _ = acks_tx.send((key, f));
+            }
+            Err(e) => state_write_failed(&counters, &key, &e.to_string()),
         }
     }
+    drop(acks_tx);
+    let _ = checker.await;
+}
+
+async fn state_acks(
+    mut rx: mpsc::UnboundedReceiver<(String, PublishAckFuture)>,
+    counters: Arc<Counters>,
+) {
+    while let Some((key, f)) = rx.recv().await {
+        if let Err(e) = f.await {
+            state_write_failed(&counters, &key, &e.to_string());
+        }
+    }
+}
+
+fn state_write_failed(counters: &Counters, key: &str, why: &str) {
+    Counters::add(&counters.state_write_errors, 1);
+    tracing::warn!(
+        key,
+        error = why,
+        "cannot store alert state; a restart may re-evaluate this pair"
+    );
 }

@@ -48,6 +48,7 @@ pub fn to_proto(a: &Alert) -> v1::AlertEvent {
         timestamp_ms: a.ts_ms,
         message: a.message.clone(),
         repeat: a.repeat,
+        trigger_seq: a.trigger_seq,
     }
 }
 
@@ -174,6 +175,7 @@ pub fn from_proto(ev: &v1::AlertEvent) -> Option<Alert> {
         ts_ms: ev.timestamp_ms,
         message: ev.message.clone(),
         repeat: ev.repeat,
+        trigger_seq: ev.trigger_seq,
     })
 }
 

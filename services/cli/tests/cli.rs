@@ -98,6 +98,7 @@ fn event(machine: &str, rule: &str, kind: EventKind, since_ms: i64) -> Alert {
         ts_ms: since_ms + 1,
         message: "cpu 97 > 90".into(),
         repeat: 0,
+        trigger_seq: 0,
     }
 }
 

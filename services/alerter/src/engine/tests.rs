@@ -249,3 +249,28 @@ async fn missing_values_and_other_machines_are_left_alone() {
     assert!(e.on_sample(&hot("lab-1"), 0).is_empty(), "excluded");
     assert_eq!(e.on_sample(&hot("web01"), 0).len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_event_names_the_snapshot_that_completed_its_window() {
+    let mut e = Engine::new();
+    let mut r = rule("cpu_high", Metric::Cpu, 90.0);
+    r.for_ = Duration::from_secs(2);
+    e.set_rule(r, 0);
+    let mut fired = Vec::new();
+    for seq in 1..=5u64 {
+        let s = Sample {
+            seq,
+            ..cpu("web01", 95.0)
+        };
+        fired.extend(
+            e.on_sample(&s, seq as i64 * 1000)
+                .into_iter()
+                .filter_map(|c| c.event),
+        );
+    }
+    // Pending from seq 1 (t=1 s), window met at seq 3 (t=3 s).
+    assert_eq!(
+        fired.iter().map(|a| a.trigger_seq).collect::<Vec<_>>(),
+        vec![3]
+    );
+}
