@@ -125,14 +125,16 @@ pub fn persister_consumer(max_ack_pending: i64, ack_wait: Duration) -> consumer:
 
 /// The alerter's consumer on METRICS: durable, so a restarted alerter
 /// resumes where it stopped; a new one starts with the newest snapshots (old
-/// history is nothing to alert on). Acks are explicit so a crash redelivers
-/// what was not evaluated.
+/// history is nothing to alert on). Acks are cumulative (AckPolicy::All): one
+/// ack covers every snapshot before it, so the hub stores one ack per batch
+/// rather than one per snapshot, and a crash still redelivers what was not
+/// evaluated.
 pub fn alerter_consumer(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(ALERTER_CONSUMER.to_owned()),
         description: Some("sysmonstm-alerter: snapshots into rule evaluation".to_owned()),
         deliver_policy: consumer::DeliverPolicy::New,
-        ack_policy: consumer::AckPolicy::Explicit,
+        ack_policy: consumer::AckPolicy::All,
         ack_wait,
         max_ack_pending: 50_000,
         filter_subject: subjects::METRICS_ALL.to_owned(),

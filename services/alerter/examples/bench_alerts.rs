@@ -96,7 +96,14 @@ async fn main() -> anyhow::Result<()> {
     let alerter_bin =
         std::env::var("ALERTER_BIN").unwrap_or_else(|_| "target/release/sysmonstm-alerter".into());
 
-    let nats = NatsServer::start_hub();
+    // BENCH_SYNC=default runs the hub without `sync_interval: always`, to
+    // tell the alerter's part from the fsyncs'.
+    let sync_always = std::env::var("BENCH_SYNC").map_or(true, |v| v != "default");
+    let nats = if sync_always {
+        NatsServer::start_hub()
+    } else {
+        NatsServer::start()
+    };
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
     js.get_or_create_stream(streams::metrics(&streams::MetricsLimits {
@@ -280,8 +287,14 @@ async fn main() -> anyhow::Result<()> {
     lat.sort_by(f64::total_cmp);
     let counts = counts.lock().expect("lock").clone();
     println!(
-        "bench alerts: {machines} machines at 1 Hz, {} rules, {seconds} s measured after {warmup} s warm-up",
-        rules.len()
+        "bench alerts: {machines} machines at 1 Hz, {} rules, {seconds} s measured after {warmup} s warm-up, \
+         hub sync_interval: {}",
+        rules.len(),
+        if sync_always {
+            "always"
+        } else {
+            "default (2 min)"
+        }
     );
     println!(
         "  snapshots published:        {published} ({:.0}/s), publisher lag max {:.0} ms",

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, context::PublishAckFuture, kv};
+use async_nats::jetstream::{self, consumer, context::PublishAckFuture, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sysmonstm_schemas::rules::{Phase, Rule, state_key};
@@ -130,12 +130,25 @@ impl Alerter {
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(rules = engine.rules().count(), restored, "alerter ready");
+        // Snapshots are acknowledged cumulatively (AckPolicy::All): the last
+        // one evaluated, every ACK_EVERY messages or ACK_FLUSH. One ack per
+        // snapshot would be an fsynced write on the hub for each.
+        let (mut unacked, mut unacked_n): (Option<jetstream::Message>, usize) = (None, 0);
+        let mut ack_flush = tokio::time::interval(ACK_FLUSH);
 
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = snapshots.next() => match m {
-                    Some(Ok(msg)) => self.on_snapshot(&mut engine, msg, &js, &tx).await,
+                    Some(Ok(msg)) => {
+                        self.on_snapshot(&mut engine, &msg, &js, &tx).await;
+                        unacked_n += 1;
+                        unacked = Some(msg);
+                        if unacked_n >= ACK_EVERY {
+                            ack_up_to(unacked.take()).await;
+                            unacked_n = 0;
+                        }
+                    }
                     Some(Err(e)) => tracing::warn!(error = %e, "pull from METRICS failed; retrying"),
                     None => anyhow::bail!("the METRICS consumer ended"),
                 },
@@ -156,12 +169,17 @@ impl Alerter {
                     Some(Err(e)) => tracing::warn!(error = %e, "ALERTS ack watch error"),
                     None => anyhow::bail!("the ALERTS ack watch ended"),
                 },
+                _ = ack_flush.tick() => {
+                    ack_up_to(unacked.take()).await;
+                    unacked_n = 0;
+                }
                 _ = tick.tick() => {
                     let changes = engine.on_tick(self.clock.now_ms());
                     self.emit(&js, changes, &tx).await;
                 }
             }
         }
+        ack_up_to(unacked.take()).await;
         drop(tx);
         // Let the events already sent be confirmed and their states stored.
         let _ = tokio::time::timeout(Duration::from_secs(5), confirm).await;
@@ -175,18 +193,19 @@ impl Alerter {
     async fn on_snapshot(
         &self,
         engine: &mut Engine,
-        msg: jetstream::Message,
+        msg: &jetstream::Message,
         js: &jetstream::Context,
         tx: &mpsc::UnboundedSender<InFlight>,
     ) {
+        // A rejected snapshot is not terminated one by one: the next
+        // cumulative ack covers it, and it is counted and logged here.
         let c = &self.counters;
         Counters::add(&c.snapshots_received, 1);
         let snap = match v1::Snapshot::decode(msg.payload.as_ref()) {
             Ok(s) => s,
             Err(e) => {
                 Counters::add(&c.rejected_decode, 1);
-                tracing::warn!(subject = %msg.subject, error = %e, "snapshot cannot be decoded; terminated");
-                let _ = msg.ack_with(AckKind::Term).await;
+                tracing::warn!(subject = %msg.subject, error = %e, "snapshot cannot be decoded; skipped");
                 return;
             }
         };
@@ -196,8 +215,7 @@ impl Alerter {
         {
             Counters::add(&c.rejected_subject, 1);
             tracing::warn!(subject = %msg.subject, machine = %snap.machine_id,
-                "snapshot's machine does not match its subject; terminated");
-            let _ = msg.ack_with(AckKind::Term).await;
+                "snapshot's machine does not match its subject; skipped");
             return;
         }
         let now = self.clock.now_ms();
@@ -215,9 +233,6 @@ impl Alerter {
             Counters::add(&c.snapshots_evaluated, 1);
             let changes = engine.on_sample(&Sample::from_snapshot(&snap), now);
             self.emit(js, changes, tx).await;
-        }
-        if let Err(e) = msg.ack().await {
-            tracing::debug!(error = %e, "ack of a snapshot not sent; it comes again");
         }
     }
 
@@ -358,6 +373,21 @@ impl Alerter {
             };
             let _ = tx.send(InFlight { change, ack });
         }
+    }
+}
+
+/// Most snapshots evaluated before one cumulative ack, and the longest wait.
+const ACK_EVERY: usize = 256;
+const ACK_FLUSH: Duration = Duration::from_millis(100);
+
+/// Acknowledges `msg` and, the consumer's policy being AckPolicy::All,
+/// every snapshot before it. A lost ack only means a redelivery after
+/// `ack_wait`, which re-evaluates: events are deduplicated by Msg-Id.
+async fn ack_up_to(msg: Option<jetstream::Message>) {
+    if let Some(m) = msg
+        && let Err(e) = m.ack().await
+    {
+        tracing::debug!(error = %e, "cumulative ack not sent; those snapshots come again");
     }
 }
 
