@@ -487,3 +487,50 @@ async fn machines_lists_facts_last_seen_and_headline_values() {
         "{table}"
     );
 }
+
+#[tokio::test]
+async fn an_ack_given_while_the_alerter_was_down_is_honoured_after_its_restart() {
+    let nats = NatsServer::start_hub();
+    let url = nats.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    let (code, _, err) = run(
+        &url,
+        &[
+            "rules",
+            "set",
+            r#"name="cpu_high" metric="cpu" threshold=90 repeat="1s" severity="critical""#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let first = start_alerter(&js, &url).await;
+    let mut web = Machine::new("web01").await;
+    for _ in 0..300 {
+        web.publish(&js, 97.0).await;
+        if Counters::get(&first.counters.events_firing) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(Counters::get(&first.counters.events_firing), 1);
+    first.stop().await;
+    let (code, out, err) = run(&url, &["alerts", "ack", "web01", "cpu_high"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let second = start_alerter(&js, &url).await;
+    for _ in 0..30 {
+        web.publish(&js, 97.0).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reminders are 1 s apart: after 2 s of evaluations one would be due.
+    let c = second.counters.clone();
+    eventually(WAIT, "the second alerter evaluates for 2 s", || {
+        let c = c.clone();
+        async move { (Counters::get(&c.snapshots_evaluated) >= 20).then_some(()) }
+    })
+    .await;
+    assert_eq!(Counters::get(&second.counters.acks_applied), 1);
+    assert_eq!(Counters::get(&second.counters.events_reminder), 0);
+    assert_eq!(Counters::get(&second.counters.events_firing), 0);
+    second.stop().await;
+}
