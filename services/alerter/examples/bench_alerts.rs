@@ -335,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
     let mut acks_ms = ack_latencies.lock().expect("lock").clone();
     acks_ms.sort_by(f64::total_cmp);
     println!(
-        "  publish→JetStream ack:      p50 {:.2} ms  p99 {:.2} ms  (the hub's part: stored and fsynced)",
+        "  publish→JetStream ack:      p50 {:.2} ms  p99 {:.2} ms  (the hub storing it; fsync included with `always`)",
         percentile(&acks_ms, 0.50),
         percentile(&acks_ms, 0.99)
     );
