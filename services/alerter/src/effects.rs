@@ -50,6 +50,14 @@ pub(crate) async fn confirm_loop(
     let checker = tokio::spawn(state_acks(acks_rx, Arc::clone(&counters)));
     while let Some(InFlight { change, ack }) = rx.recv().await {
         if let Some(ev) = &change.event {
+            // An event that can have no subject is dropped, not retried
+            // forever in front of every later one. Ids are validated on the
+            // way in, so this is a bug's last line of defence.
+            if let Err(e) = wire::address(ev) {
+                Counters::add(&counters.publish_retries, 1);
+                tracing::error!(error = %e, "alert event dropped");
+                continue;
+            }
             let mut ack = ack;
             let mut backoff = Duration::from_millis(50);
             loop {
