@@ -135,3 +135,35 @@ pub async fn serve(listener: TcpListener, counters: Arc<Counters>, shutdown: Can
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let counters = Arc::new(Counters::default());
+        Counters::add(&counters.events_firing, 3);
+        Counters::add(&counters.rejected_decode, 1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::clone(&counters), stop.clone()));
+        let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("send");
+        let mut body = String::new();
+        sock.read_to_string(&mut body).await.expect("read");
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(
+            body.contains("sysmonstm_alerter_events_total{kind=\"firing\"} 3\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sysmonstm_alerter_snapshots_rejected_total{reason=\"decode\"} 1\n"),
+            "{body}"
+        );
+        stop.cancel();
+    }
+}

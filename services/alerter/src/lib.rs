@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod config;
 pub mod counters;
+mod effects;
 pub mod engine;
 pub mod rules_file;
 pub mod sample;

@@ -11,16 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::PublishAckFuture, kv};
+use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
-use sysmonstm_schemas::rules::{Phase, Rule, state_key};
-use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
+use sysmonstm_schemas::rules::{Phase, Rule};
+use sysmonstm_schemas::{MachineId, streams, subjects, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::counters::Counters;
+use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
 use crate::sample::Sample;
 use crate::{AlerterConfig, rules_file, wire};
@@ -29,12 +30,6 @@ pub struct Alerter {
     config: AlerterConfig,
     counters: Arc<Counters>,
     clock: Clock,
-}
-
-/// One change on its way: the ack of its event (if sent), then its state.
-struct InFlight {
-    change: Change,
-    ack: Option<PublishAckFuture>,
 }
 
 impl Alerter {
@@ -376,21 +371,6 @@ impl Alerter {
     }
 }
 
-/// Most snapshots evaluated before one cumulative ack, and the longest wait.
-const ACK_EVERY: usize = 256;
-const ACK_FLUSH: Duration = Duration::from_millis(100);
-
-/// Acknowledges `msg` and, the consumer's policy being AckPolicy::All,
-/// every snapshot before it. A lost ack only means a redelivery after
-/// `ack_wait`, which re-evaluates: events are deduplicated by Msg-Id.
-async fn ack_up_to(msg: Option<jetstream::Message>) {
-    if let Some(m) = msg
-        && let Err(e) = m.ack().await
-    {
-        tracing::debug!(error = %e, "cumulative ack not sent; those snapshots come again");
-    }
-}
-
 /// Writes the rules of a file into the bucket, leaving equal ones alone.
 async fn put_rules(kv: &kv::Store, rules: &[Rule]) -> anyhow::Result<()> {
     for r in rules {
@@ -407,82 +387,4 @@ async fn put_rules(kv: &kv::Store, rules: &[Rule]) -> anyhow::Result<()> {
         "rules file loaded into the rules bucket"
     );
     Ok(())
-}
-
-/// In order: the event is stored (published again until it is), then the
-/// pair's state is written. State writes are published without waiting (in
-/// order on one connection, so the last write of a key wins) and their acks
-/// are checked by [`state_acks`]; waiting for each fsynced write in turn
-/// would hold back the events behind it.
-async fn confirm_loop(
-    js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<InFlight>,
-    counters: Arc<Counters>,
-) {
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-    let checker = tokio::spawn(state_acks(acks_rx, Arc::clone(&counters)));
-    while let Some(InFlight { change, ack }) = rx.recv().await {
-        if let Some(ev) = &change.event {
-            let mut ack = ack;
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let ok = match ack.take() {
-                    Some(f) => f.await.map_err(|e| e.to_string()),
-                    None => Err("not sent".to_owned()),
-                };
-                match ok {
-                    Ok(_) => break,
-                    Err(why) => {
-                        Counters::add(&counters.publish_retries, 1);
-                        tracing::warn!(why, machine = %ev.machine, rule = %ev.rule, "alert event not stored; publishing again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        ack = wire::send(&js, ev).await.ok();
-                    }
-                }
-            }
-        }
-        let key = state_key(&change.machine, &change.rule);
-        let subject = streams::alert_state_subject(&key);
-        let sent = match &change.record {
-            Some(rec) => {
-                js.publish(subject, serde_json::to_vec(rec).unwrap_or_default().into())
-                    .await
-            }
-            None => {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(headers::KV_OPERATION, headers::KV_DELETE);
-                js.publish_with_headers(subject, h, bytes::Bytes::new())
-                    .await
-            }
-        };
-        match sent {
-            Ok(f) => {
-                let _ = acks_tx.send((key, f));
-            }
-            Err(e) => state_write_failed(&counters, &key, &e.to_string()),
-        }
-    }
-    drop(acks_tx);
-    let _ = checker.await;
-}
-
-async fn state_acks(
-    mut rx: mpsc::UnboundedReceiver<(String, PublishAckFuture)>,
-    counters: Arc<Counters>,
-) {
-    while let Some((key, f)) = rx.recv().await {
-        if let Err(e) = f.await {
-            state_write_failed(&counters, &key, &e.to_string());
-        }
-    }
-}
-
-fn state_write_failed(counters: &Counters, key: &str, why: &str) {
-    Counters::add(&counters.state_write_errors, 1);
-    tracing::warn!(
-        key,
-        error = why,
-        "cannot store alert state; a restart may re-evaluate this pair"
-    );
 }

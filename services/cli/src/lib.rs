@@ -36,9 +36,30 @@ pub struct Cli {
         global = true
     )]
     servers: Vec<String>,
-    /// NATS credentials file.
+    /// NATS credentials file (JWT + nkey seed).
     #[arg(long, env = "NATS_CREDS", global = true)]
     creds: Option<PathBuf>,
+    /// File holding an nkey seed.
+    #[arg(long, env = "NATS_NKEY", global = true)]
+    nkey: Option<PathBuf>,
+    /// User name for user/password authentication.
+    #[arg(long, env = "NATS_USER", global = true)]
+    user: Option<String>,
+    /// Password for user/password authentication.
+    #[arg(long, env = "NATS_PASSWORD", global = true)]
+    password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "NATS_TOKEN", global = true)]
+    token: Option<String>,
+    /// CA certificate to verify the server (enables TLS).
+    #[arg(long, env = "NATS_CA", global = true)]
+    tlsca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, env = "NATS_CERT", global = true)]
+    tlscert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, env = "NATS_KEY", global = true)]
+    tlskey: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,8 +90,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         nats.servers = cli.servers;
     }
     nats.creds_file = cli.creds;
-    // A pipe closed early (`| head`) must end the command quietly; reading
-    // commands ask first whether there is anything to print at all.
+    nats.nkey_file = cli.nkey;
+    nats.user = cli.user;
+    nats.password = cli.password;
+    nats.token = cli.token;
+    nats.tls_ca = cli.tlsca;
+    nats.tls_cert = cli.tlscert;
+    nats.tls_key = cli.tlskey;
     let client = nats
         .connect("sysmonstm-cli", false)
         .await
