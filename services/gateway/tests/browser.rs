@@ -171,6 +171,8 @@ async fn publish_alert(env: &common::Env, machine: &MachineId, rule: &MachineId)
         since_ms: since,
         timestamp_ms: now,
         message: "CPU above 90 % for 30 s".into(),
+        repeat: 0,
+        trigger_seq: 0,
     };
     env.js
         .send_publish(
