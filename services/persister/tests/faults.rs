@@ -19,6 +19,7 @@ fn spawn_process(nats_url: &str, db_url: &str) -> Child {
         .env("SYSMON_PERSISTER_BATCH_SIZE", "100")
         .env("SYSMON_PERSISTER_LINGER_MS", "20")
         .env("SYSMON_PERSISTER_STREAM_MAX_MIB", "1024")
+        .env("SYSMON_PERSISTER_METRICS_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
