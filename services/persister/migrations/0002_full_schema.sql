@@ -229,7 +229,7 @@ BEGIN
                              name || '_avg', raw_column, name || '_min', name || '_max'), ', ' ORDER BY ord),
            string_agg(format('%1$I float8 NOT NULL DEFAULT 0, %2$I bigint NOT NULL DEFAULT 0, %3$I float8, %4$I float8',
                              name || '_sum', name || '_n', name || '_min', name || '_max'), ', ' ORDER BY ord),
-           string_agg(format('coalesce(sum(%1$I), 0), count(%1$I), min(%1$I), max(%1$I)', raw_column), ', ' ORDER BY ord),
+           string_agg(format('coalesce(sum(%1$I::float8), 0), count(%1$I), min(%1$I), max(%1$I)', raw_column), ', ' ORDER BY ord),
            string_agg(format('%1$I = a.%1$I + EXCLUDED.%1$I, %2$I = a.%2$I + EXCLUDED.%2$I, '
                              '%3$I = LEAST(a.%3$I, EXCLUDED.%3$I), %4$I = GREATEST(a.%4$I, EXCLUDED.%4$I)',
                              name || '_sum', name || '_n', name || '_min', name || '_max'), ', ' ORDER BY ord),
