@@ -58,12 +58,14 @@ up: build
     export NATS_URL="nats://127.0.0.1:4222"
     start persister "$bin/sysmonstm-persister"
     start agent "$bin/sysmonstm-agent" --state-dir "{{run_dir}}/agent"
+    start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
     echo
     echo "sysmonstm is up."
     echo "  NATS hub:     nats://127.0.0.1:4222 (monitoring http://127.0.0.1:8222)"
     echo "  snapshots:    JetStream stream METRICS, subjects sysmon.metrics.<machine>"
     echo "  stored in:    $DATABASE_URL, table metrics"
     echo "  look:         $PG_BIN/psql $DATABASE_URL -c 'SELECT machine_id, ts, cpu_percent FROM metrics ORDER BY ts DESC LIMIT 5'"
+    echo "  alerts:       just watch   (rules: rules.example.toml, now in KV sysmon_rules)"
     echo "  stop:         just down"
 
 # Stop everything `just up` started.
@@ -71,7 +73,7 @@ down:
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{justfile_directory()}}"
-    for name in agent persister nats-hub; do
+    for name in alerter agent persister nats-hub; do
       f="{{run_dir}}/$name.pid"
       if [ -f "$f" ]; then
         pid="$(cat "$f")"
@@ -94,9 +96,14 @@ bench which:
     eval "$(scripts/install-deps.sh)"
     case "{{which}}" in
       agent) scripts/bench-agent.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent" >&2; exit 2 ;;
+      alerts) scripts/bench-alerts.sh ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).
 agent:
     cargo run -q -p sysmonstm-agent -- --once --json
+
+# Follow alerts live from the hub (extra flags go to `sysmonstm alerts watch`, e.g. --since 1h --json).
+watch *args:
+    cargo run -q -p sysmonstm-cli --bin sysmonstm -- alerts watch {{args}}

@@ -5,7 +5,63 @@
 /// reconnect is stored once.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
+/// JetStream KV's operation header; [`KV_DELETE`] marks a deleted key.
+pub const KV_OPERATION: &str = "KV-Operation";
+pub const KV_DELETE: &str = "DEL";
+
 /// The value of [`MSG_ID`] for one snapshot of one machine.
 pub fn msg_id(machine: &crate::MachineId, seq: u64) -> String {
     format!("{machine}:{seq}")
+}
+
+/// The value of [`MSG_ID`] for an alert event:
+/// `<machine>:<rule>:<since_ms>:<state>` (state `firing`, `resolved` or
+/// `acknowledged`). A reminder of a firing alert (`repeat` ≥ 1) appends
+/// `:<repeat>`, so that it is not taken for a retry of the first event.
+pub fn alert_msg_id(
+    machine: &str,
+    rule: &str,
+    since_ms: i64,
+    state: crate::v1::AlertState,
+    repeat: u32,
+) -> String {
+    let state = alert_state_token(state);
+    if repeat == 0 {
+        format!("{machine}:{rule}:{since_ms}:{state}")
+    } else {
+        format!("{machine}:{rule}:{since_ms}:{state}:{repeat}")
+    }
+}
+
+/// `firing`, `resolved`, `acknowledged` (as in the `alerts.state` column).
+pub fn alert_state_token(state: crate::v1::AlertState) -> &'static str {
+    use crate::v1::AlertState;
+    match state {
+        AlertState::Firing => "firing",
+        AlertState::Resolved => "resolved",
+        AlertState::Acknowledged => "acknowledged",
+        AlertState::Unspecified => "unspecified",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::AlertState;
+
+    #[test]
+    fn alert_msg_ids_follow_the_contract() {
+        assert_eq!(
+            alert_msg_id("web01", "cpu_high", 1700, AlertState::Firing, 0),
+            "web01:cpu_high:1700:firing"
+        );
+        assert_eq!(
+            alert_msg_id("web01", "cpu_high", 1700, AlertState::Acknowledged, 0),
+            "web01:cpu_high:1700:acknowledged"
+        );
+        assert_eq!(
+            alert_msg_id("web01", "cpu_high", 1700, AlertState::Firing, 2),
+            "web01:cpu_high:1700:firing:2"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod headers;
 mod machine_id;
+pub mod rules;
 pub mod streams;
 pub mod subjects;
 

@@ -123,6 +123,54 @@ pub fn persister_consumer(max_ack_pending: i64, ack_wait: Duration) -> consumer:
     }
 }
 
+/// The alerter's consumer on METRICS: durable, so a restarted alerter
+/// resumes where it stopped; a new one starts with the newest snapshots (old
+/// history is nothing to alert on). Acks are cumulative (AckPolicy::All): one
+/// ack covers every snapshot before it, so the hub stores one ack per batch
+/// rather than one per snapshot, and a crash still redelivers what was not
+/// evaluated.
+pub fn alerter_consumer(ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(ALERTER_CONSUMER.to_owned()),
+        description: Some("sysmonstm-alerter: snapshots into rule evaluation".to_owned()),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::All,
+        ack_wait,
+        max_ack_pending: 50_000,
+        filter_subject: subjects::METRICS_ALL.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The rules bucket: a little history so a bad change can be looked up.
+pub fn rules_bucket() -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: RULES_BUCKET.to_owned(),
+        description: "sysmonstm alert rules, JSON, one key per rule".to_owned(),
+        history: 5,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The alert-state bucket: the latest state per (machine, rule).
+pub fn alert_state_bucket() -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: ALERT_STATE_BUCKET.to_owned(),
+        description: "sysmonstm-alerter state per machine.rule".to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The subject a write to key `key` of [`ALERT_STATE_BUCKET`] is published
+/// on (JetStream KV's own layout, `$KV.<bucket>.<key>`). The alerter writes
+/// there directly so that many state writes can be in flight at once.
+pub fn alert_state_subject(key: &str) -> String {
+    format!("$KV.{ALERT_STATE_BUCKET}.{key}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,169 @@
+//! What the alerter did, in numbers, and `/metrics` to read them. Labels
+//! come from a small fixed set, never from data.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub snapshots_received: AtomicU64,
+    pub snapshots_evaluated: AtomicU64,
+    pub snapshots_stale: AtomicU64,
+    pub rejected_decode: AtomicU64,
+    pub rejected_subject: AtomicU64,
+    pub events_firing: AtomicU64,
+    pub events_reminder: AtomicU64,
+    pub events_resolved: AtomicU64,
+    pub acks_applied: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub state_write_errors: AtomicU64,
+    pub rules_applied: AtomicU64,
+    pub rules_invalid: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let g = Self::get;
+        let mut out = String::new();
+        let mut line = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (labels, v) in rows {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        line(
+            "sysmonstm_alerter_snapshots_received_total",
+            "Snapshots taken from METRICS.",
+            &[("", g(&self.snapshots_received))],
+        );
+        line(
+            "sysmonstm_alerter_snapshots_evaluated_total",
+            "Snapshots evaluated against the rules.",
+            &[("", g(&self.snapshots_evaluated))],
+        );
+        line(
+            "sysmonstm_alerter_snapshots_stale_total",
+            "Snapshots too old to evaluate (only mark the machine alive).",
+            &[("", g(&self.snapshots_stale))],
+        );
+        line(
+            "sysmonstm_alerter_snapshots_rejected_total",
+            "Snapshots terminated as unusable, by reason.",
+            &[
+                ("{reason=\"decode\"}", g(&self.rejected_decode)),
+                ("{reason=\"subject\"}", g(&self.rejected_subject)),
+            ],
+        );
+        line(
+            "sysmonstm_alerter_events_total",
+            "Alert events published, by kind.",
+            &[
+                ("{kind=\"firing\"}", g(&self.events_firing)),
+                ("{kind=\"reminder\"}", g(&self.events_reminder)),
+                ("{kind=\"resolved\"}", g(&self.events_resolved)),
+            ],
+        );
+        line(
+            "sysmonstm_alerter_acks_applied_total",
+            "Acknowledgements that stopped reminders.",
+            &[("", g(&self.acks_applied))],
+        );
+        line(
+            "sysmonstm_alerter_publish_retries_total",
+            "Alert events published again after a failed ack.",
+            &[("", g(&self.publish_retries))],
+        );
+        line(
+            "sysmonstm_alerter_state_write_errors_total",
+            "Failed writes to the alert-state bucket.",
+            &[("", g(&self.state_write_errors))],
+        );
+        line(
+            "sysmonstm_alerter_rules_total",
+            "Rule changes from the rules bucket, by outcome.",
+            &[
+                ("{outcome=\"applied\"}", g(&self.rules_applied)),
+                ("{outcome=\"invalid\"}", g(&self.rules_invalid)),
+            ],
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until shutdown. Deliberately tiny:
+/// one response per connection, nothing else routed.
+pub async fn serve(listener: TcpListener, counters: Arc<Counters>, shutdown: CancellationToken) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics") {
+                ("200 OK", counters.render())
+            } else {
+                ("404 Not Found", "only /metrics here\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let counters = Arc::new(Counters::default());
+        Counters::add(&counters.events_firing, 3);
+        Counters::add(&counters.rejected_decode, 1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::clone(&counters), stop.clone()));
+        let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("send");
+        let mut body = String::new();
+        sock.read_to_string(&mut body).await.expect("read");
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(
+            body.contains("sysmonstm_alerter_events_total{kind=\"firing\"} 3\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sysmonstm_alerter_snapshots_rejected_total{reason=\"decode\"} 1\n"),
+            "{body}"
+        );
+        stop.cancel();
+    }
+}

@@ -1,0 +1,110 @@
+//! The `sysmonstm` command line: follow and replay alerts, acknowledge them,
+//! manage rules while everything runs, and see every machine at a glance.
+//! It connects like the nats CLI (`--server`, `--creds`, `NATS_URL`,
+//! `NATS_CREDS`) through the kit's `NatsConfig`.
+
+mod alerts;
+mod machines;
+mod print;
+mod rules;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sysmonstm_kit::nats::NatsConfig;
+
+/// Input the command refuses (an invalid rule): exit code 2, nothing
+/// changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sysmonstm",
+    version,
+    about = "Watch alerts, manage rules, list machines"
+)]
+pub struct Cli {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long = "server",
+        short = 's',
+        env = "NATS_URL",
+        value_delimiter = ',',
+        global = true
+    )]
+    servers: Vec<String>,
+    /// NATS credentials file (JWT + nkey seed).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    creds: Option<PathBuf>,
+    /// File holding an nkey seed.
+    #[arg(long, env = "NATS_NKEY", global = true)]
+    nkey: Option<PathBuf>,
+    /// User name for user/password authentication.
+    #[arg(long, env = "NATS_USER", global = true)]
+    user: Option<String>,
+    /// Password for user/password authentication.
+    #[arg(long, env = "NATS_PASSWORD", global = true)]
+    password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "NATS_TOKEN", global = true)]
+    token: Option<String>,
+    /// CA certificate to verify the server (enables TLS).
+    #[arg(long, env = "NATS_CA", global = true)]
+    tlsca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, env = "NATS_CERT", global = true)]
+    tlscert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, env = "NATS_KEY", global = true)]
+    tlskey: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Alert events: watch live or replayed, list current, acknowledge.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+    },
+    /// Alert rules in the rules bucket.
+    Rules {
+        #[command(subcommand)]
+        command: rules::RulesCommand,
+    },
+    /// Every machine: last seen, online or silent, headline values.
+    Machines {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut nats = NatsConfig::default();
+    if !cli.servers.is_empty() {
+        nats.servers = cli.servers;
+    }
+    nats.creds_file = cli.creds;
+    nats.nkey_file = cli.nkey;
+    nats.user = cli.user;
+    nats.password = cli.password;
+    nats.token = cli.token;
+    nats.tls_ca = cli.tlsca;
+    nats.tls_cert = cli.tlscert;
+    nats.tls_key = cli.tlskey;
+    let client = nats
+        .connect("sysmonstm-cli", false)
+        .await
+        .context("cannot connect to NATS")?;
+    let js = async_nats::jetstream::new(client);
+    match cli.command {
+        Command::Alerts { command } => alerts::run(&js, command).await,
+        Command::Rules { command } => rules::run(&js, command).await,
+        Command::Machines { json } => machines::run(&js, json).await,
+    }
+}

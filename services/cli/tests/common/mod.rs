@@ -1,0 +1,202 @@
+//! Helpers for the CLI's process tests: the `sysmonstm` binary run against
+//! a real nats-server, its live output read line by line, the real alerter
+//! in-process, real snapshots from the agent's collector.
+
+#![allow(dead_code, unused_imports)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prost::Message as _;
+use sysmonstm_agent::collect::{CollectOptions, Collector};
+use sysmonstm_alerter::engine::{Alert, EventKind};
+use sysmonstm_alerter::{Alerter, AlerterConfig, Counters, wire};
+use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::rules::{Metric, Rule, Severity};
+use sysmonstm_schemas::{MachineId, headers, streams, subjects};
+use sysmonstm_testkit::{NatsServer, eventually};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn cli(url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sysmonstm"));
+    c.env("NATS_URL", url)
+        .env("RUST_LOG", "warn")
+        .env_remove("NATS_CREDS")
+        .env_remove("NATS_NKEY")
+        .env_remove("NATS_USER")
+        .env_remove("NATS_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+pub async fn run(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = cli(url).args(args).output().await.expect("run sysmonstm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub struct Watcher {
+    pub _child: Child,
+    pub lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Watcher {
+    pub async fn start(js: &jetstream::Context, url: &str, args: &[&str]) -> Self {
+        let stream = wire::ensure_alerts(js).await.expect("ALERTS");
+        let before = consumers(&stream).await;
+        let mut child = cli(url).args(args).spawn().expect("spawn watch");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // Live from the moment its consumer exists.
+        eventually(WAIT, "the watch's consumer on ALERTS", || {
+            let stream = stream.clone();
+            async move { (consumers(&stream).await > before).then_some(()) }
+        })
+        .await;
+        Self {
+            _child: child,
+            lines,
+        }
+    }
+
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("read")
+            .expect("watch still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    pub async fn nothing_more_within(&mut self, d: Duration) {
+        if let Ok(l) = tokio::time::timeout(d, self.lines.next_line()).await {
+            panic!("unexpected output: {l:?}");
+        }
+    }
+}
+
+pub async fn consumers(stream: &jetstream::stream::Stream) -> usize {
+    let mut s = stream.clone();
+    s.info().await.map(|i| i.state.consumer_count).unwrap_or(0)
+}
+
+pub fn event(machine: &str, rule: &str, kind: EventKind, since_ms: i64) -> Alert {
+    Alert {
+        machine: machine.into(),
+        rule: rule.into(),
+        severity: Severity::Critical,
+        kind,
+        metric: Metric::Cpu,
+        value: 97.0,
+        threshold: 90.0,
+        since_ms,
+        ts_ms: since_ms + 1,
+        message: "cpu 97 > 90".into(),
+        repeat: 0,
+        trigger_seq: 0,
+    }
+}
+
+pub fn alerter_config(url: &str) -> AlerterConfig {
+    AlerterConfig {
+        tick_ms: 100,
+        metrics_listen: None,
+        stream_max_mib: 1024,
+        nats: NatsConfig {
+            servers: vec![url.to_owned()],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Real snapshots of this host with the CPU share the test holds.
+pub struct Machine {
+    pub id: MachineId,
+    pub collector: Collector,
+    pub seq: u64,
+}
+
+impl Machine {
+    pub async fn new(id: &str) -> Self {
+        let id = MachineId::parse(id).expect("id");
+        let mut collector =
+            Collector::new(id.clone(), CollectOptions::default()).expect("collector");
+        collector.warm_up().await;
+        Self {
+            id,
+            collector,
+            seq: 0,
+        }
+    }
+
+    pub async fn publish(&mut self, js: &jetstream::Context, cpu: f32) {
+        self.seq += 1;
+        let mut s = self.collector.sample(self.seq);
+        // Two samples closer than a clock tick have no CPU delta; the share
+        // is the test's to set anyway.
+        s.cpu.get_or_insert_with(Default::default).usage_percent = cpu;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, headers::msg_id(&self.id, s.seq).as_str());
+        js.publish_with_headers(subjects::metrics(&self.id), h, s.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+pub struct RunningAlerter {
+    pub counters: std::sync::Arc<Counters>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_alerter(js: &jetstream::Context, url: &str) -> RunningAlerter {
+    js.get_or_create_stream(streams::metrics(&alerter_config(url).metrics_limits()))
+        .await
+        .expect("METRICS");
+    let a = Alerter::new(alerter_config(url));
+    let counters = a.counters();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(a.run(shutdown.clone()));
+    eventually(WAIT, "the alerter's consumer", || {
+        let js = js.clone();
+        async move {
+            let s = js.get_stream(streams::METRICS).await.ok()?;
+            s.consumer_info(streams::ALERTER_CONSUMER)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    RunningAlerter {
+        counters,
+        shutdown,
+        task,
+    }
+}
+
+impl RunningAlerter {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+pub async fn rule_in_kv(js: &jetstream::Context, name: &str) -> Option<Rule> {
+    let kv = wire::ensure_kv(js, streams::rules_bucket()).await.ok()?;
+    let v = kv.get(name).await.ok()??;
+    Rule::from_json(&v).ok()
+}
