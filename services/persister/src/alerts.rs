@@ -54,9 +54,9 @@ pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> 
             .single()
             .ok_or_else(|| format!("bad time {ms}"))
     };
-    let msg_id = msg_id
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{}:{}:{}:{state}", e.machine_id, e.rule, e.since_ms));
+    let msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {
+        headers::alert_msg_id(&e.machine_id, &e.rule, e.since_ms, e.state(), e.repeat)
+    });
     Ok(AlertRow {
         since: at(e.since_ms)?,
         ts: at(e.timestamp_ms)?,

@@ -122,6 +122,7 @@ async fn full_snapshot_machines_and_alerts_are_stored_once_on_both_paths() {
             since_ms: base_ms(),
             timestamp_ms: base_ms() + 1000,
             message: "cpu 97.5% > 90%".into(),
+            ..Default::default()
         };
         js.get_or_create_stream(sysmonstm_schemas::streams::alerts())
             .await
