@@ -155,7 +155,7 @@ impl Writer {
 
     async fn write_tx(&self, snaps: &[Decoded]) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let new = insert_metrics(&mut tx, snaps).await?;
+        let new = insert_metrics(&mut tx, "metrics", snaps).await?;
         crate::children::insert_all(&mut tx, snaps).await?;
         touch_machines(&mut tx, snaps).await?;
         tx.commit().await?;
@@ -167,7 +167,11 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
 /// The wide rows, one statement. Per-core arrays travel as array literals
 /// because UNNEST cannot take an array of arrays of different lengths.
-async fn insert_metrics(tx: &mut Tx<'_>, snaps: &[Decoded]) -> Result<u64, sqlx::Error> {
+async fn insert_metrics(
+    tx: &mut Tx<'_>,
+    table: &str,
+    snaps: &[Decoded],
+) -> Result<u64, sqlx::Error> {
     macro_rules! col {
         ($f:ident) => {
             snaps.iter().map(|s| s.row.$f.clone()).collect::<Vec<_>>()
@@ -182,8 +186,8 @@ async fn insert_metrics(tx: &mut Tx<'_>, snaps: &[Decoded]) -> Result<u64, sqlx:
             })
         })
         .collect();
-    let res = sqlx::query(
-        "INSERT INTO metrics (machine_id, ts, seq, interval_ms, cpu_percent, cpu_user_percent,
+    let sql = format!(
+        "INSERT INTO {table} (machine_id, ts, seq, interval_ms, cpu_percent, cpu_user_percent,
              cpu_system_percent, cpu_iowait_percent, cpu_per_core,
              mem_total_bytes, mem_used_bytes, mem_available_bytes, mem_used_percent,
              swap_total_bytes, swap_used_bytes, swap_used_percent,
@@ -201,39 +205,54 @@ async fn insert_metrics(tx: &mut Tx<'_>, snaps: &[Decoded]) -> Result<u64, sqlx:
              $27::int8[], $28::int8[])
              AS u(m, t, sq, iv, c, cu, cs, ci, pc, mt, mu, ma, mp, st, su, sp,
                   l1, l5, l15, up, pn, rx, tx, dr, dw, tm, ap, ad)
-         ON CONFLICT (machine_id, ts) DO NOTHING",
-    )
-    .bind(col!(machine_id))
-    .bind(col!(ts))
-    .bind(col!(seq))
-    .bind(col!(interval_ms))
-    .bind(col!(cpu_percent))
-    .bind(col!(cpu_user_percent))
-    .bind(col!(cpu_system_percent))
-    .bind(col!(cpu_iowait_percent))
-    .bind(per_core)
-    .bind(col!(mem_total_bytes))
-    .bind(col!(mem_used_bytes))
-    .bind(col!(mem_available_bytes))
-    .bind(col!(mem_used_percent))
-    .bind(col!(swap_total_bytes))
-    .bind(col!(swap_used_bytes))
-    .bind(col!(swap_used_percent))
-    .bind(col!(load1))
-    .bind(col!(load5))
-    .bind(col!(load15))
-    .bind(col!(uptime_s))
-    .bind(col!(process_count))
-    .bind(col!(net_rx_bps))
-    .bind(col!(net_tx_bps))
-    .bind(col!(disk_read_bps))
-    .bind(col!(disk_write_bps))
-    .bind(col!(temperature_max_c))
-    .bind(col!(agent_spool_pending))
-    .bind(col!(agent_spool_dropped))
-    .execute(&mut **tx)
-    .await?;
+         ON CONFLICT (machine_id, ts) DO NOTHING"
+    );
+    let res = sqlx::query(&sql)
+        .bind(col!(machine_id))
+        .bind(col!(ts))
+        .bind(col!(seq))
+        .bind(col!(interval_ms))
+        .bind(col!(cpu_percent))
+        .bind(col!(cpu_user_percent))
+        .bind(col!(cpu_system_percent))
+        .bind(col!(cpu_iowait_percent))
+        .bind(per_core)
+        .bind(col!(mem_total_bytes))
+        .bind(col!(mem_used_bytes))
+        .bind(col!(mem_available_bytes))
+        .bind(col!(mem_used_percent))
+        .bind(col!(swap_total_bytes))
+        .bind(col!(swap_used_bytes))
+        .bind(col!(swap_used_percent))
+        .bind(col!(load1))
+        .bind(col!(load5))
+        .bind(col!(load15))
+        .bind(col!(uptime_s))
+        .bind(col!(process_count))
+        .bind(col!(net_rx_bps))
+        .bind(col!(net_tx_bps))
+        .bind(col!(disk_read_bps))
+        .bind(col!(disk_write_bps))
+        .bind(col!(temperature_max_c))
+        .bind(col!(agent_spool_pending))
+        .bind(col!(agent_spool_dropped))
+        .execute(&mut **tx)
+        .await?;
     Ok(res.rows_affected())
+}
+
+/// Only the wide rows, into `table` (shaped like `metrics`), in one
+/// transaction: what `just bench ingest` compares with COPY into a staging
+/// table.
+pub async fn insert_wide(
+    pool: &PgPool,
+    table: &str,
+    snaps: &[Decoded],
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let n = insert_metrics(&mut tx, table, snaps).await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// `machines.last_seen` = the newest snapshot time seen of each machine.
