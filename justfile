@@ -96,6 +96,8 @@ bench which:
     eval "$(scripts/install-deps.sh)"
     case "{{which}}" in
       agent) scripts/bench-agent.sh ;;
+      ingest) scripts/bench-persister.sh ingest ;;
+      query) scripts/bench-persister.sh query ;;
       alerts) scripts/bench-alerts.sh ;;
       *) echo "unknown benchmark '{{which}}'; one of: agent alerts" >&2; exit 2 ;;
     esac
