@@ -390,3 +390,34 @@ async fn a_machine_that_went_quiet_before_the_alerter_started_is_still_silent() 
     assert_eq!(kinds(&fired), vec![(EventKind::Firing, 0)]);
     alerter.stop().await;
 }
+
+#[tokio::test]
+async fn a_consumer_left_with_explicit_acks_is_made_again_for_cumulative_acks() {
+    use async_nats::jetstream::consumer;
+    let nats = NatsServer::start_hub();
+    let js = js_for(&nats.url()).await;
+    setup(&js).await;
+    let metrics = js
+        .get_stream(sysmonstm_schemas::streams::METRICS)
+        .await
+        .expect("METRICS");
+    let mut old = sysmonstm_schemas::streams::alerter_consumer(Duration::from_secs(30));
+    old.ack_policy = consumer::AckPolicy::Explicit;
+    metrics
+        .create_consumer(old)
+        .await
+        .expect("an old-style consumer");
+    let alerter = spawn(config(&nats.url()));
+    eventually(WAIT, "the consumer made again with AckPolicy::All", || {
+        let metrics = metrics.clone();
+        async move {
+            let info = metrics
+                .consumer_info(sysmonstm_schemas::streams::ALERTER_CONSUMER)
+                .await
+                .ok()?;
+            (info.config.ack_policy == consumer::AckPolicy::All).then_some(())
+        }
+    })
+    .await;
+    alerter.stop().await;
+}
