@@ -112,7 +112,7 @@ async fn a_restart_while_firing_does_not_fire_again_nor_forget() {
         let (js, filter) = (js.clone(), filter.clone());
         let publish = web.snapshot(97.0);
         async move {
-            publish_raw(&js, &publish).await;
+            publish_snapshot(&js, &publish).await;
             (!stored_events(&js, &filter).await.is_empty()).then_some(())
         }
     })
@@ -163,21 +163,6 @@ async fn a_restart_while_firing_does_not_fire_again_nor_forget() {
     second.stop().await;
 }
 
-async fn publish_raw(js: &async_nats::jetstream::Context, s: &v1::Snapshot) {
-    use prost::Message as _;
-    let id = MachineId::parse(&s.machine_id).expect("id");
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        sysmonstm_schemas::headers::MSG_ID,
-        sysmonstm_schemas::headers::msg_id(&id, s.seq).as_str(),
-    );
-    js.publish_with_headers(subjects::metrics(&id), h, s.encode_to_vec().into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
-}
-
 #[tokio::test]
 async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
     let nats = NatsServer::start_hub();
@@ -217,7 +202,7 @@ async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
         let (js, filter) = (js.clone(), filter.clone());
         let snap = web.snapshot(60.0);
         async move {
-            publish_raw(&js, &snap).await;
+            publish_snapshot(&js, &snap).await;
             let ev = stored_events(&js, &filter).await;
             (!ev.is_empty()).then_some(ev)
         }
