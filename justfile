@@ -98,9 +98,11 @@ bench which:
     eval "$(scripts/install-deps.sh)"
     case "{{which}}" in
       agent) scripts/bench-agent.sh ;;
+      ingest) scripts/bench-persister.sh ingest ;;
+      query) scripts/bench-persister.sh query ;;
       gateway) scripts/bench-gateway.sh ;;
       alerts) scripts/bench-alerts.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent alerts gateway" >&2; exit 2 ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts ingest query gateway" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).

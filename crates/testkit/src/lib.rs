@@ -13,7 +13,7 @@ mod nats;
 mod pg;
 
 pub use nats::NatsServer;
-pub use pg::{PgCluster, TestDb};
+pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb};
 
 use std::future::Future;
 use std::net::TcpListener;

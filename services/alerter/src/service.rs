@@ -115,11 +115,18 @@ impl Alerter {
         self.reconcile_acks(&mut engine, &alerts, &tx).await;
         self.seed_machines(&mut engine, &js).await;
 
+        let wanted = streams::alerter_consumer(Duration::from_secs(cfg.ack_wait_s.max(1)));
+        // Cumulative acks only work on a consumer made for them; one left by
+        // an older alerter (explicit acks) would redeliver nearly everything.
+        // The server cannot change an ack policy, so it is made again.
+        if let Ok(info) = metrics.consumer_info(streams::ALERTER_CONSUMER).await
+            && info.config.ack_policy != wanted.ack_policy
+        {
+            tracing::warn!(old = ?info.config.ack_policy, "alerter consumer has another ack policy; making it again");
+            metrics.delete_consumer(streams::ALERTER_CONSUMER).await?;
+        }
         let consumer = metrics
-            .get_or_create_consumer(
-                streams::ALERTER_CONSUMER,
-                streams::alerter_consumer(Duration::from_secs(cfg.ack_wait_s.max(1))),
-            )
+            .get_or_create_consumer(streams::ALERTER_CONSUMER, wanted)
             .await?;
         let mut snapshots = consumer.messages().await?;
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));

@@ -49,3 +49,51 @@ fn an_invalid_rule_in_the_file_is_refused_naming_the_field() {
         "{err}"
     );
 }
+
+/// The binary as `just up` starts it: the example rules end up in the
+/// bucket, and SIGTERM stops it cleanly.
+#[tokio::test]
+async fn the_binary_loads_the_example_rules_and_stops_on_sigterm() {
+    let nats = sysmonstm_testkit::NatsServer::start_hub();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rules.example.toml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sysmonstm-alerter"))
+        .arg("--rules")
+        .arg(example)
+        .arg("--metrics-listen")
+        .arg("127.0.0.1:0")
+        .env("NATS_URL", nats.url())
+        .env("SYSMON_ALERTER_STREAM_MAX_MIB", "1024")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sysmonstm-alerter");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let rule = sysmonstm_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "machine_silent in the rules bucket",
+        || {
+            let js = js.clone();
+            async move {
+                let kv = js
+                    .get_key_value(sysmonstm_schemas::streams::RULES_BUCKET)
+                    .await
+                    .ok()?;
+                let v = kv.get("machine_silent").await.ok()??;
+                sysmonstm_schemas::rules::Rule::from_json(&v).ok()
+            }
+        },
+    )
+    .await;
+    assert_eq!(rule.metric, sysmonstm_schemas::rules::Metric::Silent);
+    let pid = child.id().expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within 15 s")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}

@@ -4,11 +4,49 @@
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::nats::NatsConfig;
 
+/// Which storage path a new database gets (decided once, by the first
+/// migration; an existing database keeps its path).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// TimescaleDB when the extension is available (and preloaded), else plain.
+    #[default]
+    Auto,
+    /// Native daily partitions and rollup tables, even if TimescaleDB is there.
+    Plain,
+    /// TimescaleDB or fail: the migration refuses to fall back.
+    Timescaledb,
+}
+
+impl Storage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Storage::Auto => "auto",
+            Storage::Plain => "plain",
+            Storage::Timescaledb => "timescaledb",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersisterConfig {
     /// PostgreSQL URL, e.g. `postgres://sysmon@127.0.0.1:5432/sysmon`.
     pub database_url: String,
+    /// Storage path of a new database.
+    pub storage: Storage,
+    /// Raw rows (and child rows) older than this many days are dropped.
+    pub retention_raw_days: u32,
+    /// 1-minute rollups older than this many days are dropped (plain path;
+    /// TimescaleDB: its own retention policy, 90 days).
+    pub retention_1m_days: u32,
+    /// 1-hour rollups older than this many days are dropped; 0 keeps them.
+    pub retention_1h_days: u32,
+    /// Seconds between maintenance runs (partitions ahead, retention).
+    pub maintenance_interval_s: u64,
+    /// `/metrics` listens here (`127.0.0.1:9102`); port 0 picks a free one;
+    /// empty disables it.
+    pub metrics_listen: String,
     /// Most snapshots written in one statement.
     pub batch_size: usize,
     /// How long one pull waits for a batch to fill, in milliseconds.
@@ -35,6 +73,12 @@ impl Default for PersisterConfig {
     fn default() -> Self {
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/sysmon".to_owned(),
+            storage: Storage::Auto,
+            retention_raw_days: 30,
+            retention_1m_days: 90,
+            retention_1h_days: 0,
+            maintenance_interval_s: 3600,
+            metrics_listen: "127.0.0.1:9102".to_owned(),
             batch_size: 1000,
             linger_ms: 100,
             max_ack_pending: 20_000,

@@ -1,12 +1,14 @@
 //! The boundary where protobuf ends: a message's subject and payload become a
-//! [`MetricRow`], or a [`Rejection`] that says why not. Nothing past this
-//! module sees prost types.
+//! [`Decoded`] snapshot (wide row and child rows), or a [`Rejection`] that
+//! says why not. Nothing past this module sees prost types.
 
 use chrono::{DateTime, TimeZone, Utc};
 use prost::Message as _;
 use sysmonstm_schemas::{subjects, v1};
 
-/// One snapshot as the database stores it.
+pub use crate::rows::{Decoded, DiskRow, FsRow, NetRow, ProcRow, TempRow};
+
+/// One snapshot's wide row as the database stores it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricRow {
     pub machine_id: String,
@@ -14,16 +16,29 @@ pub struct MetricRow {
     pub seq: i64,
     pub interval_ms: i32,
     pub cpu_percent: Option<f32>,
+    pub cpu_user_percent: Option<f32>,
+    pub cpu_system_percent: Option<f32>,
+    pub cpu_iowait_percent: Option<f32>,
+    pub cpu_per_core: Option<Vec<f32>>,
     pub mem_total_bytes: Option<i64>,
     pub mem_used_bytes: Option<i64>,
     pub mem_available_bytes: Option<i64>,
+    pub mem_used_percent: Option<f32>,
     pub swap_total_bytes: Option<i64>,
     pub swap_used_bytes: Option<i64>,
+    pub swap_used_percent: Option<f32>,
     pub load1: Option<f64>,
     pub load5: Option<f64>,
     pub load15: Option<f64>,
     pub uptime_s: i64,
     pub process_count: i32,
+    pub net_rx_bps: Option<f64>,
+    pub net_tx_bps: Option<f64>,
+    pub disk_read_bps: Option<f64>,
+    pub disk_write_bps: Option<f64>,
+    pub temperature_max_c: Option<f32>,
+    pub agent_spool_pending: Option<i64>,
+    pub agent_spool_dropped: Option<i64>,
 }
 
 /// Why a message is refused for good (it is terminated, never retried).
@@ -56,7 +71,7 @@ pub fn decode(
     payload: &[u8],
     now: DateTime<Utc>,
     limits: Limits,
-) -> Result<MetricRow, Rejection> {
+) -> Result<Decoded, Rejection> {
     if payload.len() > limits.max_payload_bytes {
         return Err(Rejection::Oversized(payload.len()));
     }
@@ -78,30 +93,11 @@ pub fn decode(
         .timestamp_millis_opt(snap.timestamp_ms)
         .single()
         .ok_or(Rejection::Timestamp(snap.timestamp_ms))?;
-    let mem = snap.memory.unwrap_or_default();
-    let has_mem = snap.memory.is_some();
-    let load = snap.load;
-    Ok(MetricRow {
-        machine_id: snap.machine_id,
-        ts,
-        seq: i64::try_from(snap.seq).unwrap_or(i64::MAX),
-        interval_ms: i32::try_from(snap.interval_ms).unwrap_or(i32::MAX),
-        cpu_percent: snap.cpu.map(|c| c.usage_percent),
-        mem_total_bytes: has_mem.then(|| big(mem.total_bytes)),
-        mem_used_bytes: has_mem.then(|| big(mem.used_bytes)),
-        mem_available_bytes: has_mem.then(|| big(mem.available_bytes)),
-        swap_total_bytes: has_mem.then(|| big(mem.swap_total_bytes)),
-        swap_used_bytes: has_mem.then(|| big(mem.swap_used_bytes)),
-        load1: load.map(|l| l.one),
-        load5: load.map(|l| l.five),
-        load15: load.map(|l| l.fifteen),
-        uptime_s: big(snap.uptime_s),
-        process_count: i32::try_from(snap.process_count).unwrap_or(i32::MAX),
-    })
+    Ok(crate::rows::from_snapshot(snap, ts))
 }
 
 /// PostgreSQL has no unsigned integers; byte counts never reach 2^63.
-fn big(v: u64) -> i64 {
+pub(crate) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -150,14 +146,14 @@ mod tests {
     #[test]
     fn maps_a_snapshot() {
         let s = snap("web01", 1_800_000_000_000);
-        let row = decode("sysmon.metrics.web01", &s.encode_to_vec(), now(), LIMITS).expect("ok");
-        assert_eq!(row.machine_id, "web01");
-        assert_eq!(row.ts.timestamp_millis(), 1_800_000_000_000);
-        assert_eq!(row.seq, 7);
-        assert_eq!(row.cpu_percent, Some(12.5));
-        assert_eq!(row.mem_used_bytes, Some(2 << 30));
-        assert_eq!(row.load15, Some(0.125));
-        assert_eq!(row.process_count, 42);
+        let d = decode("sysmon.metrics.web01", &s.encode_to_vec(), now(), LIMITS).expect("ok");
+        assert_eq!(d.row.machine_id, "web01");
+        assert_eq!(d.row.ts.timestamp_millis(), 1_800_000_000_000);
+        assert_eq!(d.row.seq, 7);
+        assert_eq!(d.row.cpu_percent, Some(12.5));
+        assert_eq!(d.row.mem_used_bytes, Some(2 << 30));
+        assert_eq!(d.row.load15, Some(0.125));
+        assert_eq!(d.row.process_count, 42);
     }
 
     #[test]
@@ -167,9 +163,9 @@ mod tests {
             timestamp_ms: 1_800_000_000_000,
             ..Default::default()
         };
-        let row = decode("sysmon.metrics.a", &s.encode_to_vec(), now(), LIMITS).expect("ok");
+        let d = decode("sysmon.metrics.a", &s.encode_to_vec(), now(), LIMITS).expect("ok");
         assert_eq!(
-            (row.cpu_percent, row.mem_total_bytes, row.load1),
+            (d.row.cpu_percent, d.row.mem_total_bytes, d.row.load1),
             (None, None, None)
         );
     }

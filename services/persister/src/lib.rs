@@ -6,27 +6,39 @@
 //! stored (garbage, wrong subject, absurd timestamp) is terminated, counted and
 //! logged; the rest of its batch is stored. A database error acknowledges
 //! nothing: the batch is written again, with back-off, until it goes in.
+//!
+//! Beside it run: MachineInfo into `machines`, alert events into `alerts`,
+//! storage maintenance (partitions, retention) and the `/metrics` endpoint.
 
+pub mod alerts;
+mod children;
 pub mod config;
 pub mod counters;
 pub mod decode;
+mod http;
+pub mod machines;
+pub mod maintenance;
+mod rows;
 pub mod store;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
 use sysmonstm_schemas::streams;
 use tokio_util::sync::CancellationToken;
 
-pub use config::PersisterConfig;
+pub use config::{PersisterConfig, Storage};
 pub use counters::Counters;
-use decode::{Limits, MetricRow, Rejection};
+use decode::{Decoded, Limits, Rejection};
+pub use store::{Mode, migrate, migrate_with};
 
 pub struct Persister {
     config: PersisterConfig,
     counters: Arc<Counters>,
+    metrics_addr: Arc<OnceLock<SocketAddr>>,
 }
 
 impl Persister {
@@ -34,6 +46,7 @@ impl Persister {
         Self {
             config,
             counters: Arc::default(),
+            metrics_addr: Arc::default(),
         }
     }
 
@@ -42,22 +55,42 @@ impl Persister {
         Arc::clone(&self.counters)
     }
 
+    /// Where `/metrics` listens, once [`run`](Self::run) has bound it.
+    pub fn metrics_addr(&self) -> Arc<OnceLock<SocketAddr>> {
+        Arc::clone(&self.metrics_addr)
+    }
+
     /// Runs until `shutdown`. Returns an error only for what retrying cannot
     /// mend (a configuration the server refuses); an absent hub or database
     /// is waited for.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let cfg = &self.config;
         let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
+        if !cfg.metrics_listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(cfg.metrics_listen.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.metrics_listen))?;
+            let _ = self.metrics_addr.set(listener.local_addr()?);
+            tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&self.counters),
+                shutdown.clone(),
+            ));
+        }
         let client = cfg.nats.connect("sysmonstm-persister", true).await?;
         let js = jetstream::new(client);
 
         let Some(consumer) = ensure_consumer(&js, cfg, max_backoff, &shutdown).await else {
             return Ok(());
         };
-        let Some(pool) = store::connect(&cfg.database_url, max_backoff, &shutdown).await else {
+        let Some((pool, mode)) =
+            store::connect(&cfg.database_url, cfg.storage, max_backoff, &shutdown).await
+        else {
             return Ok(());
         };
-        tracing::info!(batch_size = cfg.batch_size, "persister ready");
+        tracing::info!(batch_size = cfg.batch_size, ?mode, "persister ready");
+        let side = self.spawn_side(&js, &pool, mode, consumer.clone(), &shutdown);
+        let writer = store::Writer::new(pool, mode);
 
         let limits = Limits {
             max_payload_bytes: cfg.max_payload_bytes,
@@ -88,8 +121,11 @@ impl Persister {
             if msgs.is_empty() {
                 continue;
             }
-            self.handle_batch(&pool, msgs, limits, max_backoff, &shutdown)
+            self.handle_batch(&writer, msgs, limits, max_backoff, &shutdown)
                 .await;
+        }
+        for t in side {
+            let _ = t.await;
         }
         tracing::info!(
             stored = Counters::get(&self.counters.stored),
@@ -99,19 +135,63 @@ impl Persister {
         Ok(())
     }
 
+    /// The tasks beside the main loop: MachineInfo, alerts, maintenance and
+    /// the lag gauge.
+    fn spawn_side(
+        &self,
+        js: &jetstream::Context,
+        pool: &sqlx::PgPool,
+        mode: Mode,
+        consumer: PullConsumer,
+        shutdown: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let cfg = &self.config;
+        let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
+        let ack_wait = Duration::from_secs(cfg.ack_wait_s.max(1));
+        vec![
+            tokio::spawn(machines::run(
+                js.clone(),
+                pool.clone(),
+                Arc::clone(&self.counters),
+                max_backoff,
+                shutdown.clone(),
+            )),
+            tokio::spawn(alerts::run(
+                js.clone(),
+                pool.clone(),
+                Arc::clone(&self.counters),
+                ack_wait,
+                max_backoff,
+                shutdown.clone(),
+            )),
+            tokio::spawn(maintenance::run(
+                pool.clone(),
+                mode,
+                cfg.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(watch_lag(
+                consumer,
+                Arc::clone(&self.counters),
+                shutdown.clone(),
+            )),
+        ]
+    }
+
     /// Sorts a batch into rows and rejects, terminates the rejects, stores the
     /// rows (retrying until it works or shutdown), then acknowledges them.
     async fn handle_batch(
         &self,
-        pool: &sqlx::PgPool,
+        writer: &store::Writer,
         msgs: Vec<jetstream::Message>,
         limits: Limits,
         max_backoff: Duration,
         shutdown: &CancellationToken,
     ) {
         let c = &self.counters;
+        let started = Instant::now();
         let now = chrono::Utc::now();
-        let mut rows: Vec<MetricRow> = Vec::with_capacity(msgs.len());
+        let mut rows: Vec<Decoded> = Vec::with_capacity(msgs.len());
         let mut accepted: Vec<jetstream::Message> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             Counters::add(&c.received, 1);
@@ -129,9 +209,13 @@ impl Persister {
 
         let mut backoff = Duration::from_millis(100);
         loop {
-            match store::insert_metrics(pool, &rows).await {
+            match writer.write(&rows).await {
                 Ok(new) => {
                     Counters::add(&c.stored, new);
+                    if new == rows.len() as u64 {
+                        let n: usize = rows.iter().map(Decoded::row_count).sum();
+                        Counters::add(&c.rows_stored, n as u64);
+                    }
                     Counters::add(&c.duplicates, rows.len() as u64 - new);
                     Counters::add(&c.batches, 1);
                     break;
@@ -157,6 +241,7 @@ impl Persister {
                 }
             }
         }
+        c.observe_batch(started.elapsed());
         for m in &accepted {
             if let Err(e) = m.ack().await {
                 // The row is committed; a lost ack means a redelivery that
@@ -224,8 +309,27 @@ async fn ensure_consumer(
     }
 }
 
+/// Keeps the consumer's lag (not yet delivered) and pending acks on the
+/// counters, once a second.
+async fn watch_lag(
+    mut consumer: PullConsumer,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            Counters::set(&counters.consumer_lag, info.num_pending);
+            Counters::set(&counters.consumer_ack_pending, info.num_ack_pending as u64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// One pull of up to `max` messages, waiting at most `linger` for them.
-async fn fetch(
+pub(crate) async fn fetch(
     consumer: &PullConsumer,
     max: usize,
     linger: Duration,

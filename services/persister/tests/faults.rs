@@ -16,9 +16,10 @@ fn spawn_process(nats_url: &str, db_url: &str) -> Child {
         .env("NATS_URL", nats_url)
         .env("DATABASE_URL", db_url)
         .env("SYSMON_PERSISTER_ACK_WAIT_S", "2")
-        .env("SYSMON_PERSISTER_BATCH_SIZE", "100")
+        .env("SYSMON_PERSISTER_BATCH_SIZE", "500")
         .env("SYSMON_PERSISTER_LINGER_MS", "20")
         .env("SYSMON_PERSISTER_STREAM_MAX_MIB", "1024")
+        .env("SYSMON_PERSISTER_METRICS_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -26,10 +27,56 @@ fn spawn_process(nats_url: &str, db_url: &str) -> Child {
         .expect("start sysmonstm-persister")
 }
 
+/// Publishes `per_machine` snapshots of each of `machines` machines, round by
+/// round, keeping up to a round of acks in flight (as fast as JetStream
+/// takes them, so the stream is long enough to kill something in it).
+fn produce(
+    js: &async_nats::jetstream::Context,
+    machines: u64,
+    per_machine: u64,
+) -> tokio::task::JoinHandle<()> {
+    let js = js.clone();
+    tokio::spawn(async move {
+        use async_nats::jetstream::message::PublishMessage;
+        use prost::Message as _;
+        for seq in 1..=per_machine {
+            let mut acks = Vec::with_capacity(machines as usize);
+            for m in 0..machines {
+                let snap = snapshot(&format!("m{m:03}"), seq);
+                let id = format!("m{m:03}:{seq}");
+                let ack = js
+                    .send_publish(
+                        format!("sysmon.metrics.m{m:03}"),
+                        PublishMessage::build()
+                            .message_id(id)
+                            .payload(snap.encode_to_vec().into()),
+                    )
+                    .await
+                    .expect("publish sent");
+                acks.push(ack);
+            }
+            for a in acks {
+                a.await.expect("publish acked");
+            }
+        }
+    })
+}
+
+async fn assert_each_once(pool: &sqlx::PgPool, total: i64, machines: i64) {
+    let (distinct, n_machines): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT (machine_id, seq)), count(DISTINCT machine_id) FROM metrics",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("query");
+    assert_eq!((distinct, n_machines), (total, machines));
+}
+
 #[tokio::test]
 async fn persister_killed_mid_stream_stores_every_snapshot_exactly_once() {
-    const MACHINES: u64 = 10;
-    const PER_MACHINE: u64 = 300;
+    // The figures: 100 k snapshots from 100 machines.
+    const MACHINES: u64 = 100;
+    const PER_MACHINE: u64 = 1000;
     const TOTAL: i64 = (MACHINES * PER_MACHINE) as i64;
     let nats = NatsServer::start();
     let db = TestDb::new().await;
@@ -37,48 +84,73 @@ async fn persister_killed_mid_stream_stores_every_snapshot_exactly_once() {
     let js = js_for(&nats.url()).await;
     ensure_stream(&js).await;
 
-    // A steady stream from ten machines, paced so the kill lands inside it.
-    let producer = tokio::spawn({
-        let js = js.clone();
-        async move {
-            for seq in 1..=PER_MACHINE {
-                for m in 0..MACHINES {
-                    publish(&js, &snapshot(&format!("m{m}"), seq)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
-
+    let producer = produce(&js, MACHINES, PER_MACHINE);
     let mut first = spawn_process(&nats.url(), db.url());
     eventually(WAIT, "the first persister stores some rows", || async {
-        (row_count(&pool).await >= 300).then_some(())
+        (row_count(&pool).await >= 2000).then_some(())
     })
     .await;
+    // SIGKILL: no shutdown path runs.
     first.kill().expect("SIGKILL the persister");
     first.wait().expect("reaped");
     let at_kill = row_count(&pool).await;
     assert!(
-        !producer.is_finished() && at_kill < TOTAL,
+        at_kill < TOTAL,
         "the kill must land mid-stream ({at_kill} rows)"
     );
 
     let mut second = spawn_process(&nats.url(), db.url());
     producer.await.expect("producer finished");
-    wait_rows(&pool, TOTAL).await;
-    let (distinct, machines): (i64, i64) = sqlx::query_as(
-        "SELECT count(DISTINCT (machine_id, seq)), count(DISTINCT machine_id) FROM metrics",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("query");
-    assert_eq!((distinct, machines), (TOTAL, MACHINES as i64));
+    eventually(Duration::from_secs(300), "all 100 k rows", || async {
+        (row_count(&pool).await >= TOTAL).then_some(())
+    })
+    .await;
+    assert_each_once(&pool, TOTAL, MACHINES as i64).await;
     // Redeliveries of what the killed process had in hand come in after the
     // ack wait; they must change nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(row_count(&pool).await, TOTAL);
     let _ = second.kill();
     let _ = second.wait();
+}
+
+#[tokio::test]
+async fn two_persisters_share_the_consumer_and_one_killed_leaves_totals_exact() {
+    const MACHINES: u64 = 50;
+    const PER_MACHINE: u64 = 400;
+    const TOTAL: i64 = (MACHINES * PER_MACHINE) as i64;
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    ensure_stream(&js).await;
+
+    let mut a = spawn_process(&nats.url(), db.url());
+    let mut b = spawn_process(&nats.url(), db.url());
+    let producer = produce(&js, MACHINES, PER_MACHINE);
+    eventually(WAIT, "some rows stored", || async {
+        (row_count(&pool).await >= 1000).then_some(())
+    })
+    .await;
+    a.kill().expect("SIGKILL one persister");
+    a.wait().expect("reaped");
+    assert!(row_count(&pool).await < TOTAL, "the kill lands mid-stream");
+    producer.await.expect("producer finished");
+    eventually(
+        Duration::from_secs(180),
+        "the other carries on to the end",
+        || async { (row_count(&pool).await >= TOTAL).then_some(()) },
+    )
+    .await;
+    assert_each_once(&pool, TOTAL, MACHINES as i64).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(row_count(&pool).await, TOTAL);
+    assert!(
+        b.try_wait().expect("status").is_none(),
+        "the survivor still runs"
+    );
+    let _ = b.kill();
+    let _ = b.wait();
 }
 
 #[tokio::test]
@@ -116,16 +188,32 @@ async fn database_outage_holds_acks_and_loses_nothing() {
         held.num_ack_pending + held.num_pending as usize >= 30,
         "nothing written, so nothing acknowledged: {held:?}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The outage: a minute, with snapshots still coming.
+    for seq in 51..=80 {
+        publish(&js, &snapshot("outage", seq)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     assert!(
         !persister.task.is_finished(),
         "still running while the database is away"
     );
+    assert!(
+        Counters::get(&persister.counters.consumer_lag)
+            + Counters::get(&persister.counters.consumer_ack_pending)
+            >= 60,
+        "the backlog shows as lag"
+    );
     assert_eq!(Counters::get(&persister.counters.stored), 20);
 
     pg.start_again();
-    wait_rows(&pool, 50).await;
-    assert_eq!(Counters::get(&persister.counters.stored), 50);
+    wait_rows(&pool, 80).await;
+    assert_eq!(Counters::get(&persister.counters.stored), 80);
+    eventually(WAIT, "the lag recovers", || async {
+        (Counters::get(&persister.counters.consumer_lag) == 0
+            && Counters::get(&persister.counters.consumer_ack_pending) == 0)
+            .then_some(())
+    })
+    .await;
     let info = consumer.get_info().await.expect("consumer info");
     assert_eq!(
         (info.num_pending, info.num_ack_pending),

@@ -25,6 +25,7 @@ pub fn config(nats_url: &str, db_url: &str) -> PersisterConfig {
         ack_wait_s: 2,
         max_backoff_ms: 500,
         stream_max_mib: 1024,
+        metrics_listen: "127.0.0.1:0".to_owned(),
         nats: NatsConfig {
             servers: vec![nats_url.to_owned()],
             ..Default::default()
@@ -63,9 +64,19 @@ pub fn spawn(cfg: PersisterConfig) -> Running {
     }
 }
 
+/// Where test snapshots start: a day ago (whole minute), the same for the
+/// whole test process, so retention (30 days) keeps them.
+pub fn base_ms() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = chrono::Utc::now().timestamp_millis() - 86_400_000;
+        now - now % 60_000
+    })
+}
+
 /// A realistic snapshot of `machine` with distinct values per `seq`.
 pub fn snapshot(machine: &str, seq: u64) -> v1::Snapshot {
-    let ts = 1_790_000_000_000 + seq as i64 * 1000;
+    let ts = base_ms() + seq as i64 * 1000;
     v1::Snapshot {
         machine_id: machine.to_owned(),
         seq,

@@ -1,0 +1,325 @@
+//! `just bench ingest`: BENCH_SNAPSHOTS (default 1 000 000) realistic
+//! snapshots of BENCH_MACHINES (default 1 000) machines are put into METRICS
+//! first; then the persister is timed from its start to the commit of the
+//! last one. In the same run, on the same rows: a raw binary COPY of every
+//! stored row into empty tables (the physical limit) and the ratio; and
+//! UNNEST + ON CONFLICT against COPY into a staging table + INSERT … ON
+//! CONFLICT for the wide rows, batch for batch.
+//!
+//! Needs SYSMON_TEST_DATABASE_URL (an admin URL) and nats-server
+//! (scripts/bench-persister.sh sets both up). BENCH_STORAGE: auto | plain |
+//! timescaledb.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt as _;
+use prost::Message as _;
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use sysmonstm_persister::decode::{self, Decoded, Limits};
+use sysmonstm_persister::{Counters, Persister, PersisterConfig, Storage, store};
+use sysmonstm_schemas::v1;
+use sysmonstm_testkit::{NatsServer, TestDb};
+use tokio_util::sync::CancellationToken;
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What an agent sends: 8 cores, 2 filesystems, 1 disk, lo + eth0, one
+/// temperature, top 3 by CPU and by memory.
+fn snapshot(machine: usize, seq: u64, base_ms: i64) -> v1::Snapshot {
+    let f = (seq as f32 * 0.37 + machine as f32).sin().abs();
+    v1::Snapshot {
+        machine_id: format!("m{machine:04}"),
+        seq,
+        timestamp_ms: base_ms + seq as i64 * 1000,
+        interval_ms: 1000,
+        cpu: Some(v1::Cpu {
+            usage_percent: 100.0 * f,
+            per_core_percent: (0..8).map(|c| (f * 100.0 + c as f32) % 100.0).collect(),
+            user_percent: Some(60.0 * f),
+            system_percent: Some(30.0 * f),
+            iowait_percent: Some(f),
+        }),
+        memory: Some(v1::Memory {
+            total_bytes: 32 << 30,
+            used_bytes: (8 << 30) + seq * 4096,
+            available_bytes: (24 << 30) - seq * 4096,
+            swap_total_bytes: 4 << 30,
+            swap_used_bytes: seq * 1024,
+            swap_free_bytes: (4 << 30) - seq * 1024,
+        }),
+        load: Some(v1::Load {
+            one: 4.0 * f as f64,
+            five: 3.0,
+            fifteen: 2.5,
+        }),
+        uptime_s: 100_000 + seq,
+        process_count: 300 + (seq % 17) as u32,
+        filesystems: ["/", "/var"]
+            .iter()
+            .map(|m| v1::Filesystem {
+                mount: (*m).into(),
+                fs_type: "ext4".into(),
+                total_bytes: 500 << 30,
+                used_bytes: (200 << 30) + seq,
+                free_bytes: (300 << 30) - seq,
+            })
+            .collect(),
+        disks: vec![v1::Disk {
+            name: "nvme0n1".into(),
+            read_bytes_per_s: Some(1e6 * f),
+            write_bytes_per_s: Some(2e6 * f),
+        }],
+        interfaces: ["lo", "eth0"]
+            .iter()
+            .map(|n| v1::NetInterface {
+                name: (*n).into(),
+                rx_bytes_per_s: Some(1e5 * f),
+                tx_bytes_per_s: Some(5e4 * f),
+                rx_errors_per_s: Some(0.0),
+                tx_errors_per_s: Some(0.0),
+            })
+            .collect(),
+        top_cpu: (0..3)
+            .map(|i| v1::Process {
+                pid: 1000 + i,
+                name: format!("worker-{i}"),
+                cpu_percent: 30.0 * f,
+                rss_bytes: 200 << 20,
+            })
+            .collect(),
+        top_memory: (0..3)
+            .map(|i| v1::Process {
+                pid: 2000 + i,
+                name: format!("cache-{i}"),
+                cpu_percent: 2.0,
+                rss_bytes: (1 << 30) + u64::from(i),
+            })
+            .collect(),
+        temperatures: vec![v1::Temperature {
+            label: "Package id 0".into(),
+            celsius: 40.0 + 20.0 * f,
+        }],
+        agent: None,
+    }
+}
+
+const TABLES: [&str; 6] = [
+    "metrics",
+    "metrics_fs",
+    "metrics_disk",
+    "metrics_net",
+    "metrics_temp",
+    "metrics_proc",
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: u64 = env("BENCH_SNAPSHOTS", 1_000_000);
+    let machines: usize = env("BENCH_MACHINES", 1000);
+    let batch: usize = env("BENCH_BATCH", 2000);
+    let storage: Storage = match std::env::var("BENCH_STORAGE").as_deref() {
+        Ok("plain") => Storage::Plain,
+        Ok("timescaledb") => Storage::Timescaledb,
+        _ => Storage::Auto,
+    };
+    let per_machine = n / machines as u64;
+    let n = per_machine * machines as u64;
+    let admin = std::env::var("SYSMON_TEST_DATABASE_URL")?;
+    let db = TestDb::on(&admin).await;
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let cfg = PersisterConfig {
+        database_url: db.url().to_owned(),
+        storage,
+        batch_size: batch,
+        linger_ms: 50,
+        max_ack_pending: (batch * 8) as i64,
+        metrics_listen: String::new(),
+        stream_max_mib: 3 * 1024,
+        nats: sysmonstm_kit::nats::NatsConfig {
+            servers: vec![nats.url()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    js.get_or_create_stream(sysmonstm_schemas::streams::metrics(&cfg.metrics_limits()))
+        .await?;
+
+    // 1. Fill METRICS.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let base_ms = now_ms - (per_machine as i64 + 60) * 1000;
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    for seq in 1..=per_machine {
+        let mut acks = Vec::with_capacity(machines);
+        for m in 0..machines {
+            let payload = snapshot(m, seq, base_ms).encode_to_vec();
+            bytes += payload.len();
+            acks.push(
+                js.send_publish(
+                    format!("sysmon.metrics.m{m:04}"),
+                    PublishMessage::build()
+                        .message_id(format!("m{m:04}:{seq}"))
+                        .payload(payload.into()),
+                )
+                .await?,
+            );
+        }
+        for a in acks {
+            a.await?;
+        }
+    }
+    println!(
+        "loaded {n} snapshots of {machines} machines into METRICS ({:.0} B each) in {:.1} s",
+        bytes as f64 / n as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. The persister, from start to the last commit.
+    let p = Persister::new(cfg.clone());
+    let counters = p.counters();
+    let shutdown = CancellationToken::new();
+    let t = Instant::now();
+    let task = tokio::spawn(p.run(shutdown.clone()));
+    while Counters::get(&counters.stored) + Counters::get(&counters.duplicates) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        anyhow::ensure!(!task.is_finished(), "the persister stopped");
+    }
+    let took = t.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = task.await;
+    let pool = db.pool().await;
+    let mut rows = 0i64;
+    for t in TABLES {
+        let c: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+            .fetch_one(&pool)
+            .await?;
+        rows += c;
+    }
+    let mode = store::mode(&pool).await?;
+    let snaps_s = n as f64 / took;
+    let rows_s = rows as f64 / took;
+    println!(
+        "persister ({mode:?}, batch {batch}): {n} snapshots, {rows} rows incl. child rows in {took:.1} s \
+         = {snaps_s:.0} snapshots/s, {rows_s:.0} rows/s"
+    );
+
+    // 3. Physical limit: the same rows, binary COPY into empty tables.
+    let mut conn = PgConnection::connect(db.url()).await?;
+    let mut data = Vec::new();
+    for t in TABLES {
+        let mut out = conn
+            .copy_out_raw(&format!(
+                "COPY (SELECT * FROM {t}) TO STDOUT (FORMAT binary)"
+            ))
+            .await?;
+        let mut chunks = Vec::new();
+        while let Some(c) = out.next().await {
+            chunks.push(c?);
+        }
+        drop(out);
+        conn.execute(format!("CREATE TABLE copy_{t} (LIKE {t})").as_str())
+            .await?;
+        data.push((t, chunks));
+    }
+    let t = Instant::now();
+    for (table, chunks) in &data {
+        let mut sink = conn
+            .copy_in_raw(&format!("COPY copy_{table} FROM STDIN (FORMAT binary)"))
+            .await?;
+        for c in chunks {
+            sink.send(c.as_ref()).await?;
+        }
+        sink.finish().await?;
+    }
+    let copy_took = t.elapsed().as_secs_f64();
+    drop(data);
+    let copy_rows_s = rows as f64 / copy_took;
+    println!(
+        "binary COPY of the same {rows} rows into empty tables: {copy_took:.1} s = {copy_rows_s:.0} rows/s \
+         ({:.0} snapshots/s); persister/COPY = {:.2}",
+        n as f64 / copy_took,
+        rows_s / copy_rows_s
+    );
+
+    // 4. UNNEST + ON CONFLICT vs COPY staging + INSERT … ON CONFLICT, wide
+    //    rows only, the first seqs of every machine, batch for batch.
+    let cmp_seqs = (200_000 / machines as u64).clamp(1, per_machine);
+    let limits = Limits {
+        max_payload_bytes: 1 << 20,
+        max_future_skew_ms: 3_600_000,
+    };
+    let now = chrono::Utc::now();
+    let decoded: Vec<Decoded> = (1..=cmp_seqs)
+        .flat_map(|seq| (0..machines).map(move |m| (m, seq)))
+        .map(|(m, seq)| {
+            let s = snapshot(m, seq, base_ms);
+            decode::decode(
+                &format!("sysmon.metrics.{}", s.machine_id),
+                &s.encode_to_vec(),
+                now,
+                limits,
+            )
+            .expect("valid")
+        })
+        .collect();
+    for t in ["cmp_unnest", "cmp_stage"] {
+        conn.execute(format!("CREATE TABLE {t} (LIKE metrics INCLUDING ALL)").as_str())
+            .await?;
+        conn.execute(format!("ALTER TABLE {t} ADD PRIMARY KEY (machine_id, ts)").as_str())
+            .await
+            .ok();
+    }
+    let t = Instant::now();
+    for b in decoded.chunks(batch) {
+        store::insert_wide(&pool, "cmp_unnest", b).await?;
+    }
+    let unnest_took = t.elapsed().as_secs_f64();
+    let mut text = Vec::new();
+    {
+        let mut out = conn
+            .copy_out_raw(&format!(
+                "COPY (SELECT * FROM metrics WHERE seq <= {cmp_seqs} ORDER BY seq, machine_id) TO STDOUT"
+            ))
+            .await?;
+        while let Some(c) = out.next().await {
+            text.extend_from_slice(&c?);
+        }
+    }
+    let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+    let t = Instant::now();
+    for b in lines.chunks(batch) {
+        let mut tx = conn.begin().await?;
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS stage (LIKE metrics) ON COMMIT DELETE ROWS")
+            .execute(&mut *tx)
+            .await?;
+        let mut sink = tx.copy_in_raw("COPY stage FROM STDIN").await?;
+        sink.send(b.concat()).await?;
+        sink.finish().await?;
+        sqlx::query("INSERT INTO cmp_stage SELECT * FROM stage ON CONFLICT DO NOTHING")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    let stage_took = t.elapsed().as_secs_f64();
+    let cmp_n = decoded.len() as f64;
+    println!(
+        "wide rows only, {} rows in batches of {batch}: UNNEST + ON CONFLICT {:.0} rows/s; \
+         COPY staging + INSERT ON CONFLICT {:.0} rows/s; UNNEST/COPY-staging = {:.2}",
+        decoded.len(),
+        cmp_n / unnest_took,
+        lines.len() as f64 / stage_took,
+        (cmp_n / unnest_took) / (lines.len() as f64 / stage_took)
+    );
+    println!(
+        "target: >= 50000 snapshots/s -> {}",
+        if snaps_s >= 50_000.0 { "met" } else { "MISSED" }
+    );
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! AlertEvents from the ALERTS stream into `alerts`, through the durable
+//! consumer `persister_alerts`: a batch per pull, one statement, acks after
+//! the commit. `msg_id` is unique, so a redelivered event changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, TimeZone as _, Utc};
+use prost::Message as _;
+use sqlx::PgPool;
+use sysmonstm_schemas::{headers, streams, v1};
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::Counters;
+
+/// One event as `alerts` stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub machine_id: String,
+    pub rule: String,
+    pub severity: &'static str,
+    pub state: &'static str,
+    pub metric: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub since: DateTime<Utc>,
+    pub ts: DateTime<Utc>,
+    pub message: String,
+    pub msg_id: String,
+}
+
+/// Decodes an event; `msg_id` is the message's `Nats-Msg-Id`, or the one the
+/// contract defines when the header is missing.
+pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> {
+    let e = v1::AlertEvent::decode(payload).map_err(|e| format!("not an AlertEvent: {e}"))?;
+    let severity = match e.severity() {
+        v1::Severity::Info => "info",
+        v1::Severity::Warning => "warning",
+        v1::Severity::Critical => "critical",
+        v1::Severity::Unspecified => return Err("severity unspecified".into()),
+    };
+    let state = match e.state() {
+        v1::AlertState::Firing => "firing",
+        v1::AlertState::Resolved => "resolved",
+        v1::AlertState::Acknowledged => "acknowledged",
+        v1::AlertState::Unspecified => return Err("state unspecified".into()),
+    };
+    if e.machine_id.is_empty() || e.rule.is_empty() {
+        return Err("machine or rule missing".into());
+    }
+    let at = |ms: i64| {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .ok_or_else(|| format!("bad time {ms}"))
+    };
+    let msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {
+        headers::alert_msg_id(&e.machine_id, &e.rule, e.since_ms, e.state(), e.repeat)
+    });
+    Ok(AlertRow {
+        since: at(e.since_ms)?,
+        ts: at(e.timestamp_ms)?,
+        machine_id: e.machine_id,
+        rule: e.rule,
+        severity,
+        state,
+        metric: e.metric,
+        value: e.value,
+        threshold: e.threshold,
+        message: e.message,
+        msg_id,
+    })
+}
+
+/// Inserts the events; returns how many were new.
+pub async fn insert(pool: &PgPool, rows: &[AlertRow]) -> Result<u64, sqlx::Error> {
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let r = sqlx::query(
+        "INSERT INTO alerts (machine_id, rule, severity, state, metric, value, threshold, since,
+             ts, message, msg_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+             $6::float8[], $7::float8[], $8::timestamptz[], $9::timestamptz[], $10::text[],
+             $11::text[])
+         ON CONFLICT (msg_id) DO NOTHING",
+    )
+    .bind(col!(machine_id))
+    .bind(col!(rule))
+    .bind(col!(severity))
+    .bind(col!(state))
+    .bind(col!(metric))
+    .bind(col!(value))
+    .bind(col!(threshold))
+    .bind(col!(since))
+    .bind(col!(ts))
+    .bind(col!(message))
+    .bind(col!(msg_id))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Pulls ALERTS until shutdown.
+pub async fn run(
+    js: jetstream::Context,
+    pool: PgPool,
+    counters: Arc<Counters>,
+    ack_wait: Duration,
+    max_backoff: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let consumer = loop {
+        let attempt = async {
+            let stream = js.get_or_create_stream(streams::alerts()).await?;
+            let c = stream
+                .get_or_create_consumer(
+                    streams::PERSISTER_ALERTS_CONSUMER,
+                    streams::persister_alerts_consumer(ack_wait),
+                )
+                .await?;
+            Ok::<_, anyhow::Error>(c)
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
+                "cannot set up ALERTS and its consumer"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    };
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
+            _ = shutdown.cancelled() => return,
+        };
+        let msgs = match batch {
+            Ok(m) if m.is_empty() => continue,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull from ALERTS");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+        };
+        let mut rows = Vec::new();
+        let mut accepted = Vec::new();
+        for m in msgs {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::MSG_ID))
+                .map(|v| v.as_str().to_owned());
+            match decode(&m.payload, id.as_deref()) {
+                Ok(r) => {
+                    rows.push(r);
+                    accepted.push(m);
+                }
+                Err(why) => {
+                    Counters::add(&counters.rejected_alert, 1);
+                    tracing::warn!(subject = %m.subject, reason = %why, "alert event rejected");
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        let mut retry = Duration::from_millis(100);
+        while !rows.is_empty() {
+            match insert(&pool, &rows).await {
+                Ok(new) => {
+                    Counters::add(&counters.alerts_stored, new);
+                    Counters::add(&counters.alerts_duplicates, rows.len() as u64 - new);
+                    break;
+                }
+                Err(e) => {
+                    Counters::add(&counters.db_errors, 1);
+                    tracing::warn!(error = %e, retry_in = ?retry, "storing alerts failed; retrying");
+                    for m in &accepted {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    retry = (retry * 2).min(max_backoff);
+                }
+            }
+        }
+        for m in &accepted {
+            let _ = m.ack().await;
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! MachineInfo from the MACHINES stream into `machines`. An ordered consumer
+//! starting at the last message of every machine: MACHINES keeps only that
+//! one, and the upsert keeps the newer facts, so reading them all again after
+//! a restart changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use chrono::{TimeZone as _, Utc};
+use futures::StreamExt as _;
+use prost::Message as _;
+use sqlx::PgPool;
+use sysmonstm_schemas::{streams, subjects, v1};
+use tokio_util::sync::CancellationToken;
+
+use crate::counters::Counters;
+
+/// Follows MACHINES until shutdown, re-subscribing after errors.
+pub async fn run(
+    js: jetstream::Context,
+    pool: PgPool,
+    counters: Arc<Counters>,
+    max_backoff: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let attempt = async {
+            let stream = js.get_or_create_stream(streams::machines()).await?;
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    filter_subject: subjects::INFO_ALL.to_owned(),
+                    ..Default::default()
+                })
+                .await?;
+            let mut msgs = consumer.messages().await?;
+            loop {
+                let msg = tokio::select! {
+                    m = msgs.next() => m,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                let Some(msg) = msg else {
+                    anyhow::bail!("MACHINES consumer ended");
+                };
+                let msg = msg?;
+                match decode(msg.subject.as_str(), &msg.payload) {
+                    Ok(info) => store(&pool, &info, &counters, max_backoff, &shutdown).await,
+                    Err(why) => {
+                        Counters::add(&counters.rejected_info, 1);
+                        tracing::warn!(subject = %msg.subject, reason = %why, "MachineInfo rejected");
+                    }
+                }
+            }
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
+                "following MACHINES failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+fn decode(subject: &str, payload: &[u8]) -> Result<v1::MachineInfo, String> {
+    let machine = subject
+        .strip_prefix(subjects::ROOT)
+        .and_then(|s| s.strip_prefix(".info."))
+        .ok_or("subject is not sysmon.info.<machine>")?;
+    let info = v1::MachineInfo::decode(payload).map_err(|e| format!("not a MachineInfo: {e}"))?;
+    if info.machine_id != machine {
+        return Err(format!(
+            "MachineInfo of {:?} on the subject of {machine:?}",
+            info.machine_id
+        ));
+    }
+    Ok(info)
+}
+
+/// Upserts until it works (or shutdown): older facts never replace newer.
+async fn store(
+    pool: &PgPool,
+    info: &v1::MachineInfo,
+    counters: &Counters,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) {
+    let boot = (info.boot_time_s > 0)
+        .then(|| Utc.timestamp_opt(info.boot_time_s, 0).single())
+        .flatten();
+    let info_at = Utc
+        .timestamp_millis_opt(info.timestamp_ms)
+        .single()
+        .filter(|_| info.timestamp_ms > 0)
+        .unwrap_or_else(Utc::now);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let r = sqlx::query(
+            "INSERT INTO machines AS m (machine_id, hostname, os_name, os_version, kernel_version,
+                 architecture, cpu_model, core_count, memory_total_bytes, agent_version,
+                 boot_time, info_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (machine_id) DO UPDATE SET hostname = EXCLUDED.hostname,
+                 os_name = EXCLUDED.os_name, os_version = EXCLUDED.os_version,
+                 kernel_version = EXCLUDED.kernel_version, architecture = EXCLUDED.architecture,
+                 cpu_model = EXCLUDED.cpu_model, core_count = EXCLUDED.core_count,
+                 memory_total_bytes = EXCLUDED.memory_total_bytes,
+                 agent_version = EXCLUDED.agent_version, boot_time = EXCLUDED.boot_time,
+                 info_at = EXCLUDED.info_at
+             WHERE m.info_at IS NULL OR m.info_at <= EXCLUDED.info_at",
+        )
+        .bind(&info.machine_id)
+        .bind(&info.hostname)
+        .bind(&info.os_name)
+        .bind(&info.os_version)
+        .bind(&info.kernel_version)
+        .bind(&info.architecture)
+        .bind(&info.cpu_model)
+        .bind(i32::try_from(info.core_count).unwrap_or(i32::MAX))
+        .bind(crate::decode::big(info.memory_total_bytes))
+        .bind(&info.agent_version)
+        .bind(boot)
+        .bind(info_at)
+        .execute(pool)
+        .await;
+        match r {
+            Ok(_) => {
+                Counters::add(&counters.machines_stored, 1);
+                return;
+            }
+            Err(e) => {
+                Counters::add(&counters.db_errors, 1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "storing MachineInfo failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
