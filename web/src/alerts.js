@@ -34,12 +34,13 @@ export class AlertsPanel {
 
   render(alerts, machine) {
     const firing = [...alerts.values()]
-      .filter((a) => a.state === "firing" && (!machine || a.machine_id === machine))
+      // Acknowledged alerts still fire (no more reminders): shown, marked.
+      .filter((a) => (a.state === "firing" || a.state === "acknowledged") && (!machine || a.machine_id === machine))
       .sort((a, b) => (a.severity === b.severity ? b.timestamp_ms - a.timestamp_ms : a.severity === "critical" ? -1 : 1));
     const rows = firing
       .map(
         (a) => `<li class="alert ${esc(a.severity)}" data-alert="${esc(a.machine_id)}:${esc(a.rule)}">
-        <span class="sev">${esc(a.severity)}</span>
+        <span class="sev">${esc(a.severity)}${a.state === "acknowledged" ? " · acked" : ""}</span>
         <a href="/machine/${esc(a.machine_id)}" data-nav>${esc(a.machine_id)}</a>
         <span class="rule">${esc(a.rule)}</span>
         <span class="msg">${esc(a.message || `${a.metric} ${num(a.value)} > ${num(a.threshold)}`)}</span>

@@ -135,6 +135,8 @@ pub struct Alert {
     pub since_ms: i64,
     pub timestamp_ms: i64,
     pub message: String,
+    /// 0 for the first firing event, 1, 2 … for reminders.
+    pub repeat: u32,
 }
 
 fn percent(part: u64, whole: u64) -> Option<f64> {
@@ -345,6 +347,7 @@ pub fn alert(subject: &str, payload: &[u8]) -> Result<Alert, DecodeError> {
         since_ms: a.since_ms,
         timestamp_ms: a.timestamp_ms,
         message: a.message,
+        repeat: a.repeat,
     })
 }
 

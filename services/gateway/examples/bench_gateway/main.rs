@@ -13,6 +13,8 @@
 //! Args: <gateway binary>; env BENCH_MACHINES (1000), BENCH_CLIENTS (200),
 //! BENCH_SECONDS (20), BENCH_WARMUP_SECONDS (5).
 
+mod history;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -112,8 +114,14 @@ async fn main() -> anyhow::Result<()> {
     js.get_or_create_stream(streams::machines()).await?;
 
     let port = sysmonstm_testkit::free_port();
-    let db = std::env::var("SYSMON_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:9/none".into());
+    let bench_db = std::env::var("SYSMON_BENCH_DATABASE_URL").ok();
+    let storage = match &bench_db {
+        Some(url) => Some(history::prepare(url).await?),
+        None => None,
+    };
+    let db = bench_db
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:9/none".into());
     let gateway = Proc(
         Command::new(&gateway_bin)
             .args([
@@ -199,8 +207,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let per_tick = machines.div_ceil(100);
+            // `next` counts publishes; at tick k, k * machines / 100 are due,
+            // so every machine publishes once a second whatever N is.
             let mut next = 0usize;
+            let mut ticks = 0usize;
             let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel(20_000);
             let acks = tokio::spawn({
                 let failed = Arc::clone(&failed);
@@ -220,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
             });
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                for _ in 0..per_tick {
+                ticks += 1;
+                while next < ticks * machines / 100 {
                     let id = &ids[next % ids.len()];
                     next += 1;
                     let mut s = template.clone();
@@ -323,5 +334,28 @@ async fn main() -> anyhow::Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+
+    match storage {
+        None => println!(
+            "history: not measured (set SYSMON_BENCH_DATABASE_URL; `just bench gateway` does)"
+        ),
+        Some(mode) => {
+            println!(
+                "history of one machine, 30 days at 1 Hz ({mode} storage), metric cpu, 50 requests per range, after the live load stopped:"
+            );
+            for (label, range_s) in [
+                ("1 h", 3600),
+                ("24 h", 86_400),
+                ("7 d", 7 * 86_400),
+                ("30 d", 30 * 86_400),
+            ] {
+                let (p50, p99, c50, c99, points) =
+                    history::measure(&addr, "cpu", range_s, 50).await?;
+                println!(
+                    "  {label:>4}: {points:>4} points; from the database p50 {p50:.2} ms p99 {p99:.2} ms; cached p50 {c50:.2} ms p99 {c99:.2} ms"
+                );
+            }
+        }
+    }
     Ok(())
 }
