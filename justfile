@@ -58,6 +58,7 @@ up: build
     export NATS_URL="nats://127.0.0.1:4222"
     start persister "$bin/sysmonstm-persister"
     start agent "$bin/sysmonstm-agent" --state-dir "{{run_dir}}/agent"
+    start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
     start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
     echo
     echo "sysmonstm is up."
@@ -65,6 +66,7 @@ up: build
     echo "  snapshots:    JetStream stream METRICS, subjects sysmon.metrics.<machine>"
     echo "  stored in:    $DATABASE_URL, table metrics"
     echo "  look:         $PG_BIN/psql $DATABASE_URL -c 'SELECT machine_id, ts, cpu_percent FROM metrics ORDER BY ts DESC LIMIT 5'"
+    echo "  dashboard:    http://127.0.0.1:8080/ (API under /api, live feed /ws)"
     echo "  alerts:       just watch   (rules: rules.example.toml, now in KV sysmon_rules)"
     echo "  stop:         just down"
 
@@ -73,7 +75,7 @@ down:
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{justfile_directory()}}"
-    for name in alerter agent persister nats-hub; do
+    for name in gateway alerter agent persister nats-hub; do
       f="{{run_dir}}/$name.pid"
       if [ -f "$f" ]; then
         pid="$(cat "$f")"
@@ -98,8 +100,9 @@ bench which:
       agent) scripts/bench-agent.sh ;;
       ingest) scripts/bench-persister.sh ingest ;;
       query) scripts/bench-persister.sh query ;;
+      gateway) scripts/bench-gateway.sh ;;
       alerts) scripts/bench-alerts.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent alerts" >&2; exit 2 ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts ingest query gateway" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).

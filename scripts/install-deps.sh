@@ -6,7 +6,8 @@
 #     binary): Debian bookworm's 2.9 is too old and 2.10.20-2.10.22 can lose a
 #     stream on a crash, so anything older than 2.10.23 is refused;
 #   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
-#     (tests only; plain PostgreSQL is used otherwise).
+#     (tests only; plain PostgreSQL is used otherwise);
+#   - Node.js/npm (the dashboard build) and chromium (its browser test).
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
@@ -75,8 +76,23 @@ elif [ -x "$vendor/install-timescaledb.sh" ]; then
   if as_root "$vendor/install-timescaledb.sh" >&2; then TIMESCALEDB=1; else log "TimescaleDB install failed; plain PostgreSQL only"; fi
 fi
 
+# --- Node.js/npm and chromium (the gateway's dashboard build and browser test)
+# npm builds web/ (esbuild, uPlot) inside the gateway's build.rs; Playwright
+# (npm playwright-core) cannot download its own browser here, so the browser
+# test drives Debian's chromium.
+if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+CHROMIUM_BIN="$(command -v chromium || true)"
+if [ -z "$CHROMIUM_BIN" ]; then
+  apt_install chromium
+  CHROMIUM_BIN="$(command -v chromium || true)"
+fi
+[ -n "$CHROMIUM_BIN" ] || { log "chromium was not found after installing"; exit 1; }
+
 echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
 echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
+echo "export CHROMIUM_BIN='$CHROMIUM_BIN'"
 echo "export PATH='$TOOLS/venv/bin':\"\$PATH\""
 log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

@@ -53,7 +53,8 @@ impl Alerter {
             Some(p) => Some(rules_file::load(p)?),
             None => None,
         };
-        if let Some(addr) = &cfg.metrics_listen {
+        // Empty turns it off, as for the persister (an env variable cannot be unset).
+        if let Some(addr) = cfg.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {addr}: {e}"))?;
@@ -115,11 +116,18 @@ impl Alerter {
         self.reconcile_acks(&mut engine, &alerts, &tx).await;
         self.seed_machines(&mut engine, &js).await;
 
+        let wanted = streams::alerter_consumer(Duration::from_secs(cfg.ack_wait_s.max(1)));
+        // Cumulative acks only work on a consumer made for them; one left by
+        // an older alerter (explicit acks) would redeliver nearly everything.
+        // The server cannot change an ack policy, so it is made again.
+        if let Ok(info) = metrics.consumer_info(streams::ALERTER_CONSUMER).await
+            && info.config.ack_policy != wanted.ack_policy
+        {
+            tracing::warn!(old = ?info.config.ack_policy, "alerter consumer has another ack policy; making it again");
+            metrics.delete_consumer(streams::ALERTER_CONSUMER).await?;
+        }
         let consumer = metrics
-            .get_or_create_consumer(
-                streams::ALERTER_CONSUMER,
-                streams::alerter_consumer(Duration::from_secs(cfg.ack_wait_s.max(1))),
-            )
+            .get_or_create_consumer(streams::ALERTER_CONSUMER, wanted)
             .await?;
         let mut snapshots = consumer.messages().await?;
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));

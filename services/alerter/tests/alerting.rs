@@ -112,7 +112,7 @@ async fn a_restart_while_firing_does_not_fire_again_nor_forget() {
         let (js, filter) = (js.clone(), filter.clone());
         let publish = web.snapshot(97.0);
         async move {
-            publish_raw(&js, &publish).await;
+            publish_snapshot(&js, &publish).await;
             (!stored_events(&js, &filter).await.is_empty()).then_some(())
         }
     })
@@ -163,21 +163,6 @@ async fn a_restart_while_firing_does_not_fire_again_nor_forget() {
     second.stop().await;
 }
 
-async fn publish_raw(js: &async_nats::jetstream::Context, s: &v1::Snapshot) {
-    use prost::Message as _;
-    let id = MachineId::parse(&s.machine_id).expect("id");
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(
-        sysmonstm_schemas::headers::MSG_ID,
-        sysmonstm_schemas::headers::msg_id(&id, s.seq).as_str(),
-    );
-    js.publish_with_headers(subjects::metrics(&id), h, s.encode_to_vec().into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
-}
-
 #[tokio::test]
 async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
     let nats = NatsServer::start_hub();
@@ -217,7 +202,7 @@ async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
         let (js, filter) = (js.clone(), filter.clone());
         let snap = web.snapshot(60.0);
         async move {
-            publish_raw(&js, &snap).await;
+            publish_snapshot(&js, &snap).await;
             let ev = stored_events(&js, &filter).await;
             (!ev.is_empty()).then_some(ev)
         }
@@ -388,5 +373,36 @@ async fn a_machine_that_went_quiet_before_the_alerter_started_is_still_silent() 
     })
     .await;
     assert_eq!(kinds(&fired), vec![(EventKind::Firing, 0)]);
+    alerter.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_left_with_explicit_acks_is_made_again_for_cumulative_acks() {
+    use async_nats::jetstream::consumer;
+    let nats = NatsServer::start_hub();
+    let js = js_for(&nats.url()).await;
+    setup(&js).await;
+    let metrics = js
+        .get_stream(sysmonstm_schemas::streams::METRICS)
+        .await
+        .expect("METRICS");
+    let mut old = sysmonstm_schemas::streams::alerter_consumer(Duration::from_secs(30));
+    old.ack_policy = consumer::AckPolicy::Explicit;
+    metrics
+        .create_consumer(old)
+        .await
+        .expect("an old-style consumer");
+    let alerter = spawn(config(&nats.url()));
+    eventually(WAIT, "the consumer made again with AckPolicy::All", || {
+        let metrics = metrics.clone();
+        async move {
+            let info = metrics
+                .consumer_info(sysmonstm_schemas::streams::ALERTER_CONSUMER)
+                .await
+                .ok()?;
+            (info.config.ack_policy == consumer::AckPolicy::All).then_some(())
+        }
+    })
+    .await;
     alerter.stop().await;
 }

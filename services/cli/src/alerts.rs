@@ -183,6 +183,17 @@ async fn list(js: &jetstream::Context, firing_only: bool, json: bool) -> anyhow:
         }
         return Ok(());
     }
+    if recs.is_empty() {
+        println!(
+            "no {} alerts",
+            if firing_only {
+                "firing"
+            } else {
+                "pending or firing"
+            }
+        );
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = recs
         .iter()
         .map(|r| {

@@ -85,6 +85,10 @@ pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if rows.is_empty() {
+        println!("no machines have reported yet");
+        return Ok(());
+    }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     let table: Vec<Vec<String>> = rows
         .iter()

@@ -161,6 +161,19 @@ impl Machine {
     }
 }
 
+/// Publishes a snapshot as the agent does (Msg-Id `<machine>:<seq>`) and
+/// waits until METRICS stored it.
+pub async fn publish_snapshot(js: &jetstream::Context, s: &v1::Snapshot) {
+    let id = MachineId::parse(&s.machine_id).expect("id");
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::MSG_ID, headers::msg_id(&id, s.seq).as_str());
+    js.publish_with_headers(subjects::metrics(&id), h, s.encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+}
+
 /// Every event ALERTS holds on `filter`, oldest first.
 pub async fn stored_events(js: &jetstream::Context, filter: &str) -> Vec<Alert> {
     let stream = js.get_stream(streams::ALERTS).await.expect("ALERTS");

@@ -1,0 +1,54 @@
+//! The gateway's configuration: defaults, then a TOML file, then
+//! `SYSMON_GATEWAY_*` variables, then flags (the same layering as every
+//! sysmonstm binary, through `sysmonstm_kit::config`).
+
+use serde::{Deserialize, Serialize};
+use sysmonstm_kit::nats::NatsConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address the HTTP server binds, e.g. `0.0.0.0:8080`; port 0 picks a
+    /// free port (tests), which `Running::addr` reports.
+    pub listen: String,
+    /// PostgreSQL URL (history and alerts). The pool connects lazily, so the
+    /// gateway serves live data while the database is away.
+    pub database_url: String,
+    /// `Origin` values a browser WebSocket may come from besides the
+    /// gateway's own host (e.g. `https://dash.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// A machine whose last snapshot is older than this many seconds is shown
+    /// as silent.
+    pub silent_after_s: u64,
+    /// How long a history answer is reused, in seconds.
+    pub history_cache_ttl_s: u64,
+    /// Most points a history answer should hold; the step is chosen from
+    /// the range so the answer stays under it.
+    pub history_max_points: u32,
+    /// Seconds between WebSocket pings; a client that has not answered for
+    /// three intervals is closed.
+    pub ws_ping_s: u64,
+    /// Seconds a single WebSocket frame may take to go out before the client
+    /// is considered stuck and closed.
+    pub ws_send_timeout_s: u64,
+    /// Most rows `/api/alerts` returns.
+    pub alerts_limit: i64,
+    pub nats: NatsConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            database_url: "postgres://postgres@127.0.0.1:5432/sysmon".to_owned(),
+            allowed_origins: Vec::new(),
+            silent_after_s: 10,
+            history_cache_ttl_s: 5,
+            history_max_points: 1000,
+            ws_ping_s: 20,
+            ws_send_timeout_s: 10,
+            alerts_limit: 500,
+            nats: NatsConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The edge where protobuf ends: snapshots, machine facts and alert events
+//! from JetStream become the JSON shapes the API and the dashboard use.
+//! Nothing past this module sees prost types.
+
+use prost::Message as _;
+use serde::Serialize;
+use sysmonstm_schemas::{subjects, v1};
+
+/// Why a message from JetStream is not shown (counted and logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not a {what}: {reason}")]
+    Proto { what: &'static str, reason: String },
+    #[error("subject {0:?} does not name a machine")]
+    Subject(String),
+    #[error("payload says machine {payload:?} but came on the subject of {subject:?}")]
+    MachineMismatch { subject: String, payload: String },
+}
+
+/// The headline values of one machine: what an overview card shows.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub machine_id: String,
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub interval_ms: u32,
+    /// Absent on an agent's first sample (no delta yet).
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+    pub swap: Option<f64>,
+    /// Highest used share of any filesystem, in percent.
+    pub disk: Option<f64>,
+    pub load1: Option<f64>,
+    pub load5: Option<f64>,
+    pub load15: Option<f64>,
+    pub net_rx: f64,
+    pub net_tx: f64,
+    pub disk_read: f64,
+    pub disk_write: f64,
+    pub processes: u32,
+    pub uptime_s: u64,
+}
+
+/// One snapshot in full: the machine page.
+#[derive(Clone, Debug, Serialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub cpu_per_core: Vec<f32>,
+    pub cpu_user: Option<f32>,
+    pub cpu_system: Option<f32>,
+    pub cpu_iowait: Option<f32>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_available_bytes: Option<u64>,
+    pub swap_total_bytes: Option<u64>,
+    pub swap_used_bytes: Option<u64>,
+    pub filesystems: Vec<Filesystem>,
+    pub disks: Vec<Disk>,
+    pub interfaces: Vec<Interface>,
+    pub top_cpu: Vec<Process>,
+    pub top_memory: Vec<Process>,
+    pub temperatures: Vec<Temperature>,
+    pub spool_pending: Option<u64>,
+    pub spool_dropped: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Filesystem {
+    pub mount: String,
+    pub fs_type: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub used_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Disk {
+    pub name: String,
+    pub read_bytes_per_s: Option<f32>,
+    pub write_bytes_per_s: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes_per_s: Option<f32>,
+    pub tx_bytes_per_s: Option<f32>,
+    pub rx_errors_per_s: Option<f32>,
+    pub tx_errors_per_s: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub name: String,
+    pub cpu_percent: f32,
+    pub rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Temperature {
+    pub label: String,
+    pub celsius: f32,
+}
+
+/// The facts of a machine (`MachineInfo`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Info {
+    pub machine_id: String,
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel_version: String,
+    pub architecture: String,
+    pub cpu_model: String,
+    pub core_count: u32,
+    pub memory_total_bytes: u64,
+    pub agent_version: String,
+    pub boot_time_s: i64,
+    pub timestamp_ms: i64,
+}
+
+/// An alert event as the dashboard shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    pub machine_id: String,
+    pub rule: String,
+    pub severity: &'static str,
+    pub state: &'static str,
+    pub metric: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub since_ms: i64,
+    pub timestamp_ms: i64,
+    pub message: String,
+    /// 0 for the first firing event, 1, 2 … for reminders.
+    pub repeat: u32,
+}
+
+fn percent(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 * 100.0 / whole as f64)
+}
+
+fn check_machine<'a>(
+    subject_machine: Option<&'a str>,
+    payload: &str,
+    subject: &str,
+) -> Result<&'a str, DecodeError> {
+    let m = subject_machine.ok_or_else(|| DecodeError::Subject(subject.to_owned()))?;
+    // The subject is what the server's permissions vouch for; a payload that
+    // claims another machine is not trusted.
+    if m != payload {
+        return Err(DecodeError::MachineMismatch {
+            subject: m.to_owned(),
+            payload: payload.to_owned(),
+        });
+    }
+    Ok(m)
+}
+
+/// A snapshot from `sysmon.metrics.<machine>`.
+pub fn snapshot(subject: &str, payload: &[u8]) -> Result<Detail, DecodeError> {
+    let s = v1::Snapshot::decode(payload).map_err(|e| DecodeError::Proto {
+        what: "Snapshot",
+        reason: e.to_string(),
+    })?;
+    check_machine(
+        subjects::machine_of_metrics(subject),
+        &s.machine_id,
+        subject,
+    )?;
+    let mem = s.memory.unwrap_or_default();
+    let has_mem = s.memory.is_some();
+    let load = s.load;
+    let filesystems: Vec<Filesystem> = s
+        .filesystems
+        .iter()
+        .map(|f| Filesystem {
+            mount: f.mount.clone(),
+            fs_type: f.fs_type.clone(),
+            total_bytes: f.total_bytes,
+            used_bytes: f.used_bytes,
+            free_bytes: f.free_bytes,
+            used_percent: percent(f.used_bytes, f.total_bytes).unwrap_or(0.0),
+        })
+        .collect();
+    let disk = filesystems
+        .iter()
+        .filter(|f| f.total_bytes > 0)
+        .map(|f| f.used_percent)
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.max(v)))
+        });
+    // Contract: net rates summed over interfaces except loopback.
+    let up = s.interfaces.iter().filter(|i| i.name != "lo");
+    let net_rx = up
+        .clone()
+        .filter_map(|i| i.rx_bytes_per_s)
+        .map(f64::from)
+        .sum();
+    let net_tx = up.filter_map(|i| i.tx_bytes_per_s).map(f64::from).sum();
+    let disk_read = s
+        .disks
+        .iter()
+        .filter_map(|d| d.read_bytes_per_s)
+        .map(f64::from)
+        .sum();
+    let disk_write = s
+        .disks
+        .iter()
+        .filter_map(|d| d.write_bytes_per_s)
+        .map(f64::from)
+        .sum();
+    let cpu = s.cpu.clone().unwrap_or_default();
+    let summary = Summary {
+        machine_id: s.machine_id.clone(),
+        seq: s.seq,
+        timestamp_ms: s.timestamp_ms,
+        interval_ms: s.interval_ms,
+        cpu: s.cpu.as_ref().map(|c| f64::from(c.usage_percent)),
+        memory: if has_mem {
+            percent(mem.used_bytes, mem.total_bytes)
+        } else {
+            None
+        },
+        swap: has_mem.then(|| percent(mem.swap_used_bytes, mem.swap_total_bytes).unwrap_or(0.0)),
+        disk,
+        load1: load.map(|l| l.one),
+        load5: load.map(|l| l.five),
+        load15: load.map(|l| l.fifteen),
+        net_rx,
+        net_tx,
+        disk_read,
+        disk_write,
+        processes: s.process_count,
+        uptime_s: s.uptime_s,
+    };
+    let proc = |p: &v1::Process| Process {
+        pid: p.pid,
+        name: p.name.clone(),
+        cpu_percent: p.cpu_percent,
+        rss_bytes: p.rss_bytes,
+    };
+    Ok(Detail {
+        summary,
+        cpu_per_core: cpu.per_core_percent,
+        cpu_user: cpu.user_percent,
+        cpu_system: cpu.system_percent,
+        cpu_iowait: cpu.iowait_percent,
+        memory_total_bytes: has_mem.then_some(mem.total_bytes),
+        memory_used_bytes: has_mem.then_some(mem.used_bytes),
+        memory_available_bytes: has_mem.then_some(mem.available_bytes),
+        swap_total_bytes: has_mem.then_some(mem.swap_total_bytes),
+        swap_used_bytes: has_mem.then_some(mem.swap_used_bytes),
+        filesystems,
+        disks: s
+            .disks
+            .iter()
+            .map(|d| Disk {
+                name: d.name.clone(),
+                read_bytes_per_s: d.read_bytes_per_s,
+                write_bytes_per_s: d.write_bytes_per_s,
+            })
+            .collect(),
+        interfaces: s
+            .interfaces
+            .iter()
+            .map(|i| Interface {
+                name: i.name.clone(),
+                rx_bytes_per_s: i.rx_bytes_per_s,
+                tx_bytes_per_s: i.tx_bytes_per_s,
+                rx_errors_per_s: i.rx_errors_per_s,
+                tx_errors_per_s: i.tx_errors_per_s,
+            })
+            .collect(),
+        top_cpu: s.top_cpu.iter().map(proc).collect(),
+        top_memory: s.top_memory.iter().map(proc).collect(),
+        temperatures: s
+            .temperatures
+            .iter()
+            .map(|t| Temperature {
+                label: t.label.clone(),
+                celsius: t.celsius,
+            })
+            .collect(),
+        spool_pending: s.agent.map(|a| a.spool_pending),
+        spool_dropped: s.agent.map(|a| a.spool_dropped),
+    })
+}
+
+/// Machine facts from `sysmon.info.<machine>`.
+pub fn info(subject: &str, payload: &[u8]) -> Result<Info, DecodeError> {
+    let i = v1::MachineInfo::decode(payload).map_err(|e| DecodeError::Proto {
+        what: "MachineInfo",
+        reason: e.to_string(),
+    })?;
+    let subject_machine = subject
+        .strip_prefix("sysmon.info.")
+        .filter(|m| !m.contains('.'));
+    check_machine(subject_machine, &i.machine_id, subject)?;
+    Ok(Info {
+        machine_id: i.machine_id,
+        hostname: i.hostname,
+        os_name: i.os_name,
+        os_version: i.os_version,
+        kernel_version: i.kernel_version,
+        architecture: i.architecture,
+        cpu_model: i.cpu_model,
+        core_count: i.core_count,
+        memory_total_bytes: i.memory_total_bytes,
+        agent_version: i.agent_version,
+        boot_time_s: i.boot_time_s,
+        timestamp_ms: i.timestamp_ms,
+    })
+}
+
+/// An alert event from `sysmon.alerts.<severity>.<machine>.<rule>`.
+pub fn alert(subject: &str, payload: &[u8]) -> Result<Alert, DecodeError> {
+    let a = v1::AlertEvent::decode(payload).map_err(|e| DecodeError::Proto {
+        what: "AlertEvent",
+        reason: e.to_string(),
+    })?;
+    let subject_machine = subjects::parse_alert(subject).map(|(_, m, _)| m);
+    check_machine(subject_machine, &a.machine_id, subject)?;
+    let severity = match a.severity() {
+        v1::Severity::Info => "info",
+        v1::Severity::Warning => "warning",
+        v1::Severity::Critical => "critical",
+        v1::Severity::Unspecified => "unspecified",
+    };
+    let state = match a.state() {
+        v1::AlertState::Firing => "firing",
+        v1::AlertState::Resolved => "resolved",
+        v1::AlertState::Acknowledged => "acknowledged",
+        v1::AlertState::Unspecified => "unspecified",
+    };
+    Ok(Alert {
+        machine_id: a.machine_id,
+        rule: a.rule,
+        severity,
+        state,
+        metric: a.metric,
+        value: a.value,
+        threshold: a.threshold,
+        since_ms: a.since_ms,
+        timestamp_ms: a.timestamp_ms,
+        message: a.message,
+        repeat: a.repeat,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(machine: &str) -> v1::Snapshot {
+        v1::Snapshot {
+            machine_id: machine.into(),
+            seq: 7,
+            timestamp_ms: 1_700_000_000_000,
+            interval_ms: 1000,
+            memory: Some(v1::Memory {
+                total_bytes: 200,
+                used_bytes: 50,
+                ..Default::default()
+            }),
+            interfaces: vec![
+                v1::NetInterface {
+                    name: "lo".into(),
+                    rx_bytes_per_s: Some(1000.0),
+                    ..Default::default()
+                },
+                v1::NetInterface {
+                    name: "eth0".into(),
+                    rx_bytes_per_s: Some(10.0),
+                    tx_bytes_per_s: Some(4.0),
+                    ..Default::default()
+                },
+            ],
+            filesystems: vec![
+                v1::Filesystem {
+                    mount: "/".into(),
+                    total_bytes: 100,
+                    used_bytes: 30,
+                    ..Default::default()
+                },
+                v1::Filesystem {
+                    mount: "/data".into(),
+                    total_bytes: 100,
+                    used_bytes: 90,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn headline_values_follow_the_contract() {
+        let d = snapshot("sysmon.metrics.web-1", &snap("web-1").encode_to_vec()).expect("decodes");
+        assert_eq!(d.summary.memory, Some(25.0));
+        assert_eq!(d.summary.swap, Some(0.0), "no swap is 0 %");
+        assert_eq!(d.summary.net_rx, 10.0, "loopback is not counted");
+        assert_eq!(d.summary.disk, Some(90.0), "fullest filesystem");
+    }
+
+    #[test]
+    fn a_payload_for_another_machine_is_refused() {
+        let err =
+            snapshot("sysmon.metrics.web-2", &snap("web-1").encode_to_vec()).expect_err("refused");
+        assert!(matches!(err, DecodeError::MachineMismatch { .. }), "{err}");
+        let err = snapshot("sysmon.metrics.web-1", b"\xff\xff\xff").expect_err("garbage");
+        assert!(matches!(err, DecodeError::Proto { .. }), "{err}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The live feeds from JetStream: METRICS, MACHINES and ALERTS, each read by
+//! an ordered consumer that starts with the last message of every subject
+//! (the latest snapshot / facts / alert of every machine) and then follows
+//! new messages. Each message is decoded at the edge, stored in the moka
+//! caches and fanned out to the WebSocket clients, its frames encoded once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use futures::StreamExt as _;
+use serde::Serialize;
+use sysmonstm_schemas::{streams, subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain;
+use crate::state::{Counters, Latest, Shared, Update};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Metrics,
+    Machines,
+    Alerts,
+}
+
+/// Starts the three feeds; they run until `shutdown`.
+pub fn spawn(shared: &Arc<Shared>, shutdown: &CancellationToken) {
+    for kind in [Kind::Metrics, Kind::Machines, Kind::Alerts] {
+        let shared = Arc::clone(shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = follow(&shared, kind) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Follows one stream for ever, setting the consumer up again after any
+/// error (hub restart, stream not created yet) with a capped back-off.
+async fn follow(shared: &Shared, kind: Kind) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follow_once(shared, kind, &mut backoff).await {
+            Ok(()) => tracing::warn!(?kind, "feed ended; following again"),
+            Err(e) => tracing::warn!(?kind, error = %e, retry_in = ?backoff, "feed not available"),
+        }
+        Counters::inc(&shared.counters.feed_restarts);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> anyhow::Result<()> {
+    let js = &shared.js;
+    // METRICS carries the persister's retention settings, so only the
+    // persister creates it; the parameter-free MACHINES and ALERTS may be
+    // created by whoever needs them first (contract).
+    let (stream, filter) = match kind {
+        Kind::Metrics => (
+            js.get_stream(streams::METRICS).await?,
+            subjects::METRICS_ALL,
+        ),
+        Kind::Machines => (
+            js.get_or_create_stream(streams::machines()).await?,
+            subjects::INFO_ALL,
+        ),
+        Kind::Alerts => (
+            js.get_or_create_stream(streams::alerts()).await?,
+            subjects::ALERTS_ALL,
+        ),
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    tracing::info!(?kind, "following");
+    *backoff = Duration::from_millis(100);
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        apply(shared, kind, msg.subject.as_str(), &msg.payload);
+    }
+    Ok(())
+}
+
+fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {
+    #[derive(Serialize)]
+    struct Frame<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        data: &'a T,
+    }
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_string(&Frame { kind, data })
+        .unwrap_or_default()
+        .into()
+}
+
+/// Decodes one message into the caches and onto the fan-out channel.
+fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
+    let c = &shared.counters;
+    let update = match kind {
+        Kind::Metrics => match domain::snapshot(subject, payload) {
+            Ok(detail) => {
+                Counters::inc(&c.snapshots);
+                let machine = detail.summary.machine_id.clone();
+                // An agent replaying its spool after an outage sends older
+                // snapshots; they belong to history, not to "latest".
+                let newer = shared.latest.get(&machine).is_some_and(|prev| {
+                    prev.detail.summary.timestamp_ms > detail.summary.timestamp_ms
+                });
+                if newer {
+                    return;
+                }
+                let latest = Latest {
+                    summary_frame: frame("summary", &detail.summary),
+                    detail_frame: frame("snapshot", &detail),
+                    received_ms: chrono::Utc::now().timestamp_millis(),
+                    detail,
+                };
+                let update = Update::Snapshot {
+                    machine: machine.clone(),
+                    summary_frame: Arc::clone(&latest.summary_frame),
+                    detail_frame: Arc::clone(&latest.detail_frame),
+                };
+                shared.latest.insert(machine, Arc::new(latest));
+                update
+            }
+            Err(e) => return rejected(shared, subject, &e),
+        },
+        Kind::Machines => match domain::info(subject, payload) {
+            Ok(info) => {
+                Counters::inc(&c.infos);
+                let machine = info.machine_id.clone();
+                let f = frame("info", &info);
+                shared
+                    .info
+                    .insert(machine.clone(), Arc::new((info, Arc::clone(&f))));
+                Update::Info { machine, frame: f }
+            }
+            Err(e) => return rejected(shared, subject, &e),
+        },
+        Kind::Alerts => match domain::alert(subject, payload) {
+            Ok(alert) => {
+                Counters::inc(&c.alerts);
+                let key = format!("{}:{}", alert.machine_id, alert.rule);
+                // Last-per-subject replays one event per severity of a rule;
+                // keep the newest.
+                let newer = shared
+                    .alerts
+                    .get(&key)
+                    .is_some_and(|prev| prev.0.timestamp_ms > alert.timestamp_ms);
+                if newer {
+                    return;
+                }
+                let f = frame("alert", &alert);
+                shared
+                    .alerts
+                    .insert(key.clone(), Arc::new((alert, Arc::clone(&f))));
+                Update::Alert { key, frame: f }
+            }
+            Err(e) => return rejected(shared, subject, &e),
+        },
+    };
+    // No receiver (no client) is not an error.
+    let _ = shared.updates.send(Arc::new(update));
+}
+
+fn rejected(shared: &Shared, subject: &str, e: &domain::DecodeError) {
+    Counters::inc(&shared.counters.decode_errors);
+    tracing::warn!(subject, error = %e, "message not shown");
+}

@@ -1,0 +1,150 @@
+//! sysmonstm-gateway: what a person (or a script) looks through.
+//!
+//! * REST under `/api`: machines and their latest snapshot (from the moka
+//!   caches the JetStream feeds fill), history (`sysmon_history` in
+//!   PostgreSQL, its step chosen so an answer holds ~≤ 1000 points), alerts
+//!   and rules; `/health`, `/ready`, `/metrics`.
+//! * `/ws`: the latest of every machine on connect, then live updates, with a
+//!   bounded, coalescing queue per client (see [`ws`]).
+//! * `/`: the dashboard, built from `web/` at compile time and embedded.
+//!
+//! `run(config, shutdown)` is the whole service; tests use [`Gateway`] to get
+//! the router without a socket or the bound address with one.
+
+pub mod api;
+pub mod assets;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod feed;
+pub mod params;
+pub mod state;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+pub use config::GatewayConfig;
+pub use state::Shared;
+
+/// The gateway before it listens: connected to NATS, with a lazy database
+/// pool and empty caches.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+/// A gateway that serves; [`addr`](Self::addr) is the bound address.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the server has stopped (after `shutdown`).
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task
+            .await
+            .context("server task")?
+            .context("HTTP server")
+    }
+}
+
+impl Gateway {
+    /// Connects to NATS (waiting in the background if no server is up yet)
+    /// and prepares the database pool, which connects on first use.
+    pub async fn connect(config: GatewayConfig) -> anyhow::Result<Self> {
+        let nats = config
+            .nats
+            .connect("sysmonstm-gateway", true)
+            .await
+            .context("NATS")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect_lazy(&config.database_url)
+            .context("database URL")?;
+        Ok(Self {
+            shared: Arc::new(Shared::new(config, nats, pool)),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Starts following METRICS, MACHINES and ALERTS until `shutdown`.
+    pub fn start_feeds(&self, shutdown: &CancellationToken) {
+        feed::spawn(&self.shared, shutdown);
+    }
+
+    /// Every route, for serving or for `oneshot` tests.
+    pub fn router(&self) -> Router {
+        router(Arc::clone(&self.shared))
+    }
+
+    /// Starts the feeds, binds `config.listen` and serves until `shutdown`.
+    pub async fn start(self, shutdown: CancellationToken) -> anyhow::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(&self.shared.config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.shared.config.listen))?;
+        let addr = listener.local_addr().context("bound address")?;
+        self.start_feeds(&shutdown);
+        let app = self.router();
+        tracing::info!(%addr, "gateway listening");
+        // Live updates are small writes: without TCP_NODELAY, Nagle holds one
+        // back until the client's delayed ACK (up to 40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        });
+        Ok(Running { addr, task })
+    }
+}
+
+/// The whole service: runs until `shutdown`.
+pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Gateway::connect(config)
+        .await?
+        .start(shutdown)
+        .await?
+        .join()
+        .await
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/machines", get(api::machines))
+        .route("/api/machines/{id}", get(api::machine))
+        .route("/api/machines/{id}/metrics", get(api::metrics_latest))
+        .route("/api/machines/{id}/history", get(api::history))
+        .route("/api/alerts", get(api::alerts))
+        .route("/api/alerts/live", get(api::alerts_live))
+        .route("/api/rules", get(api::rules))
+        .route("/api", get(api::api_not_found))
+        .route("/api/{*rest}", get(api::api_not_found))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/metrics", get(api::prometheus))
+        .route("/ws", get(ws::upgrade))
+        .fallback(get(assets::serve))
+        .with_state(shared)
+}

@@ -1,0 +1,66 @@
+//! Thin entry point: flags and config in, telemetry and shutdown set up, then
+//! the library's `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sysmonstm_gateway::GatewayConfig;
+use sysmonstm_kit::config::{self, EXIT_CONFIG};
+
+/// Serves the REST API, the live WebSocket and the dashboard.
+///
+/// Configuration: defaults, then the TOML file given with --config, then
+/// SYSMON_GATEWAY_* variables (nested with __), then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "sysmonstm-gateway", version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "SYSMON_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, short = 'l')]
+    listen: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// NATS server URL(s), comma separated.
+    #[arg(long = "server", short = 's', env = "NATS_URL", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    creds: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut cfg = match config::load::<GatewayConfig>(args.config.as_deref(), "SYSMON_GATEWAY_") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sysmonstm-gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(u) = args.database_url {
+        cfg.database_url = u;
+    }
+    if !args.servers.is_empty() {
+        cfg.nats.servers = args.servers;
+    }
+    if args.creds.is_some() {
+        cfg.nats.creds_file = args.creds;
+    }
+    sysmonstm_kit::telemetry::init("sysmonstm-gateway");
+    let shutdown = sysmonstm_kit::shutdown::on_signal();
+    match sysmonstm_gateway::run(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sysmonstm-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! What every handler shares: the NATS and PostgreSQL handles, the moka
+//! caches of the latest snapshot / facts / alert of each machine, the history
+//! answer cache, the fan-out channel of live updates and the counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+
+use crate::config::GatewayConfig;
+use crate::domain::{Alert, Detail, Info};
+
+/// The latest snapshot of a machine, with its two WebSocket frames encoded
+/// once (not once per client).
+#[derive(Debug)]
+pub struct Latest {
+    pub detail: Detail,
+    /// When the gateway received it, Unix milliseconds.
+    pub received_ms: i64,
+    pub summary_frame: Arc<str>,
+    pub detail_frame: Arc<str>,
+}
+
+/// One live change, fanned out to every WebSocket client.
+#[derive(Debug)]
+pub enum Update {
+    Snapshot {
+        machine: String,
+        summary_frame: Arc<str>,
+        detail_frame: Arc<str>,
+    },
+    Info {
+        machine: String,
+        frame: Arc<str>,
+    },
+    Alert {
+        key: String,
+        frame: Arc<str>,
+    },
+}
+
+/// Counters exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub snapshots: AtomicU64,
+    pub infos: AtomicU64,
+    pub alerts: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub feed_restarts: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_bad_requests: AtomicU64,
+    pub http_db_errors: AtomicU64,
+    pub latest_hits: AtomicU64,
+    pub latest_misses: AtomicU64,
+    pub history_hits: AtomicU64,
+    pub history_misses: AtomicU64,
+    pub rules_bad_values: AtomicU64,
+    pub ws_clients: AtomicU64,
+    pub ws_connections: AtomicU64,
+    pub ws_origin_refused: AtomicU64,
+    pub ws_frames: AtomicU64,
+    pub ws_messages: AtomicU64,
+    pub ws_coalesced: AtomicU64,
+    pub ws_lagged: AtomicU64,
+    pub ws_closed_stuck: AtomicU64,
+    pub ws_bad_client_messages: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A cached history answer (already JSON).
+pub type HistoryAnswer = Arc<serde_json::Value>;
+
+/// Key of a history answer: machine, metric, from, to (ms) and step (s).
+pub type HistoryKey = (String, String, i64, i64, i64);
+
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub pool: PgPool,
+    pub latest: Cache<String, Arc<Latest>>,
+    pub info: Cache<String, Arc<(Info, Arc<str>)>>,
+    /// The latest event of each `machine:rule`.
+    pub alerts: Cache<String, Arc<(Alert, Arc<str>)>>,
+    pub history: moka::future::Cache<HistoryKey, HistoryAnswer>,
+    pub updates: broadcast::Sender<Arc<Update>>,
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most machines (and alert keys) held; far above any real fleet, there so a
+/// flood of bogus subjects cannot grow memory without bound.
+const MAX_MACHINES: u64 = 200_000;
+
+impl Shared {
+    pub fn new(config: GatewayConfig, nats: async_nats::Client, pool: PgPool) -> Self {
+        let js = async_nats::jetstream::new(nats.clone());
+        let (updates, _) = broadcast::channel(16 * 1024);
+        let ttl = Duration::from_secs(config.history_cache_ttl_s.max(1));
+        Self {
+            js,
+            nats,
+            pool,
+            latest: Cache::new(MAX_MACHINES),
+            info: Cache::new(MAX_MACHINES),
+            alerts: Cache::new(MAX_MACHINES),
+            history: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl)
+                .build(),
+            updates,
+            counters: Counters::default(),
+            config,
+        }
+    }
+
+    /// True when the machine's last snapshot is recent enough.
+    pub fn online(&self, latest: &Latest, now_ms: i64) -> bool {
+        let interval = i64::from(latest.detail.summary.interval_ms).max(1000);
+        let limit = (self.config.silent_after_s as i64 * 1000).max(3 * interval);
+        now_ms - latest.detail.summary.timestamp_ms <= limit
+    }
+
+    /// The Prometheus text exposition of the counters and cache ratios.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let c = &self.counters;
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: &AtomicU64, kind: &str| {
+            let _ = writeln!(out, "# HELP sysmon_gateway_{name} {help}");
+            let _ = writeln!(out, "# TYPE sysmon_gateway_{name} {kind}");
+            let _ = writeln!(out, "sysmon_gateway_{name} {}", v.load(Ordering::Relaxed));
+        };
+        counter(
+            "snapshots_total",
+            "Snapshots taken from METRICS.",
+            &c.snapshots,
+            "counter",
+        );
+        counter(
+            "infos_total",
+            "MachineInfo messages taken from MACHINES.",
+            &c.infos,
+            "counter",
+        );
+        counter(
+            "alert_events_total",
+            "Alert events taken from ALERTS.",
+            &c.alerts,
+            "counter",
+        );
+        counter(
+            "decode_errors_total",
+            "Messages from JetStream that could not be decoded.",
+            &c.decode_errors,
+            "counter",
+        );
+        counter(
+            "feed_restarts_total",
+            "Times a JetStream feed was set up again after an error.",
+            &c.feed_restarts,
+            "counter",
+        );
+        counter(
+            "http_requests_total",
+            "API requests served.",
+            &c.http_requests,
+            "counter",
+        );
+        counter(
+            "http_bad_requests_total",
+            "API requests refused with 400.",
+            &c.http_bad_requests,
+            "counter",
+        );
+        counter(
+            "http_db_errors_total",
+            "API requests that failed on the database.",
+            &c.http_db_errors,
+            "counter",
+        );
+        counter(
+            "latest_cache_hits_total",
+            "Latest-snapshot lookups found in the cache.",
+            &c.latest_hits,
+            "counter",
+        );
+        counter(
+            "latest_cache_misses_total",
+            "Latest-snapshot lookups not in the cache.",
+            &c.latest_misses,
+            "counter",
+        );
+        counter(
+            "history_cache_hits_total",
+            "History answers served from the cache.",
+            &c.history_hits,
+            "counter",
+        );
+        counter(
+            "history_cache_misses_total",
+            "History answers computed by PostgreSQL.",
+            &c.history_misses,
+            "counter",
+        );
+        counter(
+            "rules_bad_values_total",
+            "Rule KV values that are not JSON (skipped).",
+            &c.rules_bad_values,
+            "counter",
+        );
+        counter(
+            "ws_clients",
+            "WebSocket clients connected now.",
+            &c.ws_clients,
+            "gauge",
+        );
+        counter(
+            "ws_connections_total",
+            "WebSocket connections accepted.",
+            &c.ws_connections,
+            "counter",
+        );
+        counter(
+            "ws_origin_refused_total",
+            "WebSocket upgrades refused for their Origin.",
+            &c.ws_origin_refused,
+            "counter",
+        );
+        counter(
+            "ws_frames_total",
+            "Updates sent to WebSocket clients.",
+            &c.ws_frames,
+            "counter",
+        );
+        counter(
+            "ws_messages_total",
+            "WebSocket messages sent (each carries one or more updates).",
+            &c.ws_messages,
+            "counter",
+        );
+        counter(
+            "ws_coalesced_total",
+            "Updates replaced by a newer one before a slow client took them.",
+            &c.ws_coalesced,
+            "counter",
+        );
+        counter(
+            "ws_lagged_total",
+            "Times a client's pump fell behind the fan-out and resynchronised.",
+            &c.ws_lagged,
+            "counter",
+        );
+        counter(
+            "ws_closed_stuck_total",
+            "Clients closed because they stopped reading or answering pings.",
+            &c.ws_closed_stuck,
+            "counter",
+        );
+        counter(
+            "ws_bad_client_messages_total",
+            "Client WebSocket messages that were not understood.",
+            &c.ws_bad_client_messages,
+            "counter",
+        );
+        let ratio = |h: &AtomicU64, m: &AtomicU64| {
+            let (h, m) = (
+                h.load(Ordering::Relaxed) as f64,
+                m.load(Ordering::Relaxed) as f64,
+            );
+            if h + m > 0.0 { h / (h + m) } else { 0.0 }
+        };
+        let _ = writeln!(
+            out,
+            "# HELP sysmon_gateway_cache_hit_ratio Share of lookups answered by a cache."
+        );
+        let _ = writeln!(out, "# TYPE sysmon_gateway_cache_hit_ratio gauge");
+        let _ = writeln!(
+            out,
+            "sysmon_gateway_cache_hit_ratio{{cache=\"latest\"}} {}",
+            ratio(&c.latest_hits, &c.latest_misses)
+        );
+        let _ = writeln!(
+            out,
+            "sysmon_gateway_cache_hit_ratio{{cache=\"history\"}} {}",
+            ratio(&c.history_hits, &c.history_misses)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sysmon_gateway_machines Machines with a latest snapshot."
+        );
+        let _ = writeln!(out, "# TYPE sysmon_gateway_machines gauge");
+        let _ = writeln!(out, "sysmon_gateway_machines {}", self.latest.entry_count());
+        out
+    }
+}

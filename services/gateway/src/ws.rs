@@ -1,0 +1,340 @@
+//! `/ws`: the live feed for browsers.
+//!
+//! On connect a client gets the latest of every machine (summaries), the
+//! facts of every machine and the latest alert events, then live updates.
+//! It may send `{"type":"subscribe","machine":"<id>"}` to narrow to one
+//! machine in full detail, or `{"type":"subscribe","machine":null}` for the
+//! summary of all; each switch sends the new view's current state first.
+//!
+//! Every server message is a JSON array of updates (`{"type": …, "data": …}`).
+//! Per client, a pump task moves updates from the shared fan-out channel into
+//! a pending map keyed by (kind, machine): a newer update replaces the older
+//! one (coalescing), so the queue is bounded by the number of machines, and
+//! a slow or stuck client costs the others nothing. A writer drains the map
+//! into the socket; a frame that cannot go out within `ws_send_timeout_s`, or
+//! a client that has not answered pings for three intervals, is closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use tokio::sync::{Notify, broadcast};
+
+use crate::error::ApiError;
+use crate::state::{Counters, Shared, Update};
+
+/// What a client looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum View {
+    Summary,
+    Machine(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Snapshot,
+    Info,
+    Alert,
+}
+
+/// Updates waiting for one client, latest per key.
+#[derive(Debug)]
+struct Pending {
+    view: View,
+    frames: HashMap<(Kind, String), Arc<str>>,
+    /// Insertion order, so a drained batch keeps the order of arrival.
+    order: Vec<(Kind, String)>,
+}
+
+impl Pending {
+    /// Queues `frame`; returns true when it replaced an older one.
+    fn put(&mut self, key: (Kind, String), frame: Arc<str>) -> bool {
+        match self.frames.insert(key.clone(), frame) {
+            Some(_) => true,
+            None => {
+                self.order.push(key);
+                false
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Arc<str>> {
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_iter()
+            .filter_map(|k| self.frames.remove(&k))
+            .collect()
+    }
+
+    /// Queues the current state of the client's view.
+    fn fill(&mut self, shared: &Shared) {
+        match self.view.clone() {
+            View::Summary => {
+                for (k, l) in shared.latest.iter() {
+                    self.put(
+                        (Kind::Snapshot, k.to_string()),
+                        Arc::clone(&l.summary_frame),
+                    );
+                }
+                for (k, i) in shared.info.iter() {
+                    self.put((Kind::Info, k.to_string()), Arc::clone(&i.1));
+                }
+            }
+            View::Machine(m) => {
+                if let Some(l) = shared.latest.get(&m) {
+                    self.put((Kind::Snapshot, m.clone()), Arc::clone(&l.detail_frame));
+                }
+                if let Some(i) = shared.info.get(&m) {
+                    self.put((Kind::Info, m), Arc::clone(&i.1));
+                }
+            }
+        }
+        for (k, a) in shared.alerts.iter() {
+            self.put((Kind::Alert, k.to_string()), Arc::clone(&a.1));
+        }
+    }
+
+    /// Queues a live update if the view wants it.
+    fn offer(&mut self, u: &Update) -> bool {
+        match (u, &self.view) {
+            (
+                Update::Snapshot {
+                    machine,
+                    summary_frame,
+                    ..
+                },
+                View::Summary,
+            ) => self.put((Kind::Snapshot, machine.clone()), Arc::clone(summary_frame)),
+            (
+                Update::Snapshot {
+                    machine,
+                    detail_frame,
+                    ..
+                },
+                View::Machine(m),
+            ) if m == machine => {
+                self.put((Kind::Snapshot, machine.clone()), Arc::clone(detail_frame))
+            }
+            (Update::Info { machine, frame }, View::Summary) => {
+                self.put((Kind::Info, machine.clone()), Arc::clone(frame))
+            }
+            (Update::Info { machine, frame }, View::Machine(m)) if m == machine => {
+                self.put((Kind::Info, machine.clone()), Arc::clone(frame))
+            }
+            (Update::Alert { key, frame }, _) => {
+                self.put((Kind::Alert, key.clone()), Arc::clone(frame))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Refuses a browser page from another site (a page elsewhere must not read
+/// this fleet's data through a visitor's browser). Clients that send no
+/// `Origin` (scripts, the CLI) are not browsers and are let in.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+pub async fn upgrade(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &s.config.allowed_origins) {
+        Counters::inc(&s.counters.ws_origin_refused);
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
+        let mut e = ApiError::bad("Origin", "this Origin may not open the live feed");
+        e.status = StatusCode::FORBIDDEN;
+        return e.into_response();
+    }
+    ws.on_upgrade(move |socket| client(s, socket))
+}
+
+#[derive(Deserialize)]
+struct ClientMsg {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    machine: Option<String>,
+}
+
+async fn client(s: Arc<Shared>, socket: WebSocket) {
+    Counters::inc(&s.counters.ws_connections);
+    s.counters
+        .ws_clients
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Subscribe before filling so no update falls between the two.
+    let rx = s.updates.subscribe();
+    let pending = Arc::new(Mutex::new(Pending {
+        view: View::Summary,
+        frames: HashMap::new(),
+        order: Vec::new(),
+    }));
+    let wake = Arc::new(Notify::new());
+    lock(&pending).fill(&s);
+    wake.notify_one();
+
+    let (mut sink, mut stream) = socket.split();
+    let pump = tokio::spawn(pump(
+        Arc::clone(&s),
+        rx,
+        Arc::clone(&pending),
+        Arc::clone(&wake),
+    ));
+    let last_pong = Arc::new(Mutex::new(Instant::now()));
+    let reader = {
+        let (s, pending, wake, last_pong) = (
+            Arc::clone(&s),
+            Arc::clone(&pending),
+            Arc::clone(&wake),
+            Arc::clone(&last_pong),
+        );
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                match msg {
+                    Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
+                        Ok(m) if m.kind == "subscribe" => {
+                            let view = match m.machine {
+                                Some(id) => match sysmonstm_schemas::MachineId::parse(&id) {
+                                    Ok(id) => View::Machine(id.as_str().to_owned()),
+                                    Err(_) => {
+                                        Counters::inc(&s.counters.ws_bad_client_messages);
+                                        continue;
+                                    }
+                                },
+                                None => View::Summary,
+                            };
+                            let mut p = lock(&pending);
+                            p.view = view;
+                            p.frames.clear();
+                            p.order.clear();
+                            p.fill(&s);
+                            drop(p);
+                            wake.notify_one();
+                        }
+                        _ => {
+                            Counters::inc(&s.counters.ws_bad_client_messages);
+                            tracing::debug!("WebSocket client message not understood");
+                        }
+                    },
+                    Message::Pong(_) => *lock(&last_pong) = Instant::now(),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let ping_every = Duration::from_secs(s.config.ws_ping_s.max(1));
+    let send_timeout = Duration::from_secs(s.config.ws_send_timeout_s.max(1));
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {
+                let frames = lock(&pending).drain();
+                if frames.is_empty() { continue; }
+                let n = frames.len() as u64;
+                let text = batch(&frames);
+                match tokio::time::timeout(send_timeout, sink.send(Message::Text(text))).await {
+                    Ok(Ok(())) => {
+                        s.counters.ws_frames.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        Counters::inc(&s.counters.ws_messages);
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        Counters::inc(&s.counters.ws_closed_stuck);
+                        tracing::info!("WebSocket client stopped reading; closed");
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if lock(&last_pong).elapsed() > ping_every * 3 {
+                    Counters::inc(&s.counters.ws_closed_stuck);
+                    tracing::info!("WebSocket client stopped answering pings; closed");
+                    break;
+                }
+                let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) { break; }
+            }
+            _ = reader_done(&reader) => break,
+        }
+    }
+    pump.abort();
+    reader.abort();
+    s.counters
+        .ws_clients
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn reader_done(reader: &tokio::task::JoinHandle<()>) {
+    while !reader.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Moves live updates into the client's pending map. It never waits on the
+/// socket, so it keeps up with the fan-out even while the client is stuck.
+async fn pump(
+    s: Arc<Shared>,
+    mut rx: broadcast::Receiver<Arc<Update>>,
+    pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(u) => {
+                if lock(&pending).offer(&u) {
+                    Counters::inc(&s.counters.ws_coalesced);
+                }
+                wake.notify_one();
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Starved of CPU for a moment: the current state of the view
+                // replaces whatever was missed.
+                Counters::inc(&s.counters.ws_lagged);
+                lock(&pending).fill(&s);
+                wake.notify_one();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn batch(frames: &[Arc<str>]) -> Utf8Bytes {
+    let len = frames.iter().map(|f| f.len() + 1).sum::<usize>() + 2;
+    let mut out = String::with_capacity(len);
+    out.push('[');
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(f);
+    }
+    out.push(']');
+    out.into()
+}
+
+/// The maps are only touched briefly, never across an await; a poisoned
+/// lock (a panic elsewhere) still holds usable data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

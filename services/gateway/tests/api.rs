@@ -1,0 +1,299 @@
+//! Router tests without a socket (`tower::ServiceExt::oneshot`), against a
+//! real nats-server (and PostgreSQL where an endpoint needs it): every
+//! endpoint, the 400s with the parameter they name, and bad messages on the
+//! feed that are counted and skipped.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Agent, WAIT, env, publish_snapshot, wait_latest};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use sysmonstm_schemas::streams;
+use tower::ServiceExt as _;
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+    let (status, body) = get_raw(app, uri).await;
+    let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, v)
+}
+
+async fn get_raw(app: &Router, uri: &str) -> (StatusCode, Vec<u8>) {
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("router answers");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, body.to_vec())
+}
+
+/// A 400 whose JSON names `parameter`.
+async fn bad(app: &Router, uri: &str, parameter: &str) {
+    let (status, v) = get(app, uri).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+    assert_eq!(v["parameter"], parameter, "{uri}: {v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{uri}: {v}"
+    );
+}
+
+#[tokio::test]
+async fn machines_their_facts_and_latest_snapshot() {
+    let env = env(false).await;
+    let (gw, shared) = env.gateway().await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let mut b = Agent::new("db-1").await;
+    let info = a.publish_info(&env.js).await;
+    a.publish(&env.js).await;
+    let last_a = a.publish(&env.js).await;
+    let last_b = b.publish(&env.js).await;
+    wait_latest(&shared, "web-1", last_a.seq).await;
+    wait_latest(&shared, "db-1", last_b.seq).await;
+    sysmonstm_testkit::eventually(WAIT, "facts of web-1", || async {
+        shared.info.get("web-1").map(|_| ())
+    })
+    .await;
+
+    let (status, v) = get(&app, "/api/machines").await;
+    assert_eq!(status, StatusCode::OK);
+    let ms = v["machines"].as_array().expect("array");
+    let ids: Vec<&str> = ms.iter().filter_map(|m| m["machine_id"].as_str()).collect();
+    assert_eq!(ids, ["db-1", "web-1"]);
+    let web = &ms[1];
+    assert_eq!(web["online"], true);
+    assert_eq!(web["hostname"], info.hostname.as_str());
+    assert_eq!(web["latest"]["seq"], last_a.seq);
+    assert_eq!(web["last_seen_ms"], last_a.timestamp_ms);
+    let cpu = last_a.cpu.as_ref().map(|c| f64::from(c.usage_percent));
+    assert_eq!(
+        web["latest"]["cpu"].as_f64().map(|c| (c * 1e3).round()),
+        cpu.map(|c| (c * 1e3).round())
+    );
+
+    let (status, v) = get(&app, "/api/machines/web-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["info"]["core_count"], info.core_count);
+    assert_eq!(v["info"]["kernel_version"], info.kernel_version.as_str());
+
+    let (status, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["seq"], last_a.seq);
+    assert_eq!(
+        v["filesystems"].as_array().map(Vec::len),
+        Some(last_a.filesystems.len())
+    );
+    assert_eq!(
+        v["cpu_per_core"].as_array().map(Vec::len),
+        Some(last_a.cpu.as_ref().map_or(0, |c| c.per_core_percent.len()))
+    );
+
+    assert_eq!(
+        get(&app, "/api/machines/nobody").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&app, "/api/machines/nobody/metrics").await.0,
+        StatusCode::NOT_FOUND
+    );
+    bad(&app, "/api/machines/Bad.Id", "id").await;
+    bad(&app, "/api/machines/Bad.Id/metrics", "id").await;
+    bad(&app, "/api/machines?limit=3", "limit").await;
+    assert!(shared.counters.http_bad_requests.load(Ordering::Relaxed) >= 3);
+    assert_eq!(shared.counters.latest_hits.load(Ordering::Relaxed), 1);
+    assert_eq!(shared.counters.latest_misses.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn history_and_alerts_refuse_bad_parameters_before_the_database() {
+    // No database at all: every one of these must still be a 400, never a
+    // 500 (and not the 503 a real query would give).
+    let env = env(false).await;
+    let (gw, _shared) = env.gateway().await;
+    let app = gw.router();
+    let h = "/api/machines/web-1/history";
+    bad(&app, h, "metric").await;
+    bad(&app, &format!("{h}?metric=cpux"), "metric").await;
+    bad(&app, &format!("{h}?metric=cpu&from=yesterday"), "from").await;
+    bad(&app, &format!("{h}?metric=cpu&to=12:00"), "to").await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&from=2026-11-23T10:00:00Z&to=2026-11-23T09:00:00Z"),
+        "from",
+    )
+    .await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z"),
+        "from",
+    )
+    .await;
+    bad(&app, &format!("{h}?metric=cpu&mertic=x"), "mertic").await;
+    bad(&app, "/api/machines/-x!/history?metric=cpu", "id").await;
+    bad(&app, "/api/alerts?state=burning", "state").await;
+    bad(&app, "/api/alerts?since=last-week", "since").await;
+    bad(&app, "/api/alerts?machine=Not%20One", "machine").await;
+    bad(&app, "/api/alerts?sevrity=critical", "sevrity").await;
+    // A good query with the database away is the database's fault: 503.
+    let (status, v) = get(&app, &format!("{h}?metric=cpu")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}
+
+#[tokio::test]
+async fn rules_are_the_bucket_values_as_an_array() {
+    let env = env(false).await;
+    let (gw, shared) = env.gateway().await;
+    let app = gw.router();
+    let (status, v) = get(&app, "/api/rules").await;
+    assert_eq!(status, StatusCode::OK, "no bucket yet is no rules");
+    assert_eq!(v, serde_json::json!([]));
+
+    let kv = env
+        .js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: streams::RULES_BUCKET.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    kv.put(
+        "cpu_high",
+        r#"{"name":"cpu_high","metric":"cpu","threshold":90}"#.into(),
+    )
+    .await
+    .expect("put");
+    kv.put(
+        "disk_full",
+        r#"{"name":"disk_full","metric":"disk","threshold":95}"#.into(),
+    )
+    .await
+    .expect("put");
+    kv.put("broken", "not json".into()).await.expect("put");
+    kv.put("gone", "{}".into()).await.expect("put");
+    kv.delete("gone").await.expect("delete");
+
+    let (status, v) = get(&app, "/api/rules").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["cpu_high", "disk_full"]);
+    assert_eq!(shared.counters.rules_bad_values.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let env = env(false).await;
+    let (gw, _) = env.gateway().await;
+    let app = gw.router();
+    assert_eq!(get(&app, "/health").await.0, StatusCode::OK);
+    let (status, v) = sysmonstm_testkit::eventually(WAIT, "NATS connected", || async {
+        let r = get(&app, "/ready").await;
+        (r.1["nats"] == true).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no database: not ready"
+    );
+    assert_eq!(v["postgres"], false);
+
+    let with_db = common::env(true).await;
+    let (gw, _) = with_db.gateway().await;
+    let app_db = gw.router();
+    sysmonstm_testkit::eventually(WAIT, "ready with NATS and PostgreSQL", || async {
+        (get(&app_db, "/ready").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    bad(&app, "/api/alerts?state=nope", "state").await;
+    let (status, body) = get_raw(&app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).expect("text");
+    assert!(
+        text.contains("sysmon_gateway_http_bad_requests_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sysmon_gateway_cache_hit_ratio{cache=\"history\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_on_the_feed_is_counted_and_skipped() {
+    let env = env(false).await;
+    let (gw, shared) = env.gateway().await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let first = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", first.seq).await;
+    env.js
+        .publish(
+            "sysmon.metrics.web-1",
+            bytes::Bytes::from_static(b"\xff\xff garbage"),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("acked");
+    // A snapshot that claims another machine than its subject.
+    let mut other = a.sample();
+    other.machine_id = "db-9".into();
+    let payload = prost::Message::encode_to_vec(&other);
+    env.js
+        .publish("sysmon.metrics.web-1", payload.into())
+        .await
+        .expect("sent")
+        .await
+        .expect("acked");
+    let next = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", next.seq).await;
+    assert_eq!(shared.counters.decode_errors.load(Ordering::Relaxed), 2);
+    assert!(shared.latest.get("db-9").is_none());
+    // An older snapshot (a replayed spool) does not replace the latest.
+    let mut old = next.clone();
+    old.seq = next.seq + 100;
+    old.timestamp_ms = next.timestamp_ms - 60_000;
+    publish_snapshot(&env.js, &old).await;
+    let fresh = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", fresh.seq).await;
+    let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(v["seq"], fresh.seq);
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let env = env(false).await;
+    let (gw, _) = env.gateway().await;
+    let app = gw.router();
+    let (status, body) = get_raw(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("/assets/app.js"));
+    let (status, js) = get_raw(&app, "/assets/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        js.len() > 1000,
+        "the bundle holds uPlot and the app ({} bytes)",
+        js.len()
+    );
+    let (status, css) = get_raw(&app, "/assets/app.css").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&css).contains(".uplot"));
+    // A page of the single-page app is the app; an unknown API path is not.
+    assert_eq!(get_raw(&app, "/machine/web-1").await.0, StatusCode::OK);
+    let (status, v) = get(&app, "/api/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(v["error"].is_string());
+}

@@ -1,0 +1,78 @@
+// The alerts panel: what fires now (latest event per machine and rule from
+// the live feed) and recent events (from /api/alerts, i.e. the database).
+import { esc, ago, num } from "./format.js";
+
+export class AlertsPanel {
+  constructor() {
+    this.el = document.createElement("section");
+    this.el.className = "alerts";
+    this.recent = [];
+    this.live = [];
+    this.recentError = null;
+  }
+
+  onLive(a) {
+    this.live.unshift(a);
+    this.live = this.live.slice(0, 50);
+  }
+
+  async loadRecent(machine) {
+    const since = new Date(Date.now() - 7 * 86400e3).toISOString();
+    const q = new URLSearchParams({ since });
+    if (machine) q.set("machine", machine);
+    try {
+      const r = await fetch("/api/alerts?" + q);
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.error || r.statusText);
+      this.recent = body.alerts;
+      this.recentError = null;
+    } catch (e) {
+      this.recentError = String(e.message || e);
+    }
+    this.renderRecent();
+  }
+
+  render(alerts, machine) {
+    const firing = [...alerts.values()]
+      // Acknowledged alerts still fire (no more reminders): shown, marked.
+      .filter((a) => (a.state === "firing" || a.state === "acknowledged") && (!machine || a.machine_id === machine))
+      .sort((a, b) => (a.severity === b.severity ? b.timestamp_ms - a.timestamp_ms : a.severity === "critical" ? -1 : 1));
+    const rows = firing
+      .map(
+        (a) => `<li class="alert ${esc(a.severity)}" data-alert="${esc(a.machine_id)}:${esc(a.rule)}">
+        <span class="sev">${esc(a.severity)}${a.state === "acknowledged" ? " · acked" : ""}</span>
+        <a href="/machine/${esc(a.machine_id)}" data-nav>${esc(a.machine_id)}</a>
+        <span class="rule">${esc(a.rule)}</span>
+        <span class="msg">${esc(a.message || `${a.metric} ${num(a.value)} > ${num(a.threshold)}`)}</span>
+        <span class="when">since ${ago(a.since_ms)}</span></li>`
+      )
+      .join("");
+    this.el.innerHTML = `<h2>Alerts</h2>
+      <h3>Firing now <span class="count">${firing.length}</span></h3>
+      <ul class="firing">${rows || '<li class="none">Nothing is firing.</li>'}</ul>
+      <h3>Recent events</h3><div class="recent"></div>`;
+    this.renderRecent();
+  }
+
+  renderRecent() {
+    const el = this.el.querySelector(".recent");
+    if (!el) return;
+    const events = [...this.live, ...this.recent];
+    const seen = new Set();
+    const rows = [];
+    for (const a of events) {
+      const key = `${a.machine_id}:${a.rule}:${a.since_ms}:${a.state}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      rows.push(`<tr class="${esc(a.severity)}"><td>${new Date(a.timestamp_ms).toLocaleString()}</td><td>${esc(a.machine_id)}</td>
+        <td>${esc(a.rule)}</td><td>${esc(a.severity)}</td><td>${esc(a.state)}</td><td>${num(a.value)}</td></tr>`);
+      if (rows.length >= 30) break;
+    }
+    const note = this.recentError ? `<p class="note">Stored events unavailable: ${esc(this.recentError)}</p>` : "";
+    el.innerHTML =
+      note +
+      (rows.length
+        ? `<table><thead><tr><th>When</th><th>Machine</th><th>Rule</th><th>Severity</th><th>State</th><th>Value</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+        : '<p class="none">No events.</p>');
+  }
+}

@@ -1,0 +1,190 @@
+// The machine page: facts, live per-second charts (uPlot), a history chart
+// that zooms (1 h, 24 h, 7 d, 30 d) from /api/.../history, top processes,
+// filesystems, disks and interfaces.
+import uPlot from "uplot";
+import { level, pct, bytes, rate, num, ago, online, esc } from "./format.js";
+
+const LIVE_POINTS = 300; // five minutes at 1 Hz
+const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
+const METRICS = ["cpu", "memory", "swap", "load1", "load5", "load15", "net_rx", "net_tx", "disk_read", "disk_write", "processes"];
+
+const LIVE = [
+  { key: "cpu", title: "CPU %", series: [["cpu", "#4e9af1"]], max: 100 },
+  { key: "memory", title: "Memory %", series: [["memory", "#a77bf3"], ["swap", "#f3a07b"]], max: 100 },
+  { key: "load", title: "Load", series: [["load1", "#49c5b6"], ["load5", "#e0c341"], ["load15", "#e07b41"]] },
+  { key: "net", title: "Network bytes/s", series: [["net_rx", "#5fd35f"], ["net_tx", "#f35f8a"]], fmt: rate },
+];
+
+function size(el) {
+  return { width: Math.max(280, el.clientWidth - 16), height: 180 };
+}
+
+export class MachinePage {
+  constructor(id, root, state) {
+    this.id = id;
+    this.state = state;
+    this.range = "1h";
+    this.metric = "cpu";
+    this.el = document.createElement("section");
+    this.el.className = "machine";
+    this.el.innerHTML = `
+      <nav><a href="/" data-nav>← all machines</a></nav>
+      <h1><span class="name">${esc(id)}</span> <span class="status"></span></h1>
+      <div class="facts"></div>
+      <h2>Live</h2><div class="charts"></div>
+      <h2>History</h2>
+      <div class="history-controls">
+        <select class="metric">${METRICS.map((m) => `<option${m === "cpu" ? " selected" : ""}>${m}</option>`).join("")}</select>
+        ${Object.keys(RANGES).map((r) => `<button data-range="${r}"${r === "1h" ? ' class="on"' : ""}>${r}</button>`).join("")}
+        <span class="history-note"></span>
+      </div>
+      <div class="history chart" data-points="0"></div>
+      <div class="tables"></div>`;
+    root.appendChild(this.el);
+    this.live = { ts: [] };
+    for (const c of LIVE) for (const [s] of c.series) this.live[s] = [];
+    this.charts = LIVE.map((c) => this.makeLive(c));
+    this.historyPlot = null;
+    this.el.querySelector(".metric").addEventListener("change", (e) => {
+      this.metric = e.target.value;
+      this.loadHistory();
+    });
+    for (const b of this.el.querySelectorAll("button[data-range]")) {
+      b.addEventListener("click", () => {
+        this.range = b.dataset.range;
+        this.el.querySelectorAll("button[data-range]").forEach((x) => x.classList.toggle("on", x === b));
+        this.loadHistory();
+      });
+    }
+    this.onResize = () => {
+      for (const c of this.charts) c.plot.setSize(size(c.el));
+      if (this.historyPlot) this.historyPlot.setSize(size(this.el.querySelector(".history")));
+    };
+    window.addEventListener("resize", this.onResize);
+    const info = state.infos.get(id);
+    if (info) this.onInfo(info);
+    const detail = state.details.get(id);
+    if (detail) this.onSnapshot(detail);
+    this.loadHistory();
+    this.historyTimer = setInterval(() => this.loadHistory(), 60000);
+  }
+
+  makeLive(c) {
+    const el = document.createElement("div");
+    el.className = "chart live";
+    el.dataset.chart = c.key;
+    el.dataset.points = "0";
+    this.el.querySelector(".charts").appendChild(el);
+    const opts = {
+      title: c.title,
+      ...size(el),
+      scales: { x: { time: true }, y: c.max ? { range: [0, c.max] } : { auto: true } },
+      series: [{}, ...c.series.map(([s, color]) => ({ label: s, stroke: color, width: 1.5, value: (u, v) => (c.fmt ? c.fmt(v) : num(v)) }))],
+      axes: [{ stroke: "#aaa", grid: { stroke: "#333" } }, { stroke: "#aaa", grid: { stroke: "#333" }, size: 70, values: (u, vs) => vs.map((v) => (c.fmt ? bytes(v) : v)) }],
+    };
+    const plot = new uPlot(opts, [[], ...c.series.map(() => [])], el);
+    return { c, el, plot };
+  }
+
+  onInfo(info) {
+    const f = this.el.querySelector(".facts");
+    f.innerHTML = `<dl>
+      <dt>Host</dt><dd>${esc(info.hostname)}</dd>
+      <dt>OS</dt><dd>${esc(info.os_name)} ${esc(info.os_version)} (kernel ${esc(info.kernel_version)}, ${esc(info.architecture)})</dd>
+      <dt>CPU</dt><dd>${esc(info.cpu_model)} × ${info.core_count}</dd>
+      <dt>Memory</dt><dd>${bytes(info.memory_total_bytes)}</dd>
+      <dt>Agent</dt><dd>${esc(info.agent_version)}</dd>
+      <dt>Booted</dt><dd>${new Date(info.boot_time_s * 1000).toLocaleString()}</dd></dl>`;
+  }
+
+  onSnapshot(d) {
+    const t = d.timestamp_ms / 1000;
+    const last = this.live.ts[this.live.ts.length - 1];
+    if (last !== undefined && t <= last) return;
+    this.live.ts.push(t);
+    for (const c of LIVE) for (const [s] of c.series) this.live[s].push(d[s] ?? null);
+    if (this.live.ts.length > LIVE_POINTS) for (const k of Object.keys(this.live)) this.live[k].shift();
+    for (const { c, el, plot } of this.charts) {
+      plot.setData([this.live.ts, ...c.series.map(([s]) => this.live[s])]);
+      el.dataset.points = String(this.live.ts.length);
+    }
+    this.renderTables(d);
+    this.tick();
+  }
+
+  tick() {
+    const s = this.state.summaries.get(this.id);
+    const st = this.el.querySelector(".status");
+    const on = online(s);
+    st.textContent = s ? `${on ? "online" : "silent"} · seen ${ago(s.timestamp_ms)}` : "no snapshot yet";
+    st.className = "status " + (on ? "online" : "silent");
+  }
+
+  renderTables(d) {
+    const procs = (list) =>
+      list.map((p) => `<tr><td>${p.pid}</td><td>${esc(p.name)}</td><td>${num(p.cpu_percent, 1)}</td><td>${bytes(p.rss_bytes)}</td></tr>`).join("");
+    const fs = d.filesystems
+      .map(
+        (f) => `<tr><td>${esc(f.mount)}</td><td>${esc(f.fs_type)}</td><td>${bytes(f.used_bytes)} / ${bytes(f.total_bytes)}</td>
+        <td class="${level("disk", f.used_percent)}">${pct(f.used_percent)}</td></tr>`
+      )
+      .join("");
+    const ifs = d.interfaces
+      .map((i) => `<tr><td>${esc(i.name)}</td><td>${rate(i.rx_bytes_per_s)}</td><td>${rate(i.tx_bytes_per_s)}</td><td>${num(i.rx_errors_per_s)} / ${num(i.tx_errors_per_s)}</td></tr>`)
+      .join("");
+    const disks = d.disks.map((k) => `<tr><td>${esc(k.name)}</td><td>${rate(k.read_bytes_per_s)}</td><td>${rate(k.write_bytes_per_s)}</td></tr>`).join("");
+    const head = (...h) => `<thead><tr>${h.map((x) => `<th>${x}</th>`).join("")}</tr></thead>`;
+    this.el.querySelector(".tables").innerHTML = `
+      <div class="table"><h3>Top CPU</h3><table class="top-cpu">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_cpu)}</tbody></table></div>
+      <div class="table"><h3>Top memory</h3><table class="top-mem">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_memory)}</tbody></table></div>
+      <div class="table"><h3>Filesystems</h3><table class="filesystems">${head("Mount", "Type", "Used", "%")}<tbody>${fs}</tbody></table></div>
+      <div class="table"><h3>Interfaces</h3><table class="interfaces">${head("Name", "Rx", "Tx", "Errors/s")}<tbody>${ifs}</tbody></table></div>
+      <div class="table"><h3>Disks</h3><table class="disks">${head("Name", "Read", "Write")}<tbody>${disks}</tbody></table></div>`;
+  }
+
+  async loadHistory() {
+    const el = this.el.querySelector(".history");
+    const note = this.el.querySelector(".history-note");
+    const to = Date.now();
+    const from = to - RANGES[this.range] * 1000;
+    const q = new URLSearchParams({ metric: this.metric, from: String(from), to: String(to) });
+    let h;
+    try {
+      const r = await fetch(`/api/machines/${encodeURIComponent(this.id)}/history?${q}`);
+      h = await r.json();
+      if (!r.ok) throw new Error(h.error || r.statusText);
+    } catch (e) {
+      note.textContent = "history unavailable: " + (e.message || e);
+      return;
+    }
+    note.textContent = `${h.points} points, ${h.resolution || "–"} data, step ${h.step_s} s`;
+    const data = [h.ts.map((t) => t / 1000), h.avg, h.min, h.max];
+    if (this.historyPlot) this.historyPlot.destroy();
+    const fmt = this.metric.startsWith("net_") || this.metric.startsWith("disk_") ? rate : (v) => num(v);
+    this.historyPlot = new uPlot(
+      {
+        title: `${this.metric} · last ${this.range}`,
+        ...size(el),
+        scales: { x: { time: true } },
+        series: [
+          {},
+          { label: "avg", stroke: "#4e9af1", width: 1.5, value: (u, v) => fmt(v) },
+          { label: "min", stroke: "#4e9af180", width: 1, value: (u, v) => fmt(v) },
+          { label: "max", stroke: "#f35f8a80", width: 1, value: (u, v) => fmt(v) },
+        ],
+        axes: [{ stroke: "#aaa", grid: { stroke: "#333" } }, { stroke: "#aaa", grid: { stroke: "#333" }, size: 70 }],
+      },
+      data,
+      el
+    );
+    el.dataset.points = String(h.points);
+  }
+
+  destroy() {
+    clearInterval(this.historyTimer);
+    window.removeEventListener("resize", this.onResize);
+    for (const c of this.charts) c.plot.destroy();
+    if (this.historyPlot) this.historyPlot.destroy();
+    this.el.remove();
+  }
+}

@@ -1,0 +1,93 @@
+// The sysmonstm dashboard: an overview card per machine and a machine page
+// with live per-second charts, history zoom, processes, filesystems,
+// interfaces and alerts. Live data comes over /ws (arrays of
+// {type, data} updates); history and recent alerts over /api.
+import { LiveFeed } from "./feed.js";
+import { renderOverview } from "./overview.js";
+import { MachinePage } from "./machine.js";
+import { AlertsPanel } from "./alerts.js";
+
+const state = {
+  summaries: new Map(), // machine -> Summary
+  details: new Map(), // machine -> full snapshot (machine page only)
+  infos: new Map(), // machine -> MachineInfo
+  alerts: new Map(), // "machine:rule" -> latest AlertEvent
+};
+
+const app = document.getElementById("app");
+const conn = document.getElementById("conn");
+let page = null; // MachinePage when on /machine/<id>
+const alertsPanel = new AlertsPanel();
+
+const feed = new LiveFeed({
+  onStatus(s) {
+    conn.textContent = s;
+    conn.className = "conn " + (s === "live" ? "ok" : "bad");
+  },
+  onUpdates(items) {
+    let alertsChanged = false;
+    for (const u of items) {
+      if (u.type === "summary") state.summaries.set(u.data.machine_id, u.data);
+      else if (u.type === "snapshot") {
+        state.details.set(u.data.machine_id, u.data);
+        state.summaries.set(u.data.machine_id, u.data);
+        if (page && page.id === u.data.machine_id) page.onSnapshot(u.data);
+      } else if (u.type === "info") {
+        state.infos.set(u.data.machine_id, u.data);
+        if (page && page.id === u.data.machine_id) page.onInfo(u.data);
+      } else if (u.type === "alert") {
+        state.alerts.set(u.data.machine_id + ":" + u.data.rule, u.data);
+        alertsPanel.onLive(u.data);
+        alertsChanged = true;
+      }
+    }
+    if (!page) renderOverview(overviewEl(), state);
+    if (alertsChanged) alertsPanel.render(state.alerts, page ? page.id : null);
+  },
+});
+
+function overviewEl() {
+  return document.getElementById("overview");
+}
+
+function route() {
+  const m = location.pathname.match(/^\/machine\/([a-z0-9_-]+)\/?$/);
+  if (page) page.destroy();
+  page = null;
+  app.innerHTML = "";
+  if (m) {
+    const id = m[1];
+    page = new MachinePage(id, app, state);
+    app.appendChild(alertsPanel.el);
+    feed.subscribe(id);
+  } else {
+    const grid = document.createElement("section");
+    grid.id = "overview";
+    grid.className = "grid";
+    app.appendChild(grid);
+    app.appendChild(alertsPanel.el);
+    feed.subscribe(null);
+    renderOverview(grid, state);
+  }
+  alertsPanel.render(state.alerts, page ? page.id : null);
+  alertsPanel.loadRecent(page ? page.id : null);
+}
+
+// Links inside the app change the view without a reload.
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-nav]");
+  if (!a || e.ctrlKey || e.metaKey || e.button !== 0) return;
+  e.preventDefault();
+  history.pushState(null, "", a.getAttribute("href"));
+  route();
+});
+window.addEventListener("popstate", route);
+
+// Online/silent is a matter of time passing: re-evaluate every second.
+setInterval(() => {
+  if (!page) renderOverview(overviewEl(), state);
+  else page.tick();
+}, 1000);
+
+route();
+feed.start();
