@@ -10,21 +10,47 @@ use common::*;
 use sysmonstm_persister::Counters;
 use sysmonstm_testkit::{NatsServer, PgCluster, TestDb, eventually};
 
+/// A persister process that is killed when the test ends, even by a panic,
+/// so a failed test leaves nothing running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// The real binary, configured through the environment as an operator would.
-fn spawn_process(nats_url: &str, db_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sysmonstm-persister"))
-        .env("NATS_URL", nats_url)
-        .env("DATABASE_URL", db_url)
-        .env("SYSMON_PERSISTER_ACK_WAIT_S", "2")
-        .env("SYSMON_PERSISTER_BATCH_SIZE", "500")
-        .env("SYSMON_PERSISTER_LINGER_MS", "20")
-        .env("SYSMON_PERSISTER_STREAM_MAX_MIB", "1024")
-        .env("SYSMON_PERSISTER_METRICS_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start sysmonstm-persister")
+fn spawn_process(nats_url: &str, db_url: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_sysmonstm-persister"))
+            .env("NATS_URL", nats_url)
+            .env("DATABASE_URL", db_url)
+            .env("SYSMON_PERSISTER_ACK_WAIT_S", "2")
+            .env("SYSMON_PERSISTER_BATCH_SIZE", "500")
+            .env("SYSMON_PERSISTER_LINGER_MS", "20")
+            .env("SYSMON_PERSISTER_STREAM_MAX_MIB", "1024")
+            .env("SYSMON_PERSISTER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sysmonstm-persister"),
+    )
 }
 
 /// Publishes `per_machine` snapshots of each of `machines` machines, round by
