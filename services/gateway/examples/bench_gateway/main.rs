@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
         ms(pct(&acks, 0.99))
     );
     println!(
-        "updates received by clients: {:.1} % of published × clients (the rest coalesced to the latest per machine)",
+        "updates received by clients: {:.1} % of published × clients (the rest coalesced to the latest per machine, or still on its way when the window closed)",
         if expected > 0.0 {
             all.len() as f64 * 100.0 / expected
         } else {
