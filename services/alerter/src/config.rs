@@ -20,7 +20,8 @@ pub struct AlerterConfig {
     /// Snapshots older than this (a spool replayed after an outage) only
     /// mark the machine as alive; they are not evaluated against "now".
     pub max_snapshot_age_s: u64,
-    /// Where `/metrics` (Prometheus text) is served; unset: nowhere.
+    /// Where `/metrics` (Prometheus text) is served; unset or empty:
+    /// nowhere; port 0 picks a free one.
     pub metrics_listen: Option<String>,
     /// METRICS retention if the alerter is the first to create the stream
     /// (the persister's defaults): age in hours and size in MiB.
@@ -36,7 +37,7 @@ impl Default for AlerterConfig {
             tick_ms: 1000,
             ack_wait_s: 30,
             max_snapshot_age_s: 120,
-            metrics_listen: Some("127.0.0.1:9102".to_owned()),
+            metrics_listen: Some("127.0.0.1:9103".to_owned()),
             stream_max_age_hours: 7 * 24,
             stream_max_mib: 10 * 1024,
             nats: NatsConfig::default(),

@@ -28,7 +28,7 @@ struct Args {
     /// NATS credentials file.
     #[arg(long, env = "NATS_CREDS")]
     creds: Option<PathBuf>,
-    /// Where to serve /metrics, e.g. 127.0.0.1:9102.
+    /// Where to serve /metrics, e.g. 127.0.0.1:9103.
     #[arg(long)]
     metrics_listen: Option<String>,
 }

@@ -53,7 +53,8 @@ impl Alerter {
             Some(p) => Some(rules_file::load(p)?),
             None => None,
         };
-        if let Some(addr) = &cfg.metrics_listen {
+        // Empty turns it off, as for the persister (an env variable cannot be unset).
+        if let Some(addr) = cfg.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {addr}: {e}"))?;

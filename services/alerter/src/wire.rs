@@ -128,8 +128,12 @@ pub async fn current_entries(store: &kv::Store) -> Result<Vec<kv::Entry>, WireEr
         what: "reading a KV bucket".to_owned(),
         why,
     };
-    let status = store.status().await.map_err(|e| setup(e.to_string()))?;
-    if status.values() == 0 {
+    // `Store::status` answers from the info cached when the bucket was
+    // opened, which misses what was written since (a rules file loaded a
+    // moment ago); ask the server.
+    let mut stream = store.stream.clone();
+    let info = stream.info().await.map_err(|e| setup(e.to_string()))?;
+    if info.state.messages == 0 {
         return Ok(Vec::new());
     }
     let mut watch = store

@@ -56,11 +56,12 @@ fn an_invalid_rule_in_the_file_is_refused_naming_the_field() {
 async fn the_binary_loads_the_example_rules_and_stops_on_sigterm() {
     let nats = sysmonstm_testkit::NatsServer::start_hub();
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rules.example.toml");
+    let metrics = format!("127.0.0.1:{}", sysmonstm_testkit::free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sysmonstm-alerter"))
         .arg("--rules")
         .arg(example)
         .arg("--metrics-listen")
-        .arg("127.0.0.1:0")
+        .arg(&metrics)
         .env("NATS_URL", nats.url())
         .env("SYSMON_ALERTER_STREAM_MAX_MIB", "1024")
         .env("RUST_LOG", "warn")
@@ -85,6 +86,25 @@ async fn the_binary_loads_the_example_rules_and_stops_on_sigterm() {
     )
     .await;
     assert_eq!(rule.metric, sysmonstm_schemas::rules::Metric::Silent);
+    // In the bucket is not enough: the alerter must have applied all nine
+    // (a bucket it created itself once looked empty to it).
+    sysmonstm_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the nine example rules applied",
+        || {
+            let metrics = metrics.clone();
+            async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut s = tokio::net::TcpStream::connect(&metrics).await.ok()?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).await.ok()?;
+                body.contains("sysmonstm_alerter_rules_total{outcome=\"applied\"} 9\n")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let pid = child.id().expect("pid");
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
