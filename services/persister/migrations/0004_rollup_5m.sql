@@ -89,7 +89,7 @@ END $$;
 -- History of one metric of one machine, from the coarsest source that
 -- fits: raw up to 2 h, 1 min up to 3 days, 5 min up to 35 days, else 1 h;
 -- with p_step, the coarsest source not coarser than p_step, re-bucketed by
--- p_step unless it is the source's own width.
+-- p_step.
 CREATE OR REPLACE FUNCTION sysmon_history(p_machine text, p_metric text, p_from timestamptz,
                                           p_to timestamptz, p_step interval DEFAULT NULL)
 RETURNS TABLE (ts timestamptz, avg double precision, min double precision, max double precision,
@@ -99,7 +99,6 @@ DECLARE
     col text;
     src text;
     tbl text;
-    width interval;
     origin constant timestamptz := '2000-01-01 00:00:00+00';
 BEGIN
     SELECT raw_column INTO col FROM sysmon_metric WHERE name = p_metric;
@@ -131,12 +130,7 @@ BEGIN
             USING p_machine, p_from, p_to, p_step, origin;
     ELSE
         tbl := 'metrics_' || src;
-        -- A step equal to the source's width needs no re-bucketing: its
-        -- buckets start on the same origin, one row each (the same answer,
-        -- without a GROUP BY over a month of 5-minute rows).
-        width := CASE src WHEN '1m' THEN INTERVAL '1 minute' WHEN '5m' THEN INTERVAL '5 minutes'
-                          ELSE INTERVAL '1 hour' END;
-        IF p_step IS NULL OR p_step = width THEN
+        IF p_step IS NULL THEN
             RETURN QUERY EXECUTE format(
                 'SELECT r.bucket, r.%2$I, r.%3$I, r.%4$I, %5$L::text FROM %1$I r '
                 'WHERE r.machine_id = $1 AND r.bucket >= $2 AND r.bucket < $3 ORDER BY r.bucket',
