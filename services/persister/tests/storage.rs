@@ -369,7 +369,7 @@ async fn retention_drops_old_data_on_both_paths() {
             .await
             .expect("maintenance");
         match mode {
-            Mode::Plain => assert!(report.partitions_dropped >= 2 * 6, "{report:?}"),
+            Mode::Plain => assert!(report.partitions_dropped >= 2, "{report:?}"),
             Mode::Timescaledb => assert!(report.chunks_dropped >= 2, "{report:?}"),
         }
         let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM metrics ORDER BY seq")
@@ -383,7 +383,7 @@ async fn retention_drops_old_data_on_both_paths() {
         .fetch_one(&pool)
         .await
         .expect("fs");
-        assert_eq!(fs_old, 0, "child rows go with their day");
+        assert_eq!(fs_old, 0, "the detail goes with its day");
         if mode == Mode::Timescaledb {
             let policies: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'",
@@ -391,7 +391,7 @@ async fn retention_drops_old_data_on_both_paths() {
             .fetch_one(&pool)
             .await
             .expect("jobs");
-            assert!(policies >= 6, "retention policies registered: {policies}");
+            assert!(policies >= 2, "retention policies registered: {policies}");
         }
         // Partitions ahead exist on the plain path, so inserts never wait on DDL.
         if mode == Mode::Plain {
