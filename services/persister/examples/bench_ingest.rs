@@ -271,9 +271,9 @@ async fn main() -> anyhow::Result<()> {
         for b in decoded.chunks(batch) {
             let data = sysmonstm_persister::copy::encode(b);
             if staged {
-                w.copy_staged(b, &data).await?;
+                w.copy_staged(&data).await?;
             } else {
-                w.copy_direct(b, &data).await?;
+                w.copy_direct(&data).await?;
             }
         }
         rates.push(decoded.len() as f64 / t.elapsed().as_secs_f64());

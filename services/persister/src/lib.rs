@@ -119,7 +119,13 @@ impl Persister {
         for _ in 0..cfg.writers.max(1) {
             writers.spawn(Arc::clone(&worker).run(consumer.clone(), shutdown.clone()));
         }
+        let last_seen = tokio::spawn(flush_last_seen(Arc::clone(&worker), shutdown.clone()));
         while writers.join_next().await.is_some() {}
+        let _ = last_seen.await;
+        // What the writers stored last.
+        if let Err(e) = worker.writer.flush_last_seen().await {
+            tracing::warn!(error = %e, "machines.last_seen not updated at shutdown");
+        }
         for t in side {
             let _ = t.await;
         }
@@ -337,6 +343,21 @@ async fn ensure_consumer(
             _ = shutdown.cancelled() => return None,
         }
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// `machines.last_seen` follows the rows once a second.
+async fn flush_last_seen(worker: Arc<Worker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = worker.writer.flush_last_seen().await {
+            tracing::warn!(error = %e, "machines.last_seen not updated; trying again");
+        }
     }
 }
 
