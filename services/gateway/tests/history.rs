@@ -68,6 +68,37 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-3 * b.abs().max(1.0)
 }
 
+/// Each bucket of `width_ms` in the answer `h` has the mean, minimum and
+/// maximum of the published values in it, and no bucket is missing.
+fn assert_buckets(h: &Value, cpu_by_ts: &BTreeMap<i64, f64>, width_ms: i64) {
+    let mut buckets: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for (t, v) in cpu_by_ts {
+        buckets
+            .entry(t - t.rem_euclid(width_ms))
+            .or_default()
+            .push(*v);
+    }
+    let ts: Vec<i64> = h["ts"]
+        .as_array()
+        .expect("ts")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    assert_eq!(ts, buckets.keys().copied().collect::<Vec<_>>(), "{h}");
+    for (i, vs) in buckets.values().enumerate() {
+        let mean = vs.iter().sum::<f64>() / vs.len() as f64;
+        let got = h["avg"][i].as_f64().expect("avg");
+        assert!(
+            close(got, mean),
+            "{width_ms} ms bucket {i}: {got} vs {mean}"
+        );
+        let max = vs.iter().copied().fold(f64::MIN, f64::max);
+        let min = vs.iter().copied().fold(f64::MAX, f64::min);
+        assert!(close(h["max"][i].as_f64().expect("max"), max));
+        assert!(close(h["min"][i].as_f64().expect("min"), min));
+    }
+}
+
 #[tokio::test]
 async fn history_answers_from_rows_the_persister_wrote() {
     let env = env(true).await;
@@ -144,29 +175,21 @@ async fn history_answers_from_rows_the_persister_wrote() {
     assert_eq!(status, StatusCode::OK, "{h}");
     assert_eq!(h["resolution"], "1m");
     assert_eq!(h["step_s"], 120);
-    let mut buckets: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    for (t, v) in &cpu_by_ts {
-        buckets
-            .entry(t - t.rem_euclid(120_000))
-            .or_default()
-            .push(*v);
-    }
-    let ts: Vec<i64> = h["ts"]
-        .as_array()
-        .expect("ts")
-        .iter()
-        .filter_map(Value::as_i64)
-        .collect();
-    assert_eq!(ts, buckets.keys().copied().collect::<Vec<_>>(), "{h}");
-    for (i, vs) in buckets.values().enumerate() {
-        let mean = vs.iter().sum::<f64>() / vs.len() as f64;
-        let got = h["avg"][i].as_f64().expect("avg");
-        assert!(close(got, mean), "bucket {i}: {got} vs {mean}");
-        let max = vs.iter().copied().fold(f64::MIN, f64::max);
-        let min = vs.iter().copied().fold(f64::MAX, f64::min);
-        assert!(close(h["max"][i].as_f64().expect("max"), max));
-        assert!(close(h["min"][i].as_f64().expect("min"), min));
-    }
+    assert_buckets(&h, &cpu_by_ts, 120_000);
+
+    // A week: the 5-minute rollup re-bucketed by 15 minutes.
+    let (status, h) = get(
+        &app,
+        &format!(
+            "/api/machines/hist-1/history?metric=cpu&from={}&to={to}",
+            to - 7 * 86_400_000
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{h}");
+    assert_eq!(h["resolution"], "5m");
+    assert_eq!(h["step_s"], 900);
+    assert_buckets(&h, &cpu_by_ts, 900_000);
 
     // 30 days: the hourly rollup, at most 1000 points.
     let (status, h) = get(

@@ -1,8 +1,9 @@
 //! `just bench query`: loads 10.4 M raw rows — 100 machines, 30 days at
 //! BENCH_STEP_S (default 25) s — into `metrics` (rollups kept as in
 //! production: the trigger on the plain path, refreshed continuous
-//! aggregates on TimescaleDB), then times the dashboard's question: the
-//! 30-day history of one machine at 5-minute steps, via `sysmon_history`.
+//! aggregates on TimescaleDB, each refresh timed), then times the
+//! dashboard's question: the 30-day history of one machine at 5-minute
+//! steps, via `sysmon_history`.
 //! Prints p50/p99 over BENCH_QUERIES (default 200) runs, machines varied.
 //!
 //! Needs SYSMON_TEST_DATABASE_URL (an admin URL). BENCH_STORAGE: auto |
@@ -101,12 +102,14 @@ async fn main() -> anyhow::Result<()> {
         loaded += r.rows_affected();
     }
     if mode == store::Mode::Timescaledb {
-        for v in ["metrics_1m", "metrics_1h"] {
+        for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
+            let t = Instant::now();
             sqlx::query(&format!(
                 "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
             ))
             .execute(&pool)
             .await?;
+            println!("refreshed {v} in {:.1} s", t.elapsed().as_secs_f64());
         }
     }
     sqlx::query("ANALYZE").execute(&pool).await?;

@@ -40,6 +40,9 @@ pub struct PersisterConfig {
     /// 1-minute rollups older than this many days are dropped (plain path;
     /// TimescaleDB: its own retention policy, 90 days).
     pub retention_1m_days: u32,
+    /// 5-minute rollups older than this many days are dropped (plain path;
+    /// TimescaleDB: its own retention policy, 365 days); 0 keeps them.
+    pub retention_5m_days: u32,
     /// 1-hour rollups older than this many days are dropped; 0 keeps them.
     pub retention_1h_days: u32,
     /// Seconds between maintenance runs (partitions ahead, retention).
@@ -80,6 +83,7 @@ impl Default for PersisterConfig {
             storage: Storage::Auto,
             retention_raw_days: 30,
             retention_1m_days: 90,
+            retention_5m_days: 365,
             retention_1h_days: 0,
             maintenance_interval_s: 3600,
             metrics_listen: "127.0.0.1:9102".to_owned(),

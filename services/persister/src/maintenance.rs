@@ -46,23 +46,21 @@ pub async fn run_once(
                         .await?
                         .try_get(0)?;
             }
-            if cfg.retention_1m_days > 0 {
-                r.rollup_rows_deleted += sqlx::query(
-                    "DELETE FROM metrics_1m_acc WHERE bucket < now() - make_interval(days => $1)",
-                )
-                .bind(i32::try_from(cfg.retention_1m_days).unwrap_or(i32::MAX))
-                .execute(pool)
-                .await?
-                .rows_affected();
-            }
-            if cfg.retention_1h_days > 0 {
-                r.rollup_rows_deleted += sqlx::query(
-                    "DELETE FROM metrics_1h_acc WHERE bucket < now() - make_interval(days => $1)",
-                )
-                .bind(i32::try_from(cfg.retention_1h_days).unwrap_or(i32::MAX))
-                .execute(pool)
-                .await?
-                .rows_affected();
+            // Table names are constants here, never input.
+            for (table, days) in [
+                ("metrics_1m_acc", cfg.retention_1m_days),
+                ("metrics_5m_acc", cfg.retention_5m_days),
+                ("metrics_1h_acc", cfg.retention_1h_days),
+            ] {
+                if days > 0 {
+                    r.rollup_rows_deleted += sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE bucket < now() - make_interval(days => $1)"
+                    ))
+                    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                }
             }
         }
         Mode::Timescaledb => {

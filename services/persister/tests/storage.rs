@@ -279,7 +279,7 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
             .expect("rewrite");
         assert_eq!(again, 0);
         if mode == Mode::Timescaledb {
-            for v in ["metrics_1m", "metrics_1h"] {
+            for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
                 sqlx::query(&format!(
                     "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
                 ))
@@ -288,7 +288,11 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
                 .expect("refresh");
             }
         }
-        for (view, width) in [("metrics_1m", "1 minute"), ("metrics_1h", "1 hour")] {
+        for (view, width) in [
+            ("metrics_1m", "1 minute"),
+            ("metrics_5m", "5 minutes"),
+            ("metrics_1h", "1 hour"),
+        ] {
             let rolled = aggregates(
                 &pool,
                 &format!(
@@ -342,10 +346,37 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
         };
         assert_eq!(res(q(1, "")).await, ("raw".to_owned(), 359));
         assert_eq!(res(q(3, "")).await.0, "1m");
-        assert_eq!(res(q(100, "")).await.0, "1h");
+        assert_eq!(res(q(72, "")).await.0, "1m");
+        // Over 3 days up to 35: five-minute buckets, 36 or 37 in the 3 h of data.
+        let (resolution, bins) = res(q(73, "")).await;
+        assert_eq!(resolution, "5m");
+        assert!((36..=37).contains(&bins), "{bins} five-minute buckets");
+        assert_eq!(res(q(240, "")).await.0, "5m");
+        assert_eq!(res(q(35 * 24, "")).await.0, "5m");
+        assert_eq!(res(q(35 * 24 + 1, "")).await.0, "1h");
+        // With a step: the coarsest source not coarser than the step.
         let (resolution, bins) = res(q(3, ", interval '5 minutes'")).await;
-        assert_eq!(resolution, "1m");
+        assert_eq!(resolution, "5m");
         assert!((36..=37).contains(&bins), "{bins} five-minute bins in 3 h");
+        let (resolution, bins) = res(q(3, ", interval '10 minutes'")).await;
+        assert_eq!(resolution, "5m");
+        assert!((18..=19).contains(&bins), "{bins} ten-minute bins in 3 h");
+        assert_eq!(res(q(3, ", interval '4 minutes'")).await.0, "1m");
+        assert_eq!(res(q(3, ", interval '30 seconds'")).await.0, "raw");
+        assert_eq!(res(q(3, ", interval '1 hour'")).await.0, "1h");
+        // A step over 5-minute buckets weighs each by its samples: the same
+        // average as straight from the raw rows.
+        let (from_5m, from_raw): (f64, f64) = sqlx::query_as(&format!(
+            "WITH h AS (SELECT ts, avg FROM sysmon_history('r1', 'cpu', '{0}', '{0}'::timestamptz + interval '3 hours',
+                                                          interval '15 minutes') ORDER BY ts LIMIT 1 OFFSET 2)
+             SELECT h.avg, (SELECT avg(cpu_percent)::float8 FROM metrics m WHERE m.machine_id = 'r1'
+                              AND m.ts >= h.ts AND m.ts < h.ts + interval '15 minutes') FROM h",
+            from.to_rfc3339()
+        ))
+        .fetch_one(&pool)
+        .await
+        .expect("15-minute bin");
+        assert!((from_5m - from_raw).abs() < 1e-9, "{from_5m} vs {from_raw}");
         let err = sqlx::query(
             "SELECT * FROM sysmon_history('r1', 'nope', now() - interval '1 hour', now())",
         )
@@ -373,7 +404,11 @@ async fn retention_drops_old_data_on_both_paths() {
             snaps.push(decoded(&s));
         }
         writer.write(&snaps).await.expect("write");
-        let cfg = PersisterConfig::default();
+        // 5-minute rollups kept 30 days here (365 by default), to see them go.
+        let cfg = PersisterConfig {
+            retention_5m_days: 30,
+            ..PersisterConfig::default()
+        };
         let report = maintenance::run_once(&pool, mode, &cfg)
             .await
             .expect("maintenance");
@@ -400,7 +435,27 @@ async fn retention_drops_old_data_on_both_paths() {
             .fetch_one(&pool)
             .await
             .expect("jobs");
-            assert!(policies >= 2, "retention policies registered: {policies}");
+            assert!(policies >= 3, "retention policies registered: {policies}");
+            let on_5m: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM timescaledb_information.jobs
+                 WHERE proc_name = 'policy_retention' AND hypertable_name = 'metrics_5m'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("5m policy");
+            assert_eq!(on_5m, 1, "metrics_5m has a retention policy");
+        } else {
+            let buckets: Vec<i64> = sqlx::query_scalar(
+                "SELECT (extract(epoch FROM now() - bucket) / 86400)::int8 FROM metrics_5m ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("5m rows");
+            assert_eq!(
+                buckets,
+                vec![0, 1],
+                "5-minute rollups older than 30 days dropped"
+            );
         }
         // Partitions ahead exist on the plain path, so inserts never wait on DDL.
         if mode == Mode::Plain {

@@ -65,7 +65,7 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("writing day -{d}"))?;
     }
     if mode == "timescaledb" {
-        for v in ["metrics_1m", "metrics_1h"] {
+        for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
             sqlx::query(&format!(
                 "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
             ))
