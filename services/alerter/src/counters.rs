@@ -13,6 +13,7 @@ pub struct Counters {
     pub snapshots_received: AtomicU64,
     pub snapshots_evaluated: AtomicU64,
     pub snapshots_stale: AtomicU64,
+    pub snapshots_already_seen: AtomicU64,
     pub rejected_decode: AtomicU64,
     pub rejected_subject: AtomicU64,
     pub events_firing: AtomicU64,
@@ -46,13 +47,18 @@ impl Counters {
         };
         line(
             "sysmonstm_alerter_snapshots_received_total",
-            "Snapshots taken from METRICS.",
+            "Snapshots received, from the live subscription and from the consumer.",
             &[("", g(&self.snapshots_received))],
         );
         line(
             "sysmonstm_alerter_snapshots_evaluated_total",
             "Snapshots evaluated against the rules.",
             &[("", g(&self.snapshots_evaluated))],
+        );
+        line(
+            "sysmonstm_alerter_snapshots_already_seen_total",
+            "Snapshots that came second (live subscription and consumer both deliver each), or older than one evaluated.",
+            &[("", g(&self.snapshots_already_seen))],
         );
         line(
             "sysmonstm_alerter_snapshots_stale_total",

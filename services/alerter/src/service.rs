@@ -1,6 +1,15 @@
 //! The running alerter: one task owns the [`Engine`] and takes, in turn,
-//! snapshots (durable consumer `alerter` on METRICS), rule changes (watch on
-//! the rules bucket), acknowledgements (events on ALERTS) and timer ticks.
+//! snapshots, rule changes (watch on the rules bucket), acknowledgements
+//! (events on ALERTS) and timer ticks.
+//!
+//! Snapshots come two ways. A plain subscription to `sysmon.metrics.>` gets
+//! each as the hub receives it; the durable consumer `alerter` gets it once
+//! the hub has stored it — with `sync_interval: always`, after an fsync that
+//! takes milliseconds, seconds on a busy disk. Whichever comes first is
+//! evaluated, the second is only acknowledged (newest timestamp per machine),
+//! so an alert does not wait for the disk, and the consumer still guarantees
+//! that every stored snapshot is seen: those the subscription missed while
+//! disconnected, and the backlog after a restart.
 //!
 //! Events are sent from that task at once (low latency); a second task waits
 //! for JetStream's ack of each, publishes again with the same Msg-Id if it
@@ -129,7 +138,10 @@ impl Alerter {
         let consumer = metrics
             .get_or_create_consumer(streams::ALERTER_CONSUMER, wanted)
             .await?;
+        // Subscribed before the consumer starts, so the two overlap.
+        let mut live = js.client().subscribe(subjects::METRICS_ALL).await?;
         let mut snapshots = consumer.messages().await?;
+        let mut newest = std::collections::HashMap::<String, i64>::new();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(rules = engine.rules().count(), restored, "alerter ready");
@@ -142,9 +154,15 @@ impl Alerter {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                m = live.next() => match m {
+                    Some(msg) => {
+                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload), false, &js, &tx).await;
+                    }
+                    None => anyhow::bail!("the METRICS subscription ended"),
+                },
                 m = snapshots.next() => match m {
                     Some(Ok(msg)) => {
-                        self.on_snapshot(&mut engine, &msg, &js, &tx).await;
+                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload), true, &js, &tx).await;
                         unacked_n += 1;
                         unacked = Some(msg);
                         if unacked_n >= ACK_EVERY {
@@ -196,30 +214,51 @@ impl Alerter {
     async fn on_snapshot(
         &self,
         engine: &mut Engine,
-        msg: &jetstream::Message,
+        newest: &mut std::collections::HashMap<String, i64>,
+        (subject, payload): (&str, &[u8]),
+        via_consumer: bool,
         js: &jetstream::Context,
         tx: &mpsc::UnboundedSender<InFlight>,
     ) {
         // A rejected snapshot is not terminated one by one: the next
-        // cumulative ack covers it, and it is counted and logged here.
+        // cumulative ack covers it, and it is counted and logged here, once:
+        // as the consumer delivers it (the subscription only skips it).
         let c = &self.counters;
-        Counters::add(&c.snapshots_received, 1);
-        let snap = match v1::Snapshot::decode(msg.payload.as_ref()) {
+        if via_consumer {
+            Counters::add(&c.snapshots_received, 1);
+        }
+        let snap = match v1::Snapshot::decode(payload) {
             Ok(s) => s,
+            Err(_) if !via_consumer => return,
             Err(e) => {
                 Counters::add(&c.rejected_decode, 1);
-                tracing::warn!(subject = %msg.subject, error = %e, "snapshot cannot be decoded; skipped");
+                tracing::warn!(subject, error = %e, "snapshot cannot be decoded; skipped");
                 return;
             }
         };
-        let subject_machine = subjects::machine_of_metrics(msg.subject.as_str());
+        let subject_machine = subjects::machine_of_metrics(subject);
         if subject_machine != Some(snap.machine_id.as_str())
             || MachineId::parse(&snap.machine_id).is_err()
         {
+            if !via_consumer {
+                return;
+            }
             Counters::add(&c.rejected_subject, 1);
-            tracing::warn!(subject = %msg.subject, machine = %snap.machine_id,
+            tracing::warn!(subject, machine = %snap.machine_id,
                 "snapshot's machine does not match its subject; skipped");
             return;
+        }
+        // Each snapshot comes twice (subscription and consumer); an older
+        // one after a newer (a backlog) would only turn the clock back.
+        match newest.get_mut(&snap.machine_id) {
+            Some(t) if *t >= snap.timestamp_ms => {
+                Counters::add(&c.snapshots_already_seen, 1);
+                return;
+            }
+            Some(t) => *t = snap.timestamp_ms,
+            None => {
+                newest.insert(snap.machine_id.clone(), snap.timestamp_ms);
+            }
         }
         let now = self.clock.now_ms();
         let max_age = i64::try_from(self.config.max_snapshot_age_s)

@@ -87,6 +87,23 @@ async fn cpu_held_high_fires_once_then_resolves_once() {
     );
     assert_eq!(events[0].since_ms, events[1].since_ms, "one episode");
     assert!(Counters::get(&alerter.counters.snapshots_evaluated) >= 30);
+    // Every snapshot comes by the subscription and by the consumer, and is
+    // evaluated once: the second arrival is only counted.
+    let c = alerter.counters.clone();
+    eventually(WAIT, "the consumer catches up", || {
+        let c = c.clone();
+        async move {
+            let evaluated = Counters::get(&c.snapshots_evaluated);
+            let second = Counters::get(&c.snapshots_already_seen);
+            (evaluated > 0 && second >= evaluated).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        Counters::get(&c.snapshots_evaluated) + Counters::get(&c.snapshots_stale),
+        Counters::get(&c.snapshots_received),
+        "each stored snapshot evaluated once"
+    );
     alerter.stop().await;
 }
 

@@ -1,8 +1,10 @@
-//! The live feeds from JetStream: METRICS, MACHINES and ALERTS, each read by
-//! an ordered consumer that starts with the last message of every subject
-//! (the latest snapshot / facts / alert of every machine) and then follows
-//! new messages. Each message is decoded at the edge, stored in the moka
-//! caches and fanned out to the WebSocket clients, its frames encoded once.
+//! The live feeds from JetStream: METRICS, MACHINES and ALERTS. Each starts
+//! with the last message of every subject (the latest snapshot / facts /
+//! alert of every machine), read by an ordered consumer, and then follows
+//! new messages: MACHINES and ALERTS through that consumer, METRICS through
+//! a plain subscription (see [`follow_metrics`]). Each message is decoded at
+//! the edge, stored in the moka caches and fanned out to the WebSocket
+//! clients, its frames encoded once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +73,9 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
             subjects::ALERTS_ALL,
         ),
     };
+    if kind == Kind::Metrics {
+        return follow_metrics(shared, &stream, backoff).await;
+    }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: filter.to_owned(),
@@ -84,6 +89,46 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         apply(shared, kind, msg.subject.as_str(), &msg.payload);
+    }
+    Ok(())
+}
+
+/// Snapshots: the latest of every machine from the stream, then live ones
+/// from a plain subscription to `sysmon.metrics.>`. A consumer delivers a
+/// message only once the hub has stored it — with `sync_interval: always`,
+/// after an fsync that takes milliseconds, or far longer on a busy disk —
+/// while a subscriber gets it as the hub receives it. The live view needs no
+/// more: what it misses while disconnected is replaced by the next snapshot
+/// a second later, and what is stored is the persister's business. The
+/// subscription is made before the stream is read, so nothing falls in
+/// between; [`apply`] keeps the newer of two snapshots of a machine.
+async fn follow_metrics(
+    shared: &Shared,
+    stream: &jetstream::stream::Stream,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
+    let mut live = shared.js.client().subscribe(subjects::METRICS_ALL).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects::METRICS_ALL.to_owned(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.cached_info().num_pending > 0 {
+        let mut latest = consumer.messages().await?;
+        while let Some(msg) = latest.next().await {
+            let msg = msg?;
+            apply(shared, Kind::Metrics, msg.subject.as_str(), &msg.payload);
+            if msg.info().map_or(true, |i| i.pending == 0) {
+                break;
+            }
+        }
+    }
+    tracing::info!(kind = ?Kind::Metrics, "following");
+    *backoff = Duration::from_millis(100);
+    while let Some(msg) = live.next().await {
+        apply(shared, Kind::Metrics, msg.subject.as_str(), &msg.payload);
     }
     Ok(())
 }
@@ -111,8 +156,10 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                 let machine = detail.summary.machine_id.clone();
                 // An agent replaying its spool after an outage sends older
                 // snapshots; they belong to history, not to "latest".
+                // The same snapshot may also come twice: from the stream and
+                // from the subscription.
                 let newer = shared.latest.get(&machine).is_some_and(|prev| {
-                    prev.detail.summary.timestamp_ms > detail.summary.timestamp_ms
+                    prev.detail.summary.timestamp_ms >= detail.summary.timestamp_ms
                 });
                 if newer {
                     return;

@@ -1,10 +1,12 @@
 //! `just bench ingest`: BENCH_SNAPSHOTS (default 1 000 000) realistic
 //! snapshots of BENCH_MACHINES (default 1 000) machines are put into METRICS
 //! first; then the persister is timed from its start to the commit of the
-//! last one. In the same run, on the same rows: a raw binary COPY of every
-//! stored row into empty tables (the physical limit) and the ratio; and
-//! UNNEST + ON CONFLICT against COPY into a staging table + INSERT … ON
-//! CONFLICT for the wide rows, batch for batch.
+//! last one, with BENCH_WRITERS (default 2) writers. In the same run, on the
+//! same rows: a raw binary COPY of every stored row into an empty table
+//! without indexes (the physical limit) and the ratio; and the persister's
+//! two write paths batch for batch (binary COPY straight into `metrics`, and
+//! COPY into a staging table + INSERT … ON CONFLICT, taken when a batch holds
+//! a redelivery).
 //!
 //! Needs SYSMON_TEST_DATABASE_URL (an admin URL) and nats-server
 //! (scripts/bench-persister.sh sets both up). BENCH_STORAGE: auto | plain |
@@ -109,20 +111,12 @@ fn snapshot(machine: usize, seq: u64, base_ms: i64) -> v1::Snapshot {
     }
 }
 
-const TABLES: [&str; 6] = [
-    "metrics",
-    "metrics_fs",
-    "metrics_disk",
-    "metrics_net",
-    "metrics_temp",
-    "metrics_proc",
-];
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: u64 = env("BENCH_SNAPSHOTS", 1_000_000);
     let machines: usize = env("BENCH_MACHINES", 1000);
     let batch: usize = env("BENCH_BATCH", 2000);
+    let writers: usize = env("BENCH_WRITERS", 2);
     let storage: Storage = match std::env::var("BENCH_STORAGE").as_deref() {
         Ok("plain") => Storage::Plain,
         Ok("timescaledb") => Storage::Timescaledb,
@@ -138,8 +132,9 @@ async fn main() -> anyhow::Result<()> {
         database_url: db.url().to_owned(),
         storage,
         batch_size: batch,
+        writers,
         linger_ms: 50,
-        max_ack_pending: (batch * 8) as i64,
+        max_ack_pending: (batch * (writers + 1) * 2) as i64,
         metrics_listen: String::new(),
         stream_max_mib: 3 * 1024,
         nats: sysmonstm_kit::nats::NatsConfig {
@@ -195,61 +190,55 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = task.await;
     let pool = db.pool().await;
-    let mut rows = 0i64;
-    for t in TABLES {
-        let c: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
-            .fetch_one(&pool)
-            .await?;
-        rows += c;
-    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM metrics")
+        .fetch_one(&pool)
+        .await?;
+    let entries = Counters::get(&counters.rows_stored);
     let mode = store::mode(&pool).await?;
     let snaps_s = n as f64 / took;
-    let rows_s = rows as f64 / took;
     println!(
-        "persister ({mode:?}, batch {batch}): {n} snapshots, {rows} rows incl. child rows in {took:.1} s \
-         = {snaps_s:.0} snapshots/s, {rows_s:.0} rows/s"
+        "persister ({mode:?}, batch {batch}, {writers} writers): {n} snapshots = {rows} rows \
+         ({entries} values with the per-device detail) in {took:.1} s = {snaps_s:.0} snapshots/s, \
+         {:.0} rows/s, {:.0} detail values/s",
+        rows as f64 / took,
+        entries as f64 / took
     );
 
-    // 3. Physical limit: the same rows, binary COPY into empty tables.
+    // 3. Physical limit: the same rows, binary COPY into an empty table
+    //    without indexes.
     let mut conn = PgConnection::connect(db.url()).await?;
-    let mut data = Vec::new();
-    for t in TABLES {
+    let mut chunks = Vec::new();
+    {
         let mut out = conn
-            .copy_out_raw(&format!(
-                "COPY (SELECT * FROM {t}) TO STDOUT (FORMAT binary)"
-            ))
+            .copy_out_raw("COPY (SELECT * FROM metrics) TO STDOUT (FORMAT binary)")
             .await?;
-        let mut chunks = Vec::new();
         while let Some(c) = out.next().await {
             chunks.push(c?);
         }
-        drop(out);
-        conn.execute(format!("CREATE TABLE copy_{t} (LIKE {t})").as_str())
-            .await?;
-        data.push((t, chunks));
     }
+    conn.execute("CREATE TABLE copy_metrics (LIKE metrics)")
+        .await?;
     let t = Instant::now();
-    for (table, chunks) in &data {
-        let mut sink = conn
-            .copy_in_raw(&format!("COPY copy_{table} FROM STDIN (FORMAT binary)"))
-            .await?;
-        for c in chunks {
-            sink.send(c.as_ref()).await?;
-        }
-        sink.finish().await?;
+    let mut sink = conn
+        .copy_in_raw("COPY copy_metrics FROM STDIN (FORMAT binary)")
+        .await?;
+    for c in &chunks {
+        sink.send(c.as_ref()).await?;
     }
+    sink.finish().await?;
     let copy_took = t.elapsed().as_secs_f64();
-    drop(data);
-    let copy_rows_s = rows as f64 / copy_took;
+    drop(chunks);
+    let copy_s = rows as f64 / copy_took;
     println!(
-        "binary COPY of the same {rows} rows into empty tables: {copy_took:.1} s = {copy_rows_s:.0} rows/s \
-         ({:.0} snapshots/s); persister/COPY = {:.2}",
-        n as f64 / copy_took,
-        rows_s / copy_rows_s
+        "binary COPY of the same {rows} rows into an empty table without indexes: {copy_took:.1} s = \
+         {copy_s:.0} rows/s (snapshots/s); persister/COPY = {:.2}",
+        snaps_s / copy_s
     );
 
-    // 4. UNNEST + ON CONFLICT vs COPY staging + INSERT … ON CONFLICT, wide
-    //    rows only, the first seqs of every machine, batch for batch.
+    // 4. The two ways a batch goes in, batch for batch on the same
+    //    snapshots, each into a fresh database: binary COPY straight into
+    //    `metrics` (the usual case) and COPY into a staging table +
+    //    INSERT … ON CONFLICT DO NOTHING (a batch with a redelivery).
     let cmp_seqs = (200_000 / machines as u64).clamp(1, per_machine);
     let limits = Limits {
         max_payload_bytes: 1 << 20,
@@ -269,53 +258,34 @@ async fn main() -> anyhow::Result<()> {
             .expect("valid")
         })
         .collect();
-    for t in ["cmp_unnest", "cmp_stage"] {
-        conn.execute(format!("CREATE TABLE {t} (LIKE metrics INCLUDING ALL)").as_str())
+    let mut rates = Vec::new();
+    for staged in [false, true] {
+        let fresh = TestDb::on(&admin).await;
+        let fpool = fresh.pool().await;
+        store::migrate_with(&fpool, storage).await?;
+        let w = store::Writer::new(fpool.clone(), mode);
+        sqlx::query("SELECT sysmon_ensure_partitions(current_date - 2, current_date + 1)")
+            .execute(&fpool)
             .await?;
-        conn.execute(format!("ALTER TABLE {t} ADD PRIMARY KEY (machine_id, ts)").as_str())
-            .await
-            .ok();
-    }
-    let t = Instant::now();
-    for b in decoded.chunks(batch) {
-        store::insert_wide(&pool, "cmp_unnest", b).await?;
-    }
-    let unnest_took = t.elapsed().as_secs_f64();
-    let mut text = Vec::new();
-    {
-        let mut out = conn
-            .copy_out_raw(&format!(
-                "COPY (SELECT * FROM metrics WHERE seq <= {cmp_seqs} ORDER BY seq, machine_id) TO STDOUT"
-            ))
-            .await?;
-        while let Some(c) = out.next().await {
-            text.extend_from_slice(&c?);
+        let t = Instant::now();
+        for b in decoded.chunks(batch) {
+            let data = sysmonstm_persister::copy::encode(b);
+            if staged {
+                w.copy_staged(&data).await?;
+            } else {
+                w.copy_direct(&data).await?;
+            }
         }
+        rates.push(decoded.len() as f64 / t.elapsed().as_secs_f64());
+        fpool.close().await;
     }
-    let lines: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
-    let t = Instant::now();
-    for b in lines.chunks(batch) {
-        let mut tx = conn.begin().await?;
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS stage (LIKE metrics) ON COMMIT DELETE ROWS")
-            .execute(&mut *tx)
-            .await?;
-        let mut sink = tx.copy_in_raw("COPY stage FROM STDIN").await?;
-        sink.send(b.concat()).await?;
-        sink.finish().await?;
-        sqlx::query("INSERT INTO cmp_stage SELECT * FROM stage ON CONFLICT DO NOTHING")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    let stage_took = t.elapsed().as_secs_f64();
-    let cmp_n = decoded.len() as f64;
     println!(
-        "wide rows only, {} rows in batches of {batch}: UNNEST + ON CONFLICT {:.0} rows/s; \
-         COPY staging + INSERT ON CONFLICT {:.0} rows/s; UNNEST/COPY-staging = {:.2}",
+        "{} snapshots in batches of {batch}, one writer: COPY into metrics {:.0}/s; \
+         COPY staging + INSERT ON CONFLICT {:.0}/s; direct/staged = {:.2}",
         decoded.len(),
-        cmp_n / unnest_took,
-        lines.len() as f64 / stage_took,
-        (cmp_n / unnest_took) / (lines.len() as f64 / stage_took)
+        rates[0],
+        rates[1],
+        rates[0] / rates[1]
     );
     println!(
         "target: >= 50000 snapshots/s -> {}",

@@ -54,6 +54,10 @@ pub struct PersisterConfig {
     pub batch_size: usize,
     /// How long one pull waits for a batch to fill, in milliseconds.
     pub linger_ms: u64,
+    /// Batches in flight at once, each pulled, written and acknowledged by
+    /// a task of its own on a connection of its own: while one waits for
+    /// the database, the next is pulled and decoded.
+    pub writers: usize,
     /// Most unacknowledged messages the consumer hands out.
     pub max_ack_pending: i64,
     /// Seconds before a message handed out but not acknowledged (its
@@ -85,6 +89,7 @@ impl Default for PersisterConfig {
             metrics_listen: "127.0.0.1:9102".to_owned(),
             batch_size: 1000,
             linger_ms: 100,
+            writers: 2,
             max_ack_pending: 20_000,
             ack_wait_s: 30,
             max_backoff_ms: 5_000,

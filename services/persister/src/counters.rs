@@ -99,7 +99,7 @@ impl Counters {
         one(
             "sysmon_persister_rows_stored_total",
             "counter",
-            "Rows written, child rows included.",
+            "Values written: one per snapshot plus one per filesystem, disk, interface, sensor and top process.",
             g(&self.rows_stored),
         );
         one(

@@ -11,8 +11,8 @@
 //! storage maintenance (partitions, retention) and the `/metrics` endpoint.
 
 pub mod alerts;
-mod children;
 pub mod config;
+pub mod copy;
 pub mod counters;
 pub mod decode;
 mod http;
@@ -83,46 +83,48 @@ impl Persister {
         let Some(consumer) = ensure_consumer(&js, cfg, max_backoff, &shutdown).await else {
             return Ok(());
         };
-        let Some((pool, mode)) =
-            store::connect(&cfg.database_url, cfg.storage, max_backoff, &shutdown).await
+        // One connection per writer, and one each for MachineInfo, alerts and
+        // maintenance.
+        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 3;
+        let Some((pool, mode)) = store::connect(
+            &cfg.database_url,
+            cfg.storage,
+            connections,
+            max_backoff,
+            &shutdown,
+        )
+        .await
         else {
             return Ok(());
         };
-        tracing::info!(batch_size = cfg.batch_size, ?mode, "persister ready");
+        tracing::info!(
+            batch_size = cfg.batch_size,
+            writers = cfg.writers,
+            ?mode,
+            "persister ready"
+        );
         let side = self.spawn_side(&js, &pool, mode, consumer.clone(), &shutdown);
-        let writer = store::Writer::new(pool, mode);
-
-        let limits = Limits {
-            max_payload_bytes: cfg.max_payload_bytes,
-            max_future_skew_ms: cfg.max_future_skew_s.saturating_mul(1000),
-        };
-        let linger = Duration::from_millis(cfg.linger_ms.max(1));
-        let mut fetch_backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                b = fetch(&consumer, cfg.batch_size.max(1), linger) => b,
-                _ = shutdown.cancelled() => break,
-            };
-            let msgs = match batch {
-                Ok(m) => {
-                    fetch_backoff = Duration::from_millis(100);
-                    m
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?fetch_backoff, "cannot pull from METRICS");
-                    tokio::select! {
-                        _ = tokio::time::sleep(fetch_backoff) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    fetch_backoff = (fetch_backoff * 2).min(max_backoff);
-                    continue;
-                }
-            };
-            if msgs.is_empty() {
-                continue;
-            }
-            self.handle_batch(&writer, msgs, limits, max_backoff, &shutdown)
-                .await;
+        let worker = Arc::new(Worker {
+            writer: store::Writer::new(pool, mode),
+            counters: Arc::clone(&self.counters),
+            limits: Limits {
+                max_payload_bytes: cfg.max_payload_bytes,
+                max_future_skew_ms: cfg.max_future_skew_s.saturating_mul(1000),
+            },
+            max_backoff,
+            batch_size: cfg.batch_size.max(1),
+            linger: Duration::from_millis(cfg.linger_ms.max(1)),
+        });
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..cfg.writers.max(1) {
+            writers.spawn(Arc::clone(&worker).run(consumer.clone(), shutdown.clone()));
+        }
+        let last_seen = tokio::spawn(flush_last_seen(Arc::clone(&worker), shutdown.clone()));
+        while writers.join_next().await.is_some() {}
+        let _ = last_seen.await;
+        // What the writers stored last.
+        if let Err(e) = worker.writer.flush_last_seen().await {
+            tracing::warn!(error = %e, "machines.last_seen not updated at shutdown");
         }
         for t in side {
             let _ = t.await;
@@ -177,17 +179,52 @@ impl Persister {
             )),
         ]
     }
+}
+
+/// What each writer task shares: it pulls a batch, stores it, acknowledges
+/// it, and starts over.
+struct Worker {
+    writer: store::Writer,
+    counters: Arc<Counters>,
+    limits: Limits,
+    max_backoff: Duration,
+    batch_size: usize,
+    linger: Duration,
+}
+
+impl Worker {
+    async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        let mut fetch_backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let batch = tokio::select! {
+                b = fetch(&consumer, self.batch_size, self.linger) => b,
+                _ = shutdown.cancelled() => break,
+            };
+            let msgs = match batch {
+                Ok(m) => {
+                    fetch_backoff = Duration::from_millis(100);
+                    m
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?fetch_backoff, "cannot pull from METRICS");
+                    tokio::select! {
+                        _ = tokio::time::sleep(fetch_backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    fetch_backoff = (fetch_backoff * 2).min(self.max_backoff);
+                    continue;
+                }
+            };
+            if !msgs.is_empty() {
+                self.handle_batch(msgs, &shutdown).await;
+            }
+        }
+    }
 
     /// Sorts a batch into rows and rejects, terminates the rejects, stores the
     /// rows (retrying until it works or shutdown), then acknowledges them.
-    async fn handle_batch(
-        &self,
-        writer: &store::Writer,
-        msgs: Vec<jetstream::Message>,
-        limits: Limits,
-        max_backoff: Duration,
-        shutdown: &CancellationToken,
-    ) {
+    async fn handle_batch(&self, msgs: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+        let (writer, limits, max_backoff) = (&self.writer, self.limits, self.max_backoff);
         let c = &self.counters;
         let started = Instant::now();
         let now = chrono::Utc::now();
@@ -306,6 +343,21 @@ async fn ensure_consumer(
             _ = shutdown.cancelled() => return None,
         }
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// `machines.last_seen` follows the rows once a second.
+async fn flush_last_seen(worker: Arc<Worker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = worker.writer.flush_last_seen().await {
+            tracing::warn!(error = %e, "machines.last_seen not updated; trying again");
+        }
     }
 }
 

@@ -158,8 +158,8 @@ async fn full_snapshot_machines_and_alerts_are_stored_once_on_both_paths() {
         .await
         .expect("children");
         assert_eq!(children, (3 * 2, 3, 3 * 2, 3, 3 * 3), "{storage:?}");
-        let (mem, net_rx, last_seen, cores): (f32, f64, DateTime<Utc>, i32) = sqlx::query_as(
-            "SELECT m.mem_used_percent, m.net_rx_bps, k.last_seen, k.core_count
+        let (mem, net_rx, cores): (f32, f64, i32) = sqlx::query_as(
+            "SELECT m.mem_used_percent, m.net_rx_bps, k.core_count
              FROM metrics m JOIN machines k USING (machine_id) WHERE m.seq = 3",
         )
         .fetch_one(&pool)
@@ -167,8 +167,17 @@ async fn full_snapshot_machines_and_alerts_are_stored_once_on_both_paths() {
         .expect("row");
         assert!((mem - 25.0).abs() < 1e-3, "{mem}");
         assert_eq!(net_rx, 1000.0 + 3.0, "lo is not counted");
-        assert_eq!(last_seen, at(base_ms() + 3000));
         assert_eq!(cores, 8);
+        // last_seen follows the rows within about a second.
+        eventually(WAIT, "last_seen = the newest snapshot", || async {
+            let seen: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT last_seen FROM machines WHERE machine_id = 'full-1'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (seen == Some(at(base_ms() + 3000))).then_some(())
+        })
+        .await;
         let (state, sev, value, stored_id): (String, String, f64, String) =
             sqlx::query_as("SELECT state, severity, value, msg_id FROM alerts")
                 .fetch_one(&pool)
@@ -424,7 +433,7 @@ async fn retention_drops_old_data_on_both_paths() {
             .await
             .expect("maintenance");
         match mode {
-            Mode::Plain => assert!(report.partitions_dropped >= 2 * 6, "{report:?}"),
+            Mode::Plain => assert!(report.partitions_dropped >= 2, "{report:?}"),
             Mode::Timescaledb => assert!(report.chunks_dropped >= 2, "{report:?}"),
         }
         let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM metrics ORDER BY seq")
@@ -438,7 +447,7 @@ async fn retention_drops_old_data_on_both_paths() {
         .fetch_one(&pool)
         .await
         .expect("fs");
-        assert_eq!(fs_old, 0, "child rows go with their day");
+        assert_eq!(fs_old, 0, "the detail goes with its day");
         if mode == Mode::Timescaledb {
             let policies: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'",
@@ -446,7 +455,7 @@ async fn retention_drops_old_data_on_both_paths() {
             .fetch_one(&pool)
             .await
             .expect("jobs");
-            assert!(policies >= 7, "retention policies registered: {policies}");
+            assert!(policies >= 3, "retention policies registered: {policies}");
             let on_5m: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM timescaledb_information.jobs
                  WHERE proc_name = 'policy_retention' AND hypertable_name = 'metrics_5m'",

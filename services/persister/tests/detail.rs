@@ -1,0 +1,282 @@
+//! The per-device detail, stored as arrays in the snapshot's row, read back
+//! through the views `metrics_fs`, `metrics_disk`, `metrics_net`,
+//! `metrics_temp` and `metrics_proc` exactly as sent (values, order, absent
+//! values as NULL); the two write paths (COPY straight in, and the staging
+//! table a redelivery takes); and migration 0003 moving child rows that 0002
+//! stored into the arrays. On a real PostgreSQL, both storage paths where
+//! TimescaleDB is available.
+
+mod common;
+
+use chrono::Utc;
+use common::*;
+use prost::Message as _;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sysmonstm_persister::decode::{self, Decoded, Limits};
+use sysmonstm_persister::store::{self, Writer};
+use sysmonstm_persister::{Mode, Storage, migrate_with};
+use sysmonstm_schemas::v1;
+use sysmonstm_testkit::TestDb;
+
+async fn paths() -> Vec<Storage> {
+    let admin = std::env::var(sysmonstm_testkit::TEST_DATABASE_URL).expect("test database");
+    let pool = PgPool::connect(&admin).await.expect("admin connect");
+    let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    if preload.contains("timescaledb") {
+        vec![Storage::Plain, Storage::Timescaledb]
+    } else {
+        println!("skipped: TimescaleDB path: timescaledb is not preloaded on this server");
+        vec![Storage::Plain]
+    }
+}
+
+async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    migrate_with(&pool, storage).await.expect("migrations run");
+    let mode = store::mode(&pool).await.expect("mode");
+    (db, pool, mode)
+}
+
+fn decoded(s: &v1::Snapshot) -> Decoded {
+    let limits = Limits {
+        max_payload_bytes: 1 << 20,
+        max_future_skew_ms: 3_600_000,
+    };
+    decode::decode(
+        &format!("sysmon.metrics.{}", s.machine_id),
+        &s.encode_to_vec(),
+        Utc::now(),
+        limits,
+    )
+    .expect("valid snapshot")
+}
+
+/// Detail with a value missing here and there, in an order that is not
+/// alphabetical, so the views must keep the agent's order.
+fn detailed(machine: &str, seq: u64) -> v1::Snapshot {
+    let mut s = snapshot(machine, seq);
+    s.filesystems = vec![
+        v1::Filesystem {
+            mount: "/var".into(),
+            fs_type: "xfs".into(),
+            total_bytes: 200,
+            used_bytes: 50,
+            free_bytes: 150,
+        },
+        v1::Filesystem {
+            mount: "/".into(),
+            fs_type: "ext4".into(),
+            total_bytes: 0,
+            used_bytes: 0,
+            free_bytes: 0,
+        },
+    ];
+    s.disks = vec![v1::Disk {
+        name: "nvme0n1".into(),
+        read_bytes_per_s: None,
+        write_bytes_per_s: Some(2.5 + seq as f32),
+    }];
+    s.interfaces = vec![
+        v1::NetInterface {
+            name: "eth0".into(),
+            rx_bytes_per_s: Some(100.0),
+            tx_bytes_per_s: Some(50.0),
+            rx_errors_per_s: Some(0.5),
+            tx_errors_per_s: None,
+        },
+        v1::NetInterface {
+            name: "lo".into(),
+            rx_bytes_per_s: Some(7.0),
+            tx_bytes_per_s: Some(7.0),
+            ..Default::default()
+        },
+    ];
+    s.temperatures = vec![v1::Temperature {
+        label: "Package id 0".into(),
+        celsius: 61.5,
+    }];
+    s.top_cpu = vec![
+        v1::Process {
+            pid: 30,
+            name: "rustc".into(),
+            cpu_percent: 180.0,
+            rss_bytes: 900 << 20,
+        },
+        v1::Process {
+            pid: 31,
+            name: "cc1".into(),
+            cpu_percent: 20.0,
+            rss_bytes: 40 << 20,
+        },
+    ];
+    s.top_memory = vec![v1::Process {
+        pid: 30,
+        name: "rustc".into(),
+        cpu_percent: 180.0,
+        rss_bytes: 900 << 20,
+    }];
+    s
+}
+
+/// Every view's rows of one snapshot, as text, in the views' order.
+async fn views(pool: &PgPool, machine: &str) -> Vec<String> {
+    let q = |sql: &'static str| {
+        let pool = pool.clone();
+        let machine = machine.to_owned();
+        async move {
+            sqlx::query_scalar::<_, String>(sql)
+                .bind(machine)
+                .fetch_all(&pool)
+                .await
+                .expect(sql)
+        }
+    };
+    let mut out = Vec::new();
+    out.extend(
+        q(
+            "SELECT concat_ws('|', mount, fs_type, total_bytes, used_bytes, free_bytes,
+                             coalesce(used_percent::text, 'null'))
+           FROM metrics_fs WHERE machine_id = $1",
+        )
+        .await,
+    );
+    out.extend(
+        q(
+            "SELECT concat_ws('|', name, coalesce(read_bps::text, 'null'), write_bps)
+           FROM metrics_disk WHERE machine_id = $1",
+        )
+        .await,
+    );
+    out.extend(
+        q(
+            "SELECT concat_ws('|', name, rx_bps, tx_bps, coalesce(rx_errors_ps::text, 'null'),
+                             coalesce(tx_errors_ps::text, 'null'))
+           FROM metrics_net WHERE machine_id = $1",
+        )
+        .await,
+    );
+    out.extend(
+        q("SELECT concat_ws('|', label, celsius) FROM metrics_temp WHERE machine_id = $1").await,
+    );
+    out.extend(
+        q(
+            "SELECT concat_ws('|', kind, rank, pid, name, cpu_percent, rss_bytes)
+           FROM metrics_proc WHERE machine_id = $1",
+        )
+        .await,
+    );
+    out
+}
+
+const EXPECTED: [&str; 9] = [
+    "/var|xfs|200|50|150|25",
+    "/|ext4|0|0|0|null",
+    "nvme0n1|null|3.5",
+    "eth0|100|50|0.5|null",
+    "lo|7|7|null|null",
+    "Package id 0|61.5",
+    "cpu|1|30|rustc|180|943718400",
+    "cpu|2|31|cc1|20|41943040",
+    "memory|1|30|rustc|180|943718400",
+];
+
+#[tokio::test]
+async fn the_detail_reads_back_through_the_views_as_sent() {
+    for storage in paths().await {
+        let (_db, pool, mode) = db_for(storage).await;
+        let writer = Writer::new(pool.clone(), mode);
+        let n = writer
+            .write(&[decoded(&detailed("d1", 1))])
+            .await
+            .expect("write");
+        assert_eq!(n, 1);
+        assert_eq!(views(&pool, "d1").await, EXPECTED, "{storage:?}");
+        // A snapshot without any detail stores NULL arrays and no view rows.
+        writer
+            .write(&[decoded(&snapshot("bare", 1))])
+            .await
+            .expect("write bare");
+        assert!(views(&pool, "bare").await.is_empty(), "{storage:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_redeliveries_stores_only_the_new_snapshots() {
+    for storage in paths().await {
+        let (_db, pool, mode) = db_for(storage).await;
+        let writer = Writer::new(pool.clone(), mode);
+        let first: Vec<Decoded> = (1..=50).map(|q| decoded(&detailed("r", q))).collect();
+        assert_eq!(writer.write(&first).await.expect("first"), 50);
+        // Half of it again, with 50 new ones and one repeated inside the batch.
+        let mut second: Vec<Decoded> = (26..=100).map(|q| decoded(&detailed("r", q))).collect();
+        second.push(decoded(&detailed("r", 100)));
+        assert_eq!(
+            writer.write(&second).await.expect("second"),
+            50,
+            "{storage:?}"
+        );
+        assert_eq!(writer.write(&first).await.expect("again"), 0, "{storage:?}");
+        let (rows, distinct, procs): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT seq),
+                    (SELECT count(*) FROM metrics_proc) FROM metrics",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert_eq!((rows, distinct, procs), (100, 100, 300), "{storage:?}");
+    }
+}
+
+#[tokio::test]
+async fn migration_0003_moves_stored_child_rows_into_the_arrays() {
+    for storage in paths().await {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        // The database as 0002 left it, with a snapshot and its child rows.
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["0001_metrics.sql", "0002_full_schema.sql"] {
+            std::fs::copy(
+                format!("{}/migrations/{f}", env!("CARGO_MANIFEST_DIR")),
+                dir.path().join(f),
+            )
+            .expect("copy migration");
+        }
+        let upto_2 = Migrator::new(dir.path()).await.expect("0001-0002");
+        let opts = (*pool.connect_options())
+            .clone()
+            .options([("sysmon.storage", storage.as_str())]);
+        let one = PgPool::connect_with(opts).await.expect("connect");
+        upto_2.run(&one).await.expect("0001-0002");
+        one.close().await;
+        // One instant for the row and its children (now() differs per statement).
+        let ts = format!(
+            "'{}'::timestamptz",
+            (Utc::now() - chrono::Duration::hours(1)).to_rfc3339()
+        );
+        for sql in [
+            format!("INSERT INTO metrics (machine_id, ts, seq, interval_ms) VALUES ('old', {ts}, 1, 1000)"),
+            format!("INSERT INTO metrics_fs VALUES ('old', {ts}, '/var', 'xfs', 200, 50, 150, 25),
+                                                   ('old', {ts}, '/', 'ext4', 0, 0, 0, NULL)"),
+            format!("INSERT INTO metrics_disk VALUES ('old', {ts}, 'nvme0n1', NULL, 3.5)"),
+            format!("INSERT INTO metrics_net VALUES ('old', {ts}, 'eth0', 100, 50, 0.5, NULL),
+                                                    ('old', {ts}, 'lo', 7, 7, NULL, NULL)"),
+            format!("INSERT INTO metrics_temp VALUES ('old', {ts}, 'Package id 0', 61.5)"),
+            format!("INSERT INTO metrics_proc VALUES ('old', {ts}, 'memory', 1, 30, 'rustc', 180, 943718400),
+                                                     ('old', {ts}, 'cpu', 2, 31, 'cc1', 20, 41943040),
+                                                     ('old', {ts}, 'cpu', 1, 30, 'rustc', 180, 943718400)"),
+        ] {
+            sqlx::query(&sql).execute(&pool).await.expect(&sql);
+        }
+        migrate_with(&pool, storage).await.expect("0003 and later");
+        // 0002 kept no order; 0003 orders by name (fs, disks, interfaces,
+        // sensors) and by kind and rank (processes).
+        let mut want = EXPECTED.to_vec();
+        want.swap(0, 1);
+        assert_eq!(views(&pool, "old").await, want, "{storage:?}");
+    }
+}
