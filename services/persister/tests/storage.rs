@@ -361,6 +361,26 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
         let (resolution, bins) = res(q(3, ", interval '10 minutes'")).await;
         assert_eq!(resolution, "5m");
         assert!((18..=19).contains(&bins), "{bins} ten-minute bins in 3 h");
+        // A step of the source's own width: its rows as they are, which are
+        // the raw aggregates of each 5-minute bin.
+        let off: i64 = sqlx::query_scalar(&format!(
+            "WITH h AS (SELECT * FROM sysmon_history('r1', 'cpu', '{0}', '{0}'::timestamptz + interval '4 hours',
+                                                     interval '300 seconds')),
+                  r AS (SELECT date_bin('5 minutes', ts, '2000-01-01 00:00:00+00') b, avg(cpu_percent)::float8 a,
+                               min(cpu_percent)::float8 lo, max(cpu_percent)::float8 hi
+                        FROM metrics WHERE machine_id = 'r1' GROUP BY 1)
+             SELECT count(*) FROM h FULL JOIN (SELECT * FROM r WHERE b >= '{0}') r ON r.b = h.ts
+             WHERE h.ts IS NULL OR r.b IS NULL OR abs(h.avg - r.a) > 1e-9 OR h.min <> r.lo OR h.max <> r.hi
+                OR h.resolution <> '5m'",
+            from.to_rfc3339()
+        ))
+        .fetch_one(&pool)
+        .await
+        .expect("5-minute step");
+        assert_eq!(
+            off, 0,
+            "{storage:?}: 5-minute bins that differ from the raw rows"
+        );
         assert_eq!(res(q(3, ", interval '4 minutes'")).await.0, "1m");
         assert_eq!(res(q(3, ", interval '30 seconds'")).await.0, "raw");
         assert_eq!(res(q(3, ", interval '1 hour'")).await.0, "1h");
