@@ -199,7 +199,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
         Arc::clone(&wake),
     ));
     let last_pong = Arc::new(Mutex::new(Instant::now()));
-    let reader = {
+    let mut reader = {
         let (s, pending, wake, last_pong) = (
             Arc::clone(&s),
             Arc::clone(&pending),
@@ -249,6 +249,11 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
     loop {
         tokio::select! {
             _ = wake.notified() => {
+                // Updates come in bursts (many machines' snapshots within a
+                // millisecond); one turn of the scheduler lets the pump queue
+                // the rest of a burst, so it goes out as one message instead
+                // of several, which costs both ends far less CPU.
+                tokio::task::yield_now().await;
                 let frames = lock(&pending).drain();
                 if frames.is_empty() { continue; }
                 let n = frames.len() as u64;
@@ -275,7 +280,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
                 let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await;
                 if !matches!(sent, Ok(Ok(()))) { break; }
             }
-            _ = reader_done(&reader) => break,
+            _ = &mut reader => break,
         }
     }
     pump.abort();
@@ -283,12 +288,6 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
     s.counters
         .ws_clients
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-async fn reader_done(reader: &tokio::task::JoinHandle<()>) {
-    while !reader.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Moves live updates into the client's pending map. It never waits on the
