@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
 use sysmonstm_schemas::{streams, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain;
 use crate::state::{Counters, Latest, Shared, Update};
+
+/// Most updates put on the fan-out channel as one batch.
+const MAX_BATCH: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -127,8 +130,35 @@ async fn follow_metrics(
     }
     tracing::info!(kind = ?Kind::Metrics, "following");
     *backoff = Duration::from_millis(100);
+    // Snapshots of many machines arrive in bursts: what is already there
+    // goes to the clients as one batch, which wakes each client's pump once
+    // instead of once per snapshot. Nothing waits to fill a batch.
     while let Some(msg) = live.next().await {
-        apply(shared, Kind::Metrics, msg.subject.as_str(), &msg.payload);
+        let mut batch = Vec::new();
+        batch.extend(decode(
+            shared,
+            Kind::Metrics,
+            msg.subject.as_str(),
+            &msg.payload,
+        ));
+        while batch.len() < MAX_BATCH {
+            match live.next().now_or_never() {
+                Some(Some(msg)) => {
+                    batch.extend(decode(
+                        shared,
+                        Kind::Metrics,
+                        msg.subject.as_str(),
+                        &msg.payload,
+                    ));
+                }
+                Some(None) => {
+                    send(shared, batch);
+                    return Ok(());
+                }
+                None => break,
+            }
+        }
+        send(shared, batch);
     }
     Ok(())
 }
@@ -148,6 +178,22 @@ fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {
 
 /// Decodes one message into the caches and onto the fan-out channel.
 fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
+    if let Some(u) = decode(shared, kind, subject, payload) {
+        send(shared, vec![u]);
+    }
+}
+
+/// Puts a batch of updates on the fan-out channel.
+fn send(shared: &Shared, batch: Vec<Update>) {
+    if !batch.is_empty() {
+        // No receiver (no client) is not an error.
+        let _ = shared.updates.send(Arc::from(batch));
+    }
+}
+
+/// Decodes one message into the caches; returns the update for the clients,
+/// if any.
+fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<Update> {
     let c = &shared.counters;
     let update = match kind {
         Kind::Metrics => match domain::snapshot(subject, payload) {
@@ -162,7 +208,7 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                     prev.detail.summary.timestamp_ms >= detail.summary.timestamp_ms
                 });
                 if newer {
-                    return;
+                    return None;
                 }
                 let latest = Latest {
                     summary_frame: frame("summary", &detail.summary),
@@ -178,7 +224,10 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                 shared.latest.insert(machine, Arc::new(latest));
                 update
             }
-            Err(e) => return rejected(shared, subject, &e),
+            Err(e) => {
+                rejected(shared, subject, &e);
+                return None;
+            }
         },
         Kind::Machines => match domain::info(subject, payload) {
             Ok(info) => {
@@ -190,7 +239,10 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                     .insert(machine.clone(), Arc::new((info, Arc::clone(&f))));
                 Update::Info { machine, frame: f }
             }
-            Err(e) => return rejected(shared, subject, &e),
+            Err(e) => {
+                rejected(shared, subject, &e);
+                return None;
+            }
         },
         Kind::Alerts => match domain::alert(subject, payload) {
             Ok(alert) => {
@@ -203,7 +255,7 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                     .get(&key)
                     .is_some_and(|prev| prev.0.timestamp_ms > alert.timestamp_ms);
                 if newer {
-                    return;
+                    return None;
                 }
                 let f = frame("alert", &alert);
                 shared
@@ -211,11 +263,13 @@ fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
                     .insert(key.clone(), Arc::new((alert, Arc::clone(&f))));
                 Update::Alert { key, frame: f }
             }
-            Err(e) => return rejected(shared, subject, &e),
+            Err(e) => {
+                rejected(shared, subject, &e);
+                return None;
+            }
         },
     };
-    // No receiver (no client) is not an error.
-    let _ = shared.updates.send(Arc::new(update));
+    Some(update)
 }
 
 fn rejected(shared: &Shared, subject: &str, e: &domain::DecodeError) {

@@ -91,7 +91,8 @@ pub struct Shared {
     /// The latest event of each `machine:rule`.
     pub alerts: Cache<String, Arc<(Alert, Arc<str>)>>,
     pub history: moka::future::Cache<HistoryKey, HistoryAnswer>,
-    pub updates: broadcast::Sender<Arc<Update>>,
+    /// Batches of updates, in order of arrival.
+    pub updates: broadcast::Sender<Arc<[Update]>>,
     pub counters: Counters,
 }
 

@@ -294,16 +294,20 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
 /// socket, so it keeps up with the fan-out even while the client is stuck.
 async fn pump(
     s: Arc<Shared>,
-    mut rx: broadcast::Receiver<Arc<Update>>,
+    mut rx: broadcast::Receiver<Arc<[Update]>>,
     pending: Arc<Mutex<Pending>>,
     wake: Arc<Notify>,
 ) {
     loop {
         match rx.recv().await {
-            Ok(u) => {
-                if lock(&pending).offer(&u) {
-                    Counters::inc(&s.counters.ws_coalesced);
+            Ok(batch) => {
+                let mut p = lock(&pending);
+                for u in batch.iter() {
+                    if p.offer(u) {
+                        Counters::inc(&s.counters.ws_coalesced);
+                    }
                 }
+                drop(p);
                 wake.notify_one();
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {

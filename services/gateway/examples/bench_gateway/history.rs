@@ -140,7 +140,7 @@ pub async fn measure(
     ))
 }
 
-async fn get(addr: &str, path: &str) -> anyhow::Result<(Duration, String)> {
+pub async fn get(addr: &str, path: &str) -> anyhow::Result<(Duration, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let t0 = Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await?;

@@ -330,6 +330,26 @@ async fn main() -> anyhow::Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    // How many updates each WebSocket message carried (warm-up included):
+    // every message is a frame to encode and a write for both ends.
+    if let Ok((_, text)) = history::get(&addr, "/metrics").await {
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|n| n.ends_with(name))
+                })
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (frames, messages) = (value("ws_frames_total"), value("ws_messages_total"));
+        println!(
+            "WebSocket messages: {messages:.0} carrying {frames:.0} updates ({:.2} updates per message)",
+            frames / messages.max(1.0)
+        );
+    }
 
     // Written after the live part: 2.6 M rows keep the disk (and so the
     // hub's fsync) busy for minutes.
