@@ -219,14 +219,7 @@ impl Writer {
     /// [`copy_staged`](Self::copy_staged).
     pub async fn copy_direct(&self, data: &[u8]) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut sink = tx
-            .copy_in_raw(&format!(
-                "COPY metrics ({}) FROM STDIN (FORMAT binary)",
-                crate::copy::COLUMNS
-            ))
-            .await?;
-        sink.send(data).await?;
-        let new = sink.finish().await?;
+        let new = copy_into(&mut tx, "metrics", data).await?;
         tx.commit().await?;
         Ok(new)
     }
@@ -242,14 +235,7 @@ impl Writer {
         )
         .execute(&mut *tx)
         .await?;
-        let mut sink = tx
-            .copy_in_raw(&format!(
-                "COPY sysmon_stage ({}) FROM STDIN (FORMAT binary)",
-                crate::copy::COLUMNS
-            ))
-            .await?;
-        sink.send(data).await?;
-        sink.finish().await?;
+        copy_into(&mut tx, "sysmon_stage", data).await?;
         let new = sqlx::query(&format!(
             "INSERT INTO metrics ({c}) SELECT {c} FROM sysmon_stage ON CONFLICT DO NOTHING",
             c = crate::copy::COLUMNS
@@ -260,6 +246,23 @@ impl Writer {
         tx.commit().await?;
         Ok(new)
     }
+}
+
+/// Streams a payload of [`crate::copy::encode`] into `table`; returns the
+/// rows copied.
+async fn copy_into(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    table: &str,
+    data: &[u8],
+) -> Result<u64, sqlx::Error> {
+    let mut sink = tx
+        .copy_in_raw(&format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            crate::copy::COLUMNS
+        ))
+        .await?;
+    sink.send(data).await?;
+    sink.finish().await
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
