@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `just bench agent`: builds the release agent and measures it at 1 s next to
+# `just bench agent`: builds the agent (profile `agent`, as installed) and measures it at 1 s next to
 # Debian's prometheus-node-exporter (installed here if missing), scraped 1/s.
 # BENCH_SECONDS (default 180) sets the length of the run.
 set -euo pipefail
@@ -10,7 +10,7 @@ if [ ! -x /usr/bin/prometheus-node-exporter ]; then
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus-node-exporter >&2 \
     || echo "could not install prometheus-node-exporter; the reference row is left out" >&2
 fi
-cargo build --release -q -p sysmonstm-agent --bin sysmonstm-agent
-cargo build --release -q -p sysmonstm-agent --example bench_agent
-target="${CARGO_TARGET_DIR:-target}/release"
+cargo build --profile agent -q -p sysmonstm-agent --bin sysmonstm-agent
+cargo build --profile agent -q -p sysmonstm-agent --example bench_agent
+target="${CARGO_TARGET_DIR:-target}/agent"
 "$target/examples/bench_agent" "$target/sysmonstm-agent" /usr/bin/prometheus-node-exporter

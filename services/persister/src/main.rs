@@ -8,6 +8,13 @@ use clap::Parser;
 use sysmonstm_kit::config::{self, EXIT_CONFIG};
 use sysmonstm_persister::{Persister, PersisterConfig};
 
+// Decoding and encoding a batch allocates a little for every snapshot;
+// with mimalloc the persister's CPU per snapshot was ~8 % lower than with
+// glibc's allocator (`just bench ingest`, one run each: 0.90 and 0.83 % of a
+// core per 1 000 snapshots/s).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Writes snapshots from JetStream into PostgreSQL/TimescaleDB.
 ///
 /// Configuration: defaults, then the TOML file given with --config, then
