@@ -12,6 +12,10 @@
 //! (scripts/bench-persister.sh sets both up). BENCH_STORAGE: auto | plain |
 //! timescaledb.
 
+// The same allocator as the persister's binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -111,6 +115,59 @@ fn snapshot(machine: usize, seq: u64, base_ms: i64) -> v1::Snapshot {
     }
 }
 
+/// CPU seconds used so far by this process, the nats-server and all
+/// PostgreSQL processes, from /proc (user + system).
+#[derive(Clone, Copy)]
+struct Cpu {
+    me: f64,
+    nats: f64,
+    pg: f64,
+}
+
+fn cpu_now(nats_pid: Option<u32>) -> Cpu {
+    fn secs(stat: &str) -> Option<(String, f64)> {
+        let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+        let f: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((name, ticks / 100.0)) // USER_HZ is 100 on Linux
+    }
+    let read = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let of = |pid: &str| read(pid).and_then(|s| secs(&s)).map_or(0.0, |x| x.1);
+    let mut cpu = Cpu {
+        me: of("self"),
+        nats: nats_pid.map_or(0.0, |pid| of(&pid.to_string())),
+        pg: 0.0,
+    };
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if let Some((name, s)) = pid
+            .parse::<u32>()
+            .ok()
+            .and_then(|_| read(&pid))
+            .and_then(|s| secs(&s))
+        {
+            if name == "postgres" {
+                cpu.pg += s;
+            }
+        }
+    }
+    cpu
+}
+
+/// "CPU per snapshot: …" between two readings (exited backends not counted).
+fn cpu_per_snapshot(a: Cpu, b: Cpu, n: u64, me: &str) -> String {
+    let us = |x: f64| x / n as f64 * 1e6;
+    format!(
+        "CPU per snapshot: {me} {:.1} µs, nats-server {:.1} µs, PostgreSQL {:.1} µs = {:.1} µs \
+         (on 2 cores: at most {:.0}/s)",
+        us(b.me - a.me),
+        us(b.nats - a.nats),
+        us(b.pg - a.pg),
+        us(b.me - a.me + b.nats - a.nats + b.pg - a.pg),
+        2.0 * n as f64 / (b.me - a.me + b.nats - a.nats + b.pg - a.pg)
+    )
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: u64 = env("BENCH_SNAPSHOTS", 1_000_000);
@@ -176,17 +233,53 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    // The hub's store is written back to disk before the clock starts, so
+    // the load's leftover writeback is not charged to the persister.
+    let t_sync = Instant::now();
+    std::process::Command::new("sync").status()?;
+    println!(
+        "hub store synced to disk in {:.1} s",
+        t_sync.elapsed().as_secs_f64()
+    );
+
     // 2. The persister, from start to the last commit.
+    let mut admin_conn = PgConnection::connect(&admin).await?;
+    let wal_sql = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
+                   (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)";
+    let (wal0, ckpt0): (i64, i64) = sqlx::query_as(wal_sql).fetch_one(&mut admin_conn).await?;
+    let cpu0 = cpu_now(nats.pid());
     let p = Persister::new(cfg.clone());
     let counters = p.counters();
     let shutdown = CancellationToken::new();
     let t = Instant::now();
     let task = tokio::spawn(p.run(shutdown.clone()));
-    while Counters::get(&counters.stored) + Counters::get(&counters.duplicates) < n {
+    // Snapshots stored in each whole second, to show stalls.
+    let mut per_second = Vec::new();
+    let (mut tick, mut at_tick) = (t + Duration::from_secs(1), 0);
+    loop {
+        let done = Counters::get(&counters.stored) + Counters::get(&counters.duplicates);
+        if Instant::now() >= tick {
+            per_second.push(done - at_tick);
+            (tick, at_tick) = (tick + Duration::from_secs(1), done);
+        }
+        if done >= n {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
         anyhow::ensure!(!task.is_finished(), "the persister stopped");
     }
     let took = t.elapsed().as_secs_f64();
+    let mut sorted = per_second.clone();
+    sorted.sort_unstable();
+    if let (Some(lo), Some(hi)) = (sorted.first(), sorted.last()) {
+        println!(
+            "snapshots stored per second over {} whole seconds: min {lo}, median {}, max {hi}; {per_second:?}",
+            sorted.len(),
+            sorted[sorted.len() / 2]
+        );
+    }
+    let cpu1 = cpu_now(nats.pid());
+    let (wal1, ckpt1): (i64, i64) = sqlx::query_as(wal_sql).fetch_one(&mut admin_conn).await?;
     shutdown.cancel();
     let _ = task.await;
     let pool = db.pool().await;
@@ -195,13 +288,90 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let entries = Counters::get(&counters.rows_stored);
     let mode = store::mode(&pool).await?;
+    let row_bytes: f64 = sqlx::query_scalar(
+        "SELECT avg(pg_column_size(m.*))::float8 FROM (SELECT * FROM metrics LIMIT 10000) m",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let disk_bytes: i64 = sqlx::query_scalar(match mode {
+        store::Mode::Timescaledb => "SELECT hypertable_size('metrics')",
+        store::Mode::Plain => {
+            "SELECT sum(pg_total_relation_size(relid))::int8 FROM pg_partition_tree('metrics')"
+        }
+    })
+    .fetch_one(&pool)
+    .await?;
     let snaps_s = n as f64 / took;
+    let wal_bytes = (wal1 - wal0) as f64;
+    println!(
+        "write-ahead log: {:.0} B per snapshot, {} checkpoints meanwhile",
+        wal_bytes / n as f64,
+        ckpt1 - ckpt0
+    );
     println!(
         "persister ({mode:?}, batch {batch}, {writers} writers): {n} snapshots = {rows} rows \
          ({entries} values with the per-device detail) in {took:.1} s = {snaps_s:.0} snapshots/s, \
-         {:.0} rows/s, {:.0} detail values/s",
+         {:.0} rows/s, {:.0} detail values/s; a row is {row_bytes:.0} B, {:.0} B on disk with its indexes",
         rows as f64 / took,
-        entries as f64 / took
+        entries as f64 / took,
+        disk_bytes as f64 / rows as f64
+    );
+
+    println!(
+        "persister: {}",
+        cpu_per_snapshot(cpu0, cpu1, n, "persister")
+    );
+
+    // The hub's side alone: the same snapshots pulled in the same batches by
+    // as many tasks, each acknowledged, on a consumer of its own; nothing
+    // decoded, nothing written.
+    let stream = js.get_stream(sysmonstm_schemas::streams::METRICS).await?;
+    let mut drain_cfg = sysmonstm_schemas::streams::persister_consumer(
+        cfg.max_ack_pending,
+        Duration::from_secs(60),
+    );
+    drain_cfg.durable_name = Some("bench-drain".into());
+    let drain: jetstream::consumer::PullConsumer = stream.create_consumer(drain_cfg).await?;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cpu0 = cpu_now(nats.pid());
+    let t = Instant::now();
+    let mut pullers = tokio::task::JoinSet::new();
+    for _ in 0..writers {
+        let (drain, acked) = (drain.clone(), acked.clone());
+        pullers.spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            while acked.load(Relaxed) < n {
+                let mut msgs = drain
+                    .batch()
+                    .max_messages(batch)
+                    .expires(Duration::from_millis(50))
+                    .messages()
+                    .await?;
+                let mut got = Vec::with_capacity(batch);
+                while let Some(m) = msgs.next().await {
+                    got.push(m.map_err(|e| anyhow::anyhow!(e))?);
+                }
+                for m in &got {
+                    m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+                }
+                acked.fetch_add(got.len() as u64, Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = pullers.join_next().await {
+        r??;
+    }
+    let drain_s = n as f64 / t.elapsed().as_secs_f64();
+    let cpu1 = cpu_now(nats.pid());
+    println!(
+        "the hub alone ({writers} pullers, batch {batch}, every message acknowledged, nothing \
+         decoded or written): {drain_s:.0} snapshots/s; persister/hub = {:.2}",
+        snaps_s / drain_s
+    );
+    println!(
+        "the hub alone: {}",
+        cpu_per_snapshot(cpu0, cpu1, n, "pullers")
     );
 
     // 3. Physical limit: the same rows, binary COPY into an empty table
@@ -218,6 +388,7 @@ async fn main() -> anyhow::Result<()> {
     }
     conn.execute("CREATE TABLE copy_metrics (LIKE metrics)")
         .await?;
+    let cpu0 = cpu_now(None);
     let t = Instant::now();
     let mut sink = conn
         .copy_in_raw("COPY copy_metrics FROM STDIN (FORMAT binary)")
@@ -227,12 +398,17 @@ async fn main() -> anyhow::Result<()> {
     }
     sink.finish().await?;
     let copy_took = t.elapsed().as_secs_f64();
+    let cpu1 = cpu_now(None);
     drop(chunks);
     let copy_s = rows as f64 / copy_took;
     println!(
         "binary COPY of the same {rows} rows into an empty table without indexes: {copy_took:.1} s = \
          {copy_s:.0} rows/s (snapshots/s); persister/COPY = {:.2}",
         snaps_s / copy_s
+    );
+    println!(
+        "raw COPY: {}",
+        cpu_per_snapshot(cpu0, cpu1, rows as u64, "client")
     );
 
     // 4. The two ways a batch goes in, batch for batch on the same
