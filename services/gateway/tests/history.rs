@@ -164,42 +164,21 @@ async fn history_answers_from_rows_the_persister_wrote() {
     // A day: the 1-minute rollup re-bucketed by 2 minutes; each bucket's
     // average is the mean of the published values in it.
     let to = end_ms + 1000;
-    let (status, h) = get(
-        &app,
-        &format!(
-            "/api/machines/hist-1/history?metric=cpu&from={}&to={to}",
-            to - 86_400_000
-        ),
-    )
-    .await;
+    let (status, h) = cpu_history(&app, to - 86_400_000, to).await;
     assert_eq!(status, StatusCode::OK, "{h}");
     assert_eq!(h["resolution"], "1m");
     assert_eq!(h["step_s"], 120);
     assert_buckets(&h, &cpu_by_ts, 120_000);
 
     // A week: the 5-minute rollup re-bucketed by 15 minutes.
-    let (status, h) = get(
-        &app,
-        &format!(
-            "/api/machines/hist-1/history?metric=cpu&from={}&to={to}",
-            to - 7 * 86_400_000
-        ),
-    )
-    .await;
+    let (status, h) = cpu_history(&app, to - 7 * 86_400_000, to).await;
     assert_eq!(status, StatusCode::OK, "{h}");
     assert_eq!(h["resolution"], "5m");
     assert_eq!(h["step_s"], 900);
     assert_buckets(&h, &cpu_by_ts, 900_000);
 
     // 30 days: the hourly rollup, at most 1000 points.
-    let (status, h) = get(
-        &app,
-        &format!(
-            "/api/machines/hist-1/history?metric=cpu&from={}&to={to}",
-            to - 30 * 86_400_000
-        ),
-    )
-    .await;
+    let (status, h) = cpu_history(&app, to - 30 * 86_400_000, to).await;
     assert_eq!(status, StatusCode::OK, "{h}");
     assert_eq!(h["resolution"], "1h");
     let hours: std::collections::BTreeSet<i64> = cpu_by_ts
@@ -280,4 +259,13 @@ async fn stored_alerts_are_filtered_by_state_and_time() {
     assert_eq!(v["alerts"].as_array().map(Vec::len), Some(1), "{v}");
     let (_, v) = get(&app, "/api/alerts?machine=db-1").await;
     assert_eq!(v["alerts"].as_array().map(Vec::len), Some(0), "{v}");
+}
+
+/// `/api/machines/hist-1/history?metric=cpu` from `from` to `to` (ms).
+async fn cpu_history(app: &axum::Router, from: i64, to: i64) -> (StatusCode, Value) {
+    get(
+        app,
+        &format!("/api/machines/hist-1/history?metric=cpu&from={from}&to={to}"),
+    )
+    .await
 }
