@@ -22,7 +22,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sqlx::{Connection as _, Executor as _, PgConnection};
-use sysmonstm_persister::decode::{self, Decoded, Limits};
+use sysmonstm_persister::copy::Batch;
+use sysmonstm_persister::decode::Limits;
 use sysmonstm_persister::{Counters, Persister, PersisterConfig, Storage, store};
 use sysmonstm_schemas::v1;
 use sysmonstm_testkit::{NatsServer, TestDb};
@@ -421,17 +422,24 @@ async fn main() -> anyhow::Result<()> {
         max_future_skew_ms: 3_600_000,
     };
     let now = chrono::Utc::now();
-    let decoded: Vec<Decoded> = (1..=cmp_seqs)
+    let snaps: Vec<(usize, u64)> = (1..=cmp_seqs)
         .flat_map(|seq| (0..machines).map(move |m| (m, seq)))
-        .map(|(m, seq)| {
-            let s = snapshot(m, seq, base_ms);
-            decode::decode(
-                &format!("sysmon.metrics.{}", s.machine_id),
-                &s.encode_to_vec(),
-                now,
-                limits,
-            )
-            .expect("valid")
+        .collect();
+    let batches: Vec<Batch> = snaps
+        .chunks(batch)
+        .map(|chunk| {
+            let mut b = Batch::with_capacity(chunk.len());
+            for &(m, seq) in chunk {
+                let s = snapshot(m, seq, base_ms);
+                b.push(
+                    &format!("sysmon.metrics.{}", s.machine_id),
+                    &s.encode_to_vec(),
+                    now,
+                    limits,
+                )
+                .expect("valid");
+            }
+            b
         })
         .collect();
     let mut rates = Vec::new();
@@ -444,21 +452,20 @@ async fn main() -> anyhow::Result<()> {
             .execute(&fpool)
             .await?;
         let t = Instant::now();
-        for b in decoded.chunks(batch) {
-            let data = sysmonstm_persister::copy::encode(b);
+        for b in &batches {
             if staged {
-                w.copy_staged(&data).await?;
+                w.copy_staged(b).await?;
             } else {
-                w.copy_direct(&data).await?;
+                w.copy_direct(b).await?;
             }
         }
-        rates.push(decoded.len() as f64 / t.elapsed().as_secs_f64());
+        rates.push(snaps.len() as f64 / t.elapsed().as_secs_f64());
         fpool.close().await;
     }
     println!(
         "{} snapshots in batches of {batch}, one writer: COPY into metrics {:.0}/s; \
          COPY staging + INSERT ON CONFLICT {:.0}/s; direct/staged = {:.2}",
-        decoded.len(),
+        snaps.len(),
         rates[0],
         rates[1],
         rates[0] / rates[1]

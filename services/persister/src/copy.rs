@@ -6,7 +6,10 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::decode::Decoded;
+use std::ops::Range;
+
+use crate::decode::{self, Limits, Rejection, big};
+use crate::wire;
 
 /// Type OIDs of array elements (pg_type.oid, fixed since forever).
 const INT2: u32 = 21;
@@ -69,18 +72,15 @@ impl Elem for &str {
     }
 }
 
-/// A COPY payload being built: the signature, then rows, then the trailer.
+/// The signature, no OIDs, no header extension.
+const HEADER: [u8; 19] = *b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The end of the rows: a field count of -1.
+const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+
+/// Rows of a COPY payload being built.
 struct Buf(Vec<u8>);
 
 impl Buf {
-    fn new(capacity: usize) -> Self {
-        let mut v = Vec::with_capacity(capacity);
-        v.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        v.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
-        v.extend_from_slice(&0i32.to_be_bytes()); // no header extension
-        Self(v)
-    }
-
     fn row(&mut self, fields: i16) {
         self.0.extend_from_slice(&fields.to_be_bytes());
     }
@@ -148,86 +148,372 @@ impl Buf {
             }
         });
     }
+}
 
-    fn finish(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        self.0
+/// Where one snapshot's row is in a [`Batch`].
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    /// The machine id's bytes in the row buffer.
+    machine: (u32, u32),
+    ts: DateTime<Utc>,
+    /// Rows this snapshot writes, its per-device detail included.
+    rows: u32,
+}
+
+/// Snapshots checked and encoded as rows of one binary COPY into
+/// [`COLUMNS`], straight from their protobuf bytes.
+pub struct Batch {
+    rows: Buf,
+    meta: Vec<Meta>,
+    /// Reused for every snapshot read, so reading allocates nothing.
+    scratch: wire::Snapshot,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::with_capacity(0)
     }
 }
 
-/// The binary COPY payload of `snaps` for [`COLUMNS`].
-pub fn encode(snaps: &[Decoded]) -> Vec<u8> {
-    let mut b = Buf::new(snaps.len() * 1024 + 32);
-    for s in snaps {
-        let r = &s.row;
-        b.row(FIELDS);
-        b.val(r.machine_id.as_str());
-        b.ts(r.ts);
-        b.val(r.seq);
-        b.val(r.interval_ms);
-        b.opt(r.cpu_percent);
-        b.opt(r.cpu_user_percent);
-        b.opt(r.cpu_system_percent);
-        b.opt(r.cpu_iowait_percent);
-        match &r.cpu_per_core {
-            Some(v) => b.array(v.iter().map(|x| Some(*x))),
-            None => b.null(),
+impl Batch {
+    pub fn with_capacity(snapshots: usize) -> Self {
+        Self {
+            rows: Buf(Vec::with_capacity(snapshots * 1024)),
+            meta: Vec::with_capacity(snapshots),
+            scratch: wire::Snapshot::default(),
         }
-        b.opt(r.mem_total_bytes);
-        b.opt(r.mem_used_bytes);
-        b.opt(r.mem_available_bytes);
-        b.opt(r.mem_used_percent);
-        b.opt(r.swap_total_bytes);
-        b.opt(r.swap_used_bytes);
-        b.opt(r.swap_used_percent);
-        b.f64(r.load1);
-        b.f64(r.load5);
-        b.f64(r.load15);
-        b.val(r.uptime_s);
-        b.val(r.process_count);
-        b.f64(r.net_rx_bps);
-        b.f64(r.net_tx_bps);
-        b.f64(r.disk_read_bps);
-        b.f64(r.disk_write_bps);
-        b.opt(r.temperature_max_c);
-        b.opt(r.agent_spool_pending);
-        b.opt(r.agent_spool_dropped);
-
-        let fs = &s.filesystems;
-        b.array(fs.iter().map(|f| Some(f.mount.as_str())));
-        b.array(fs.iter().map(|f| Some(f.fs_type.as_str())));
-        b.array(fs.iter().map(|f| Some(f.total_bytes)));
-        b.array(fs.iter().map(|f| Some(f.used_bytes)));
-        b.array(fs.iter().map(|f| Some(f.free_bytes)));
-        let d = &s.disks;
-        b.array(d.iter().map(|d| Some(d.name.as_str())));
-        b.array(d.iter().map(|d| d.read_bps));
-        b.array(d.iter().map(|d| d.write_bps));
-        let n = &s.interfaces;
-        b.array(n.iter().map(|i| Some(i.name.as_str())));
-        b.array(n.iter().map(|i| i.rx_bps));
-        b.array(n.iter().map(|i| i.tx_bps));
-        b.array(n.iter().map(|i| i.rx_errors_ps));
-        b.array(n.iter().map(|i| i.tx_errors_ps));
-        let t = &s.temperatures;
-        b.array(t.iter().map(|t| Some(t.label.as_str())));
-        b.array(t.iter().map(|t| Some(t.celsius)));
-        // Top processes: those by CPU first, then those by memory; the count
-        // of the first kind tells the two apart.
-        let p = &s.processes;
-        let top_cpu = p.iter().filter(|p| p.kind == "cpu").count();
-        b.opt((!p.is_empty()).then(|| i16::try_from(top_cpu).unwrap_or(i16::MAX)));
-        b.array(p.iter().map(|p| Some(p.pid)));
-        b.array(p.iter().map(|p| Some(p.name.as_str())));
-        b.array(p.iter().map(|p| p.cpu_percent));
-        b.array(p.iter().map(|p| p.rss_bytes));
     }
-    b.finish()
+
+    /// Checks the snapshot in `payload`, which came on `subject`, and adds
+    /// its row; a refused one adds nothing.
+    pub fn push(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+        limits: Limits,
+    ) -> Result<(), Rejection> {
+        let s = &mut self.scratch;
+        let ts = decode::check(subject, payload, s, now, limits)?;
+        let start = self.rows.0.len();
+        let machine = encode_row(&mut self.rows, payload, s, ts);
+        let at = |i: usize| u32::try_from(start + i).unwrap_or(u32::MAX);
+        self.meta.push(Meta {
+            machine: (at(machine.start), at(machine.end)),
+            ts,
+            rows: u32::try_from(
+                1 + s.filesystems.len()
+                    + s.disks.len()
+                    + s.interfaces.len()
+                    + s.temperatures.len()
+                    + s.top_cpu.len()
+                    + s.top_memory.len(),
+            )
+            .unwrap_or(u32::MAX),
+        });
+        Ok(())
+    }
+
+    /// Snapshots in the batch.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Rows the batch writes, per-device detail included.
+    pub fn row_count(&self) -> u64 {
+        self.meta.iter().map(|m| u64::from(m.rows)).sum()
+    }
+
+    /// The machine and time of each snapshot, in order.
+    pub fn snapshots(&self) -> impl Iterator<Item = (&str, DateTime<Utc>)> + '_ {
+        self.meta.iter().map(|m| {
+            let b = &self.rows.0[m.machine.0 as usize..m.machine.1 as usize];
+            (std::str::from_utf8(b).unwrap_or_default(), m.ts)
+        })
+    }
+
+    /// The COPY payload, in the pieces it is sent in: signature and header,
+    /// rows, trailer.
+    pub fn payload(&self) -> [&[u8]; 3] {
+        [&HEADER, &self.rows.0, &TRAILER]
+    }
 }
+
+fn percent(used: u64, total: u64) -> Option<f32> {
+    (total > 0).then(|| (used as f64 * 100.0 / total as f64) as f32)
+}
+
+/// Sum of the present values; `None` when none is present (no rate yet).
+fn sum_present(values: impl Iterator<Item = Option<f32>>) -> Option<f64> {
+    values
+        .flatten()
+        .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + f64::from(v)))
+}
+
+/// The figures of a row that the contract derives from the snapshot.
+#[derive(Debug, PartialEq)]
+struct Derived {
+    mem_used_percent: Option<f32>,
+    swap_used_percent: Option<f32>,
+    net_rx_bps: Option<f64>,
+    net_tx_bps: Option<f64>,
+    disk_read_bps: Option<f64>,
+    disk_write_bps: Option<f64>,
+    temperature_max_c: Option<f32>,
+}
+
+impl Derived {
+    fn of(p: &[u8], s: &wire::Snapshot) -> Self {
+        // Loopback traffic is the machine talking to itself, not network load.
+        let nets = || s.interfaces.iter().filter(|i| i.name.of(p) != "lo");
+        Self {
+            mem_used_percent: s.memory.and_then(|m| percent(m.used_bytes, m.total_bytes)),
+            // The contract: 0 when the machine has no swap.
+            swap_used_percent: s
+                .memory
+                .map(|m| percent(m.swap_used_bytes, m.swap_total_bytes).unwrap_or(0.0)),
+            net_rx_bps: sum_present(nets().map(|i| i.rx_bytes_per_s)),
+            net_tx_bps: sum_present(nets().map(|i| i.tx_bytes_per_s)),
+            disk_read_bps: sum_present(s.disks.iter().map(|d| d.read_bytes_per_s)),
+            disk_write_bps: sum_present(s.disks.iter().map(|d| d.write_bytes_per_s)),
+            temperature_max_c: s
+                .temperatures
+                .iter()
+                .map(|t| t.celsius)
+                .fold(None, |m: Option<f32>, c| Some(m.map_or(c, |m| m.max(c)))),
+        }
+    }
+}
+
+/// Appends the row of `s` (read from `p`, taken at `ts`); returns where its
+/// machine id is, relative to the row's start.
+fn encode_row(b: &mut Buf, p: &[u8], s: &wire::Snapshot, ts: DateTime<Utc>) -> Range<usize> {
+    let start = b.0.len();
+    let d = Derived::of(p, s);
+    b.row(FIELDS);
+    let machine_at = b.0.len() + 4 - start;
+    let machine = s.machine_id.of(p);
+    b.val(machine);
+    b.ts(ts);
+    b.val(big(s.seq));
+    b.val(i32::try_from(s.interval_ms).unwrap_or(i32::MAX));
+    let cpu = s.cpu.as_ref();
+    b.opt(cpu.map(|c| c.usage_percent));
+    b.opt(cpu.and_then(|c| c.user_percent));
+    b.opt(cpu.and_then(|c| c.system_percent));
+    b.opt(cpu.and_then(|c| c.iowait_percent));
+    match cpu {
+        Some(_) => b.array(s.per_core_percent.iter().map(|x| Some(*x))),
+        None => b.null(),
+    }
+    let mem = s.memory.as_ref();
+    b.opt(mem.map(|m| big(m.total_bytes)));
+    b.opt(mem.map(|m| big(m.used_bytes)));
+    b.opt(mem.map(|m| big(m.available_bytes)));
+    b.opt(d.mem_used_percent);
+    b.opt(mem.map(|m| big(m.swap_total_bytes)));
+    b.opt(mem.map(|m| big(m.swap_used_bytes)));
+    b.opt(d.swap_used_percent);
+    b.f64(s.load.map(|l| l.one));
+    b.f64(s.load.map(|l| l.five));
+    b.f64(s.load.map(|l| l.fifteen));
+    b.val(big(s.uptime_s));
+    b.val(i32::try_from(s.process_count).unwrap_or(i32::MAX));
+    b.f64(d.net_rx_bps);
+    b.f64(d.net_tx_bps);
+    b.f64(d.disk_read_bps);
+    b.f64(d.disk_write_bps);
+    b.opt(d.temperature_max_c);
+    b.opt(s.agent.map(|a| big(a.spool_pending)));
+    b.opt(s.agent.map(|a| big(a.spool_dropped)));
+
+    let fs = &s.filesystems;
+    b.array(fs.iter().map(|f| Some(f.mount.of(p))));
+    b.array(fs.iter().map(|f| Some(f.fs_type.of(p))));
+    b.array(fs.iter().map(|f| Some(big(f.total_bytes))));
+    b.array(fs.iter().map(|f| Some(big(f.used_bytes))));
+    b.array(fs.iter().map(|f| Some(big(f.free_bytes))));
+    let dk = &s.disks;
+    b.array(dk.iter().map(|d| Some(d.name.of(p))));
+    b.array(dk.iter().map(|d| d.read_bytes_per_s));
+    b.array(dk.iter().map(|d| d.write_bytes_per_s));
+    let n = &s.interfaces;
+    b.array(n.iter().map(|i| Some(i.name.of(p))));
+    b.array(n.iter().map(|i| i.rx_bytes_per_s));
+    b.array(n.iter().map(|i| i.tx_bytes_per_s));
+    b.array(n.iter().map(|i| i.rx_errors_per_s));
+    b.array(n.iter().map(|i| i.tx_errors_per_s));
+    let t = &s.temperatures;
+    b.array(t.iter().map(|t| Some(t.label.of(p))));
+    b.array(t.iter().map(|t| Some(t.celsius)));
+    // Top processes: those by CPU first, then those by memory; the count of
+    // the first kind tells the two apart.
+    let procs = || s.top_cpu.iter().chain(&s.top_memory);
+    let all = s.top_cpu.len() + s.top_memory.len();
+    b.opt((all > 0).then(|| i16::try_from(s.top_cpu.len()).unwrap_or(i16::MAX)));
+    b.array(Counted(
+        procs().map(|p| Some(i32::try_from(p.pid).unwrap_or(i32::MAX))),
+        all,
+    ));
+    b.array(Counted(procs().map(|x| Some(x.name.of(p))), all));
+    b.array(Counted(procs().map(|p| Some(p.cpu_percent)), all));
+    b.array(Counted(procs().map(|p| Some(big(p.rss_bytes))), all));
+    machine_at..machine_at + machine.len()
+}
+
+/// An iterator whose length is known though its type cannot say so (a
+/// chain).
+#[derive(Clone)]
+struct Counted<I>(I, usize);
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let v = self.0.next();
+        if v.is_some() {
+            self.1 -= 1;
+        }
+        v
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.1, Some(self.1))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for Counted<I> {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use prost::Message as _;
+    use sysmonstm_schemas::v1;
+
+    fn derived(snap: &v1::Snapshot) -> Derived {
+        let bytes = snap.encode_to_vec();
+        let mut s = wire::Snapshot::default();
+        s.parse(&bytes).expect("valid");
+        Derived::of(&bytes, &s)
+    }
+
+    #[test]
+    fn derives_the_contract_figures() {
+        let if_ = |name: &str, rx: Option<f32>, tx: Option<f32>| v1::NetInterface {
+            name: name.into(),
+            rx_bytes_per_s: rx,
+            tx_bytes_per_s: tx,
+            ..Default::default()
+        };
+        let snap = v1::Snapshot {
+            machine_id: "m".into(),
+            memory: Some(v1::Memory {
+                total_bytes: 200,
+                used_bytes: 50,
+                swap_total_bytes: 0,
+                ..Default::default()
+            }),
+            interfaces: vec![
+                if_("lo", Some(1e6), Some(1e6)),
+                if_("eth0", Some(10.0), Some(4.0)),
+                if_("eth1", Some(5.0), None),
+            ],
+            disks: vec![v1::Disk {
+                name: "sda".into(),
+                read_bytes_per_s: None,
+                write_bytes_per_s: Some(3.0),
+            }],
+            temperatures: vec![
+                v1::Temperature {
+                    label: "a".into(),
+                    celsius: 40.0,
+                },
+                v1::Temperature {
+                    label: "b".into(),
+                    celsius: 55.5,
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            derived(&snap),
+            Derived {
+                mem_used_percent: Some(25.0),
+                // No swap: 0, as the contract says.
+                swap_used_percent: Some(0.0),
+                // Loopback left out.
+                net_rx_bps: Some(15.0),
+                net_tx_bps: Some(4.0),
+                // No rate yet is no figure, not 0.
+                disk_read_bps: None,
+                disk_write_bps: Some(3.0),
+                temperature_max_c: Some(55.5),
+            }
+        );
+    }
+
+    #[test]
+    fn missing_sections_are_null_not_zero() {
+        let d = derived(&v1::Snapshot {
+            machine_id: "a".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            (
+                d.mem_used_percent,
+                d.swap_used_percent,
+                d.net_rx_bps,
+                d.temperature_max_c
+            ),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_batch_counts_rows_and_finds_its_machines() {
+        let limits = Limits {
+            max_payload_bytes: 1 << 20,
+            max_future_skew_ms: 60_000,
+        };
+        let now = Utc::now();
+        let mut b = Batch::default();
+        for (i, id) in ["web01", "db-2"].into_iter().enumerate() {
+            let s = v1::Snapshot {
+                machine_id: id.into(),
+                timestamp_ms: now.timestamp_millis() - i as i64,
+                disks: vec![v1::Disk::default(); i + 1],
+                ..Default::default()
+            };
+            b.push(
+                &format!("sysmon.metrics.{id}"),
+                &s.encode_to_vec(),
+                now,
+                limits,
+            )
+            .expect("valid");
+        }
+        // A refused one leaves nothing behind.
+        let rows = b.payload()[1].len();
+        assert!(
+            b.push("sysmon.metrics.x", b"\xff\xff", now, limits)
+                .is_err()
+        );
+        assert_eq!(b.payload()[1].len(), rows);
+        assert_eq!((b.len(), b.row_count()), (2, 2 + 3));
+        let seen: Vec<(&str, i64)> = b
+            .snapshots()
+            .map(|(m, t)| (m, t.timestamp_millis()))
+            .collect();
+        let ms = now.timestamp_millis();
+        assert_eq!(seen, [("web01", ms), ("db-2", ms - 1)]);
+        // Signature, flags and extension length; a field count of -1.
+        assert_eq!(&b.payload()[0][..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(b.payload()[0].len(), 19);
+        assert_eq!(b.payload()[2], (-1i16).to_be_bytes());
+    }
 
     #[test]
     fn columns_and_fields_agree() {
@@ -236,7 +522,7 @@ mod tests {
 
     #[test]
     fn an_array_with_a_null_is_flagged_and_sized() {
-        let mut b = Buf::new(0);
+        let mut b = Buf(Vec::new());
         let start = b.0.len();
         b.array([Some(1.5f32), None].into_iter());
         let f = &b.0[start..];

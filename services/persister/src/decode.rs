@@ -1,45 +1,12 @@
-//! The boundary where protobuf ends: a message's subject and payload become a
-//! [`Decoded`] snapshot (wide row and child rows), or a [`Rejection`] that
-//! says why not. Nothing past this module sees prost types.
+//! What a message must be to be stored: a Snapshot of the machine its
+//! subject names, taken at a believable time, not too large; anything else
+//! is a [`Rejection`] that says why. Its bytes are read by [`crate::wire`]
+//! and become a row in [`crate::copy::Batch`].
 
 use chrono::{DateTime, TimeZone, Utc};
-use prost::Message as _;
-use sysmonstm_schemas::{subjects, v1};
+use sysmonstm_schemas::subjects;
 
-pub use crate::rows::{Decoded, DiskRow, FsRow, NetRow, ProcRow, TempRow};
-
-/// One snapshot's wide row as the database stores it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetricRow {
-    pub machine_id: String,
-    pub ts: DateTime<Utc>,
-    pub seq: i64,
-    pub interval_ms: i32,
-    pub cpu_percent: Option<f32>,
-    pub cpu_user_percent: Option<f32>,
-    pub cpu_system_percent: Option<f32>,
-    pub cpu_iowait_percent: Option<f32>,
-    pub cpu_per_core: Option<Vec<f32>>,
-    pub mem_total_bytes: Option<i64>,
-    pub mem_used_bytes: Option<i64>,
-    pub mem_available_bytes: Option<i64>,
-    pub mem_used_percent: Option<f32>,
-    pub swap_total_bytes: Option<i64>,
-    pub swap_used_bytes: Option<i64>,
-    pub swap_used_percent: Option<f32>,
-    pub load1: Option<f64>,
-    pub load5: Option<f64>,
-    pub load15: Option<f64>,
-    pub uptime_s: i64,
-    pub process_count: i32,
-    pub net_rx_bps: Option<f64>,
-    pub net_tx_bps: Option<f64>,
-    pub disk_read_bps: Option<f64>,
-    pub disk_write_bps: Option<f64>,
-    pub temperature_max_c: Option<f32>,
-    pub agent_spool_pending: Option<i64>,
-    pub agent_spool_dropped: Option<i64>,
-}
+use crate::wire;
 
 /// Why a message is refused for good (it is terminated, never retried).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,34 +33,36 @@ pub struct Limits {
 /// 2000-01-01T00:00:00Z in Unix milliseconds: nothing older is real data.
 const EARLIEST_MS: i64 = 946_684_800_000;
 
-pub fn decode(
+/// Reads `payload` into `snap` and checks it; returns when it was taken.
+pub(crate) fn check(
     subject: &str,
     payload: &[u8],
+    snap: &mut wire::Snapshot,
     now: DateTime<Utc>,
     limits: Limits,
-) -> Result<Decoded, Rejection> {
+) -> Result<DateTime<Utc>, Rejection> {
     if payload.len() > limits.max_payload_bytes {
         return Err(Rejection::Oversized(payload.len()));
     }
     let machine = subjects::machine_of_metrics(subject).ok_or(Rejection::Subject)?;
-    let snap = v1::Snapshot::decode(payload).map_err(|e| Rejection::Decode(e.to_string()))?;
+    snap.parse(payload)
+        .map_err(|e| Rejection::Decode(e.to_string()))?;
     // The subject is what the server's permissions vouch for; a payload that
     // claims another machine is refused rather than trusted.
-    if snap.machine_id != machine {
+    let claimed = snap.machine_id.of(payload);
+    if claimed != machine {
         return Err(Rejection::MachineMismatch {
             subject: machine.to_owned(),
-            payload: snap.machine_id,
+            payload: claimed.to_owned(),
         });
     }
     let latest = now.timestamp_millis() + limits.max_future_skew_ms;
     if snap.timestamp_ms < EARLIEST_MS || snap.timestamp_ms > latest {
         return Err(Rejection::Timestamp(snap.timestamp_ms));
     }
-    let ts = Utc
-        .timestamp_millis_opt(snap.timestamp_ms)
+    Utc.timestamp_millis_opt(snap.timestamp_ms)
         .single()
-        .ok_or(Rejection::Timestamp(snap.timestamp_ms))?;
-    Ok(crate::rows::from_snapshot(snap, ts))
+        .ok_or(Rejection::Timestamp(snap.timestamp_ms))
 }
 
 /// PostgreSQL has no unsigned integers; byte counts never reach 2^63.
@@ -104,6 +73,8 @@ pub(crate) fn big(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+    use sysmonstm_schemas::v1;
 
     const LIMITS: Limits = Limits {
         max_payload_bytes: 1024,
@@ -143,37 +114,34 @@ mod tests {
             .expect("valid")
     }
 
-    #[test]
-    fn maps_a_snapshot() {
-        let s = snap("web01", 1_800_000_000_000);
-        let d = decode("sysmon.metrics.web01", &s.encode_to_vec(), now(), LIMITS).expect("ok");
-        assert_eq!(d.row.machine_id, "web01");
-        assert_eq!(d.row.ts.timestamp_millis(), 1_800_000_000_000);
-        assert_eq!(d.row.seq, 7);
-        assert_eq!(d.row.cpu_percent, Some(12.5));
-        assert_eq!(d.row.mem_used_bytes, Some(2 << 30));
-        assert_eq!(d.row.load15, Some(0.125));
-        assert_eq!(d.row.process_count, 42);
+    fn check_one(subject: &str, payload: &[u8]) -> Result<DateTime<Utc>, Rejection> {
+        check(
+            subject,
+            payload,
+            &mut wire::Snapshot::default(),
+            now(),
+            LIMITS,
+        )
     }
 
     #[test]
-    fn missing_sections_are_null_not_zero() {
-        let s = v1::Snapshot {
-            machine_id: "a".into(),
-            timestamp_ms: 1_800_000_000_000,
-            ..Default::default()
-        };
-        let d = decode("sysmon.metrics.a", &s.encode_to_vec(), now(), LIMITS).expect("ok");
-        assert_eq!(
-            (d.row.cpu_percent, d.row.mem_total_bytes, d.row.load1),
-            (None, None, None)
-        );
+    fn maps_a_snapshot() {
+        let bytes = snap("web01", 1_800_000_000_000).encode_to_vec();
+        let mut s = wire::Snapshot::default();
+        let ts = check("sysmon.metrics.web01", &bytes, &mut s, now(), LIMITS).expect("ok");
+        assert_eq!(ts.timestamp_millis(), 1_800_000_000_000);
+        assert_eq!(s.machine_id.of(&bytes), "web01");
+        assert_eq!(s.seq, 7);
+        assert_eq!(s.cpu.map(|c| c.usage_percent), Some(12.5));
+        assert_eq!(s.memory.map(|m| m.used_bytes), Some(2 << 30));
+        assert_eq!(s.load.map(|l| l.fifteen), Some(0.125));
+        assert_eq!(s.process_count, 42);
     }
 
     #[test]
     fn refuses_bad_input_with_a_reason() {
         let good = snap("web01", 1_800_000_000_000).encode_to_vec();
-        let d = |subj: &str, p: &[u8]| decode(subj, p, now(), LIMITS);
+        let d = check_one;
         assert!(matches!(
             d("sysmon.metrics.web01", &[0xff, 0xff, 0xff]),
             Err(Rejection::Decode(_))
@@ -211,6 +179,6 @@ mod tests {
         let mut bytes = snap("web01", 1_800_000_000_000).encode_to_vec();
         // Field 999, varint 5: what a newer agent might add.
         bytes.extend_from_slice(&[0xb8, 0x3e, 0x05]);
-        assert!(decode("sysmon.metrics.web01", &bytes, now(), LIMITS).is_ok());
+        assert!(check_one("sysmon.metrics.web01", &bytes).is_ok());
     }
 }

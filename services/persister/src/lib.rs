@@ -18,8 +18,8 @@ pub mod decode;
 mod http;
 pub mod machines;
 pub mod maintenance;
-mod rows;
 pub mod store;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -31,8 +31,9 @@ use sysmonstm_schemas::streams;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{PersisterConfig, Storage};
+use copy::Batch;
 pub use counters::Counters;
-use decode::{Decoded, Limits, Rejection};
+use decode::{Limits, Rejection};
 pub use store::{Mode, migrate, migrate_with};
 
 pub struct Persister {
@@ -228,18 +229,15 @@ impl Worker {
         let c = &self.counters;
         let started = Instant::now();
         let now = chrono::Utc::now();
-        let mut rows: Vec<Decoded> = Vec::with_capacity(msgs.len());
+        let mut rows = Batch::with_capacity(msgs.len());
         let mut accepted: Vec<jetstream::Message> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             Counters::add(&c.received, 1);
             if msg.info().is_ok_and(|i| i.delivered > 1) {
                 Counters::add(&c.redelivered, 1);
             }
-            match decode::decode(msg.subject.as_str(), &msg.payload, now, limits) {
-                Ok(row) => {
-                    rows.push(row);
-                    accepted.push(msg);
-                }
+            match rows.push(msg.subject.as_str(), &msg.payload, now, limits) {
+                Ok(()) => accepted.push(msg),
                 Err(why) => self.reject(&msg, why).await,
             }
         }
@@ -250,8 +248,7 @@ impl Worker {
                 Ok(new) => {
                     Counters::add(&c.stored, new);
                     if new == rows.len() as u64 {
-                        let n: usize = rows.iter().map(Decoded::row_count).sum();
-                        Counters::add(&c.rows_stored, n as u64);
+                        Counters::add(&c.rows_stored, rows.row_count());
                     }
                     Counters::add(&c.duplicates, rows.len() as u64 - new);
                     Counters::add(&c.batches, 1);

@@ -14,7 +14,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Storage;
-use crate::decode::Decoded;
+use crate::copy::Batch;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -142,19 +142,19 @@ impl Writer {
         .execute(&self.pool)
         .await;
         if r.is_err() {
-            self.note_seen(rows.into_iter());
+            self.note_seen(rows.iter().map(|(id, ts)| (id.as_str(), *ts)));
         }
         r.map(|_| ())
     }
 
-    fn note_seen(&self, items: impl Iterator<Item = (String, DateTime<Utc>)>) {
+    fn note_seen<'a>(&self, items: impl Iterator<Item = (&'a str, DateTime<Utc>)>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         for (id, ts) in items {
-            match seen.get_mut(&id) {
+            match seen.get_mut(id) {
                 Some(t) if *t >= ts => {}
                 Some(t) => *t = ts,
                 None => {
-                    seen.insert(id, ts);
+                    seen.insert(id.to_owned(), ts);
                 }
             }
         }
@@ -163,7 +163,7 @@ impl Writer {
     /// Writes `snaps` in one transaction; rows already present (same machine
     /// and timestamp) are left as they are. Returns how many snapshots were
     /// new.
-    pub async fn write(&self, snaps: &[Decoded]) -> Result<u64, sqlx::Error> {
+    pub async fn write(&self, snaps: &Batch) -> Result<u64, sqlx::Error> {
         if snaps.is_empty() {
             return Ok(0);
         }
@@ -173,19 +173,19 @@ impl Writer {
         let r = self.write_tx(snaps).await;
         match r {
             // Redelivered snapshots count too: they may be the newest.
-            Ok(_) => self.note_seen(snaps.iter().map(|s| (s.row.machine_id.clone(), s.row.ts))),
+            Ok(_) => self.note_seen(snaps.snapshots()),
             // A partition dropped by retention meanwhile: check again next time.
             Err(_) => self.days.lock().unwrap_or_else(|e| e.into_inner()).clear(),
         }
         r
     }
 
-    async fn ensure_partitions(&self, snaps: &[Decoded]) -> Result<(), sqlx::Error> {
+    async fn ensure_partitions(&self, snaps: &Batch) -> Result<(), sqlx::Error> {
         let missing: Vec<NaiveDate> = {
             let known = self.days.lock().unwrap_or_else(|e| e.into_inner());
             let mut m: Vec<NaiveDate> = snaps
-                .iter()
-                .map(|s| s.row.ts.date_naive())
+                .snapshots()
+                .map(|(_, ts)| ts.date_naive())
                 .filter(|d| !known.contains(d))
                 .collect();
             m.sort();
@@ -205,10 +205,9 @@ impl Writer {
         Ok(())
     }
 
-    async fn write_tx(&self, snaps: &[Decoded]) -> Result<u64, sqlx::Error> {
-        let data = crate::copy::encode(snaps);
-        match self.copy_direct(&data).await {
-            Err(e) if is_unique_violation(&e) => self.copy_staged(&data).await,
+    async fn write_tx(&self, snaps: &Batch) -> Result<u64, sqlx::Error> {
+        match self.copy_direct(snaps).await {
+            Err(e) if is_unique_violation(&e) => self.copy_staged(snaps).await,
             r => r,
         }
     }
@@ -217,7 +216,7 @@ impl Writer {
     /// go straight into `metrics`. A redelivered one makes the COPY fail on
     /// the primary key, and the batch is written again by
     /// [`copy_staged`](Self::copy_staged).
-    pub async fn copy_direct(&self, data: &[u8]) -> Result<u64, sqlx::Error> {
+    pub async fn copy_direct(&self, data: &Batch) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let new = copy_into(&mut tx, "metrics", data).await?;
         tx.commit().await?;
@@ -226,7 +225,7 @@ impl Writer {
 
     /// Idempotent: the batch goes into a temporary table, then into
     /// `metrics` with `ON CONFLICT DO NOTHING`; returns how many were new.
-    pub async fn copy_staged(&self, data: &[u8]) -> Result<u64, sqlx::Error> {
+    pub async fn copy_staged(&self, data: &Batch) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // Once per connection; emptied by every commit.
         sqlx::query(
@@ -248,12 +247,11 @@ impl Writer {
     }
 }
 
-/// Streams a payload of [`crate::copy::encode`] into `table`; returns the
-/// rows copied.
+/// Streams the rows of `data` into `table`; returns the rows copied.
 async fn copy_into(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     table: &str,
-    data: &[u8],
+    data: &Batch,
 ) -> Result<u64, sqlx::Error> {
     let mut sink = tx
         .copy_in_raw(&format!(
@@ -261,7 +259,9 @@ async fn copy_into(
             crate::copy::COLUMNS
         ))
         .await?;
-    sink.send(data).await?;
+    for part in data.payload() {
+        sink.send(part).await?;
+    }
     sink.finish().await
 }
 

@@ -10,10 +10,8 @@ mod common;
 
 use chrono::Utc;
 use common::*;
-use prost::Message as _;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sysmonstm_persister::decode::{self, Decoded, Limits};
 use sysmonstm_persister::store::{self, Writer};
 use sysmonstm_persister::{Mode, Storage, migrate_with};
 use sysmonstm_schemas::v1;
@@ -40,20 +38,6 @@ async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
     migrate_with(&pool, storage).await.expect("migrations run");
     let mode = store::mode(&pool).await.expect("mode");
     (db, pool, mode)
-}
-
-fn decoded(s: &v1::Snapshot) -> Decoded {
-    let limits = Limits {
-        max_payload_bytes: 1 << 20,
-        max_future_skew_ms: 3_600_000,
-    };
-    decode::decode(
-        &format!("sysmon.metrics.{}", s.machine_id),
-        &s.encode_to_vec(),
-        Utc::now(),
-        limits,
-    )
-    .expect("valid snapshot")
 }
 
 /// Detail with a value missing here and there, in an order that is not
@@ -191,14 +175,14 @@ async fn the_detail_reads_back_through_the_views_as_sent() {
         let (_db, pool, mode) = db_for(storage).await;
         let writer = Writer::new(pool.clone(), mode);
         let n = writer
-            .write(&[decoded(&detailed("d1", 1))])
+            .write(&batch(&[detailed("d1", 1)]))
             .await
             .expect("write");
         assert_eq!(n, 1);
         assert_eq!(views(&pool, "d1").await, EXPECTED, "{storage:?}");
         // A snapshot without any detail stores NULL arrays and no view rows.
         writer
-            .write(&[decoded(&snapshot("bare", 1))])
+            .write(&batch(&[snapshot("bare", 1)]))
             .await
             .expect("write bare");
         assert!(views(&pool, "bare").await.is_empty(), "{storage:?}");
@@ -210,13 +194,13 @@ async fn a_batch_with_redeliveries_stores_only_the_new_snapshots() {
     for storage in paths().await {
         let (_db, pool, mode) = db_for(storage).await;
         let writer = Writer::new(pool.clone(), mode);
-        let first: Vec<Decoded> = (1..=50).map(|q| decoded(&detailed("r", q))).collect();
+        let first = batch(&(1..=50).map(|q| detailed("r", q)).collect::<Vec<_>>());
         assert_eq!(writer.write(&first).await.expect("first"), 50);
         // Half of it again, with 50 new ones and one repeated inside the batch.
-        let mut second: Vec<Decoded> = (26..=100).map(|q| decoded(&detailed("r", q))).collect();
-        second.push(decoded(&detailed("r", 100)));
+        let mut second: Vec<v1::Snapshot> = (26..=100).map(|q| detailed("r", q)).collect();
+        second.push(detailed("r", 100));
         assert_eq!(
-            writer.write(&second).await.expect("second"),
+            writer.write(&batch(&second)).await.expect("second"),
             50,
             "{storage:?}"
         );

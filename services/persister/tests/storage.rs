@@ -12,7 +12,6 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use common::*;
 use prost::Message as _;
 use sqlx::PgPool;
-use sysmonstm_persister::decode::{self, Decoded, Limits};
 use sysmonstm_persister::store::{self, Writer};
 use sysmonstm_persister::{Mode, PersisterConfig, Storage, alerts, maintenance, migrate_with};
 use sysmonstm_schemas::{MachineId, subjects, v1};
@@ -52,20 +51,6 @@ async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
     };
     assert_eq!(mode, want);
     (db, pool, mode)
-}
-
-fn decoded(s: &v1::Snapshot) -> Decoded {
-    let limits = Limits {
-        max_payload_bytes: 1 << 20,
-        max_future_skew_ms: 3_600_000,
-    };
-    decode::decode(
-        &format!("sysmon.metrics.{}", s.machine_id),
-        &s.encode_to_vec(),
-        Utc::now(),
-        limits,
-    )
-    .expect("valid snapshot")
 }
 
 fn at(ms: i64) -> DateTime<Utc> {
@@ -261,20 +246,20 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
         let writer = Writer::new(pool.clone(), mode);
         // Three machines, 3 hours at 10 s, written in batches of 500,
         // the second half twice (a redelivery must add nothing).
-        let snaps: Vec<Decoded> = (0..3)
+        let snaps: Vec<v1::Snapshot> = (0..3)
             .flat_map(|m| {
                 (1..=1080).map(move |seq| {
                     let mut s = snapshot(&format!("r{m}"), seq * 10);
                     s.cpu.as_mut().expect("cpu").usage_percent = ((seq * 7 + m) % 100) as f32;
-                    decoded(&s)
+                    s
                 })
             })
             .collect();
         for chunk in snaps.chunks(500) {
-            writer.write(chunk).await.expect("write");
+            writer.write(&batch(chunk)).await.expect("write");
         }
         let again = writer
-            .write(&snaps[snaps.len() / 2..])
+            .write(&batch(&snaps[snaps.len() / 2..]))
             .await
             .expect("rewrite");
         assert_eq!(again, 0);
@@ -421,9 +406,9 @@ async fn retention_drops_old_data_on_both_paths() {
         for (i, age_days) in [40_i64, 35, 1, 0].into_iter().enumerate() {
             let mut s = full_snapshot("old-new", i as u64 + 1);
             s.timestamp_ms = now_ms - age_days * day - 60_000;
-            snaps.push(decoded(&s));
+            snaps.push(s);
         }
-        writer.write(&snaps).await.expect("write");
+        writer.write(&batch(&snaps)).await.expect("write");
         // 5-minute rollups kept 30 days here (365 by default), to see them go.
         let cfg = PersisterConfig {
             retention_5m_days: 30,

@@ -108,6 +108,28 @@ pub fn snapshot(machine: &str, seq: u64) -> v1::Snapshot {
 
 /// Publishes through JetStream as the agent does (Msg-Id `<machine>:<seq>`)
 /// and returns whether JetStream called it a duplicate.
+/// `snaps` checked and encoded as one write, as the persister does with a
+/// batch it pulled.
+#[allow(dead_code)]
+pub fn batch(snaps: &[v1::Snapshot]) -> sysmonstm_persister::copy::Batch {
+    let limits = sysmonstm_persister::decode::Limits {
+        max_payload_bytes: 1 << 20,
+        max_future_skew_ms: 3_600_000,
+    };
+    let now = chrono::Utc::now();
+    let mut b = sysmonstm_persister::copy::Batch::with_capacity(snaps.len());
+    for s in snaps {
+        b.push(
+            &format!("sysmon.metrics.{}", s.machine_id),
+            &s.encode_to_vec(),
+            now,
+            limits,
+        )
+        .expect("valid snapshot");
+    }
+    b
+}
+
 pub async fn publish(js: &jetstream::Context, snap: &v1::Snapshot) -> bool {
     let machine = MachineId::parse(&snap.machine_id).expect("valid machine id");
     publish_raw(
