@@ -184,6 +184,12 @@ impl Batch {
         }
     }
 
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.rows.0.clear();
+        self.meta.clear();
+    }
+
     /// Checks the snapshot in `payload`, which came on `subject`, and adds
     /// its row; a refused one adds nothing.
     pub fn push(

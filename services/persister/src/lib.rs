@@ -196,6 +196,9 @@ struct Worker {
 impl Worker {
     async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
         let mut fetch_backoff = Duration::from_millis(100);
+        // One batch buffer for the task's life: a batch's ~2 MB of rows are
+        // not allocated (and faulted in) again for every pull.
+        let mut rows = Batch::with_capacity(self.batch_size);
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
                 b = fetch(&consumer, self.batch_size, self.linger) => b,
@@ -217,19 +220,24 @@ impl Worker {
                 }
             };
             if !msgs.is_empty() {
-                self.handle_batch(msgs, &shutdown).await;
+                rows.clear();
+                self.handle_batch(msgs, &mut rows, &shutdown).await;
             }
         }
     }
 
     /// Sorts a batch into rows and rejects, terminates the rejects, stores the
     /// rows (retrying until it works or shutdown), then acknowledges them.
-    async fn handle_batch(&self, msgs: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+    async fn handle_batch(
+        &self,
+        msgs: Vec<jetstream::Message>,
+        rows: &mut Batch,
+        shutdown: &CancellationToken,
+    ) {
         let (writer, limits, max_backoff) = (&self.writer, self.limits, self.max_backoff);
         let c = &self.counters;
         let started = Instant::now();
         let now = chrono::Utc::now();
-        let mut rows = Batch::with_capacity(msgs.len());
         let mut accepted: Vec<jetstream::Message> = Vec::with_capacity(msgs.len());
         for msg in msgs {
             Counters::add(&c.received, 1);
@@ -244,7 +252,7 @@ impl Worker {
 
         let mut backoff = Duration::from_millis(100);
         loop {
-            match writer.write(&rows).await {
+            match writer.write(rows).await {
                 Ok(new) => {
                     Counters::add(&c.stored, new);
                     if new == rows.len() as u64 {
