@@ -44,6 +44,7 @@ async fn persister(env: &common::Env) -> PgPool {
         linger_ms: 50,
         stream_max_mib: 512,
         metrics_listen: "127.0.0.1:0".to_owned(),
+        rollup_settle_ms: 200,
         ..Default::default()
     };
     cfg.nats.servers = vec![env.nats.url()];
@@ -127,6 +128,16 @@ async fn history_answers_from_rows_the_persister_wrote() {
         150,
     )
     .await;
+    // The 5-minute and 1-hour rollups hold them too (on the plain path
+    // they follow the rows within `rollup_settle_ms`).
+    for v in ["metrics_5m", "metrics_1h"] {
+        wait_count(
+            &pool,
+            &format!("SELECT coalesce(sum(samples), 0)::int8 FROM {v} WHERE machine_id = 'hist-1'"),
+            150,
+        )
+        .await;
+    }
 
     // A short range: raw rows, one point a second, the published values.
     let uri = format!(

@@ -111,6 +111,13 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!("refreshed {v} in {:.1} s", t.elapsed().as_secs_f64());
         }
+    } else {
+        let t = Instant::now();
+        let n = sysmonstm_persister::maintenance::settle_rollups(&pool).await?;
+        println!(
+            "settled {n} queued 1-minute aggregates into metrics_5m and metrics_1h in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     sqlx::query("ANALYZE").execute(&pool).await?;
     println!(

@@ -47,6 +47,10 @@ pub struct PersisterConfig {
     pub retention_1h_days: u32,
     /// Seconds between maintenance runs (partitions ahead, retention).
     pub maintenance_interval_s: u64,
+    /// Plain path: milliseconds between merges of the queued 1-minute
+    /// aggregates into the 5-minute and 1-hour rollups (how far those two
+    /// may lag the rows).
+    pub rollup_settle_ms: u64,
     /// `/metrics` listens here (`127.0.0.1:9102`); port 0 picks a free one;
     /// empty disables it.
     pub metrics_listen: String,
@@ -86,6 +90,7 @@ impl Default for PersisterConfig {
             retention_5m_days: 365,
             retention_1h_days: 0,
             maintenance_interval_s: 3600,
+            rollup_settle_ms: 5000,
             metrics_listen: "127.0.0.1:9102".to_owned(),
             batch_size: 1000,
             linger_ms: 100,

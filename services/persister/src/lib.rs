@@ -84,9 +84,9 @@ impl Persister {
         let Some(consumer) = ensure_consumer(&js, cfg, max_backoff, &shutdown).await else {
             return Ok(());
         };
-        // One connection per writer, and one each for MachineInfo, alerts and
-        // maintenance.
-        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 3;
+        // One connection per writer, and one each for MachineInfo, alerts,
+        // maintenance and the rollups' settling.
+        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 4;
         let Some((pool, mode)) = store::connect(
             &cfg.database_url,
             cfg.storage,
@@ -138,8 +138,8 @@ impl Persister {
         Ok(())
     }
 
-    /// The tasks beside the main loop: MachineInfo, alerts, maintenance and
-    /// the lag gauge.
+    /// The tasks beside the main loop: MachineInfo, alerts, maintenance,
+    /// the lag gauge, and on the plain path the rollups' settling.
     fn spawn_side(
         &self,
         js: &jetstream::Context,
@@ -151,7 +151,7 @@ impl Persister {
         let cfg = &self.config;
         let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
         let ack_wait = Duration::from_secs(cfg.ack_wait_s.max(1));
-        vec![
+        let mut side = vec![
             tokio::spawn(machines::run(
                 js.clone(),
                 pool.clone(),
@@ -178,7 +178,15 @@ impl Persister {
                 Arc::clone(&self.counters),
                 shutdown.clone(),
             )),
-        ]
+        ];
+        if mode == Mode::Plain {
+            side.push(tokio::spawn(maintenance::run_settle(
+                pool.clone(),
+                Duration::from_millis(cfg.rollup_settle_ms.max(100)),
+                shutdown.clone(),
+            )));
+        }
+        side
     }
 }
 

@@ -1,6 +1,8 @@
 //! Periodic upkeep of the storage: daily partitions created ahead (plain
 //! path) and retention on both paths (plain: drop partitions and old rollup
-//! rows; TimescaleDB: drop_chunks, besides its own retention policies).
+//! rows; TimescaleDB: drop_chunks, besides its own retention policies); and,
+//! on the plain path, the 5-minute and 1-hour rollups brought up to the
+//! 1-minute one every few seconds.
 
 use std::time::Duration;
 
@@ -46,6 +48,9 @@ pub async fn run_once(
                         .await?
                         .try_get(0)?;
             }
+            // What is queued goes into the rollups before old buckets are
+            // dropped, so nothing merged later brings one back.
+            settle_rollups(pool).await?;
             // Table names are constants here, never input.
             for (table, days) in [
                 ("metrics_1m_acc", cfg.retention_1m_days),
@@ -91,6 +96,34 @@ pub async fn run(pool: PgPool, mode: Mode, cfg: PersisterConfig, shutdown: Cance
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Plain path: merges the queued 1-minute aggregates into the 5-minute and
+/// 1-hour rollups (`sysmon_rollup_settle`); returns how many it merged.
+pub async fn settle_rollups(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT sysmon_rollup_settle()")
+        .fetch_one(pool)
+        .await
+}
+
+/// Runs [`settle_rollups`] every `every` until shutdown, and once more then;
+/// a failure is logged and the queue waits for the next run.
+pub async fn run_settle(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = shutdown.cancelled() => true,
+        };
+        match settle_rollups(&pool).await {
+            Ok(n) => tracing::debug!(merged = n, "rollups settled"),
+            Err(e) => {
+                tracing::warn!(error = %e, "settling the 5-minute and 1-hour rollups failed; next run retries")
+            }
+        }
+        if stop {
+            return;
         }
     }
 }

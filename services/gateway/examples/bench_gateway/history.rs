@@ -88,6 +88,12 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
             .await
             .with_context(|| format!("refreshing {v}"))?;
         }
+    } else {
+        // The 5-minute and 1-hour rollups, as the persister settles them.
+        sqlx::query("SELECT sysmon_rollup_settle()")
+            .execute(&pool)
+            .await
+            .context("settling the rollups")?;
     }
     eprintln!(
         "bench: {written} rows written and rolled up in {:.0} s",
