@@ -152,8 +152,7 @@ impl Snapshot {
                 4 => self.interval_ms = v.varint()? as u32,
                 5 => {
                     let mut c = self.cpu.unwrap_or_default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => c.usage_percent = v.fixed32()?,
                             2 => v.floats(payload, &mut self.per_core_percent)?,
@@ -162,13 +161,13 @@ impl Snapshot {
                             5 => c.iowait_percent = Some(v.fixed32()?),
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.cpu = Some(c);
                 }
                 6 => {
                     let mut x = self.memory.unwrap_or_default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.total_bytes = v.varint()?,
                             2 => x.used_bytes = v.varint()?,
@@ -178,28 +177,28 @@ impl Snapshot {
                             6 => x.swap_free_bytes = v.varint()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.memory = Some(x);
                 }
                 7 => {
                     let mut x = self.load.unwrap_or_default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.one = v.fixed64()?,
                             2 => x.five = v.fixed64()?,
                             3 => x.fifteen = v.fixed64()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.load = Some(x);
                 }
                 8 => self.uptime_s = v.varint()?,
                 9 => self.process_count = v.varint()? as u32,
                 10 => {
                     let mut x = Filesystem::default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.mount = v.string(payload)?,
                             2 => x.fs_type = v.string(payload)?,
@@ -208,26 +207,26 @@ impl Snapshot {
                             5 => x.free_bytes = v.varint()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.filesystems.push(x);
                 }
                 11 => {
                     let mut x = Disk::default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.name = v.string(payload)?,
                             2 => x.read_bytes_per_s = Some(v.fixed32()?),
                             3 => x.write_bytes_per_s = Some(v.fixed32()?),
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.disks.push(x);
                 }
                 12 => {
                     let mut x = NetInterface::default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.name = v.string(payload)?,
                             2 => x.rx_bytes_per_s = Some(v.fixed32()?),
@@ -236,13 +235,13 @@ impl Snapshot {
                             5 => x.tx_errors_per_s = Some(v.fixed32()?),
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.interfaces.push(x);
                 }
                 13 | 14 => {
                     let mut x = Process::default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.pid = v.varint()? as u32,
                             2 => x.name = v.string(payload)?,
@@ -250,7 +249,8 @@ impl Snapshot {
                             4 => x.rss_bytes = v.varint()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     if field == 13 {
                         self.top_cpu.push(x);
                     } else {
@@ -259,26 +259,26 @@ impl Snapshot {
                 }
                 15 => {
                     let mut x = Temperature::default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.label = v.string(payload)?,
                             2 => x.celsius = v.fixed32()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.temperatures.push(x);
                 }
                 16 => {
                     let mut x = self.agent.unwrap_or_default();
-                    let mut m = Reader::new(payload, v.len()?);
-                    while let Some((f, v)) = m.next()? {
+                    fields(payload, &v, |f, v| {
                         match f {
                             1 => x.spool_pending = v.varint()?,
                             2 => x.spool_dropped = v.varint()?,
                             _ => {}
                         }
-                    }
+                        Ok(())
+                    })?;
                     self.agent = Some(x);
                 }
                 _ => {}
@@ -306,6 +306,16 @@ impl Snapshot {
         self.temperatures.clear();
         self.agent = None;
     }
+}
+
+/// Calls `each` with every field of the message `v` (a length-delimited
+/// value of `payload`).
+fn fields(payload: &[u8], v: &Value, mut each: impl FnMut(u32, Value) -> R<()>) -> R<()> {
+    let mut m = Reader::new(payload, v.len()?);
+    while let Some((f, v)) = m.next()? {
+        each(f, v)?;
+    }
+    Ok(())
 }
 
 /// A field's value as it came on the wire; a known field checks its wire
