@@ -1,7 +1,9 @@
 //! `just bench ingest`: BENCH_SNAPSHOTS (default 1 000 000) realistic
 //! snapshots of BENCH_MACHINES (default 1 000) machines are put into METRICS
-//! first; then the persister is timed from its start to the commit of the
-//! last one, with BENCH_WRITERS (default 2) writers. In the same run, on the
+//! first; the database is migrated and its WAL made recyclable (as a
+//! restarting persister finds it); then the persister is timed from its
+//! start to the commit of the last one (plain path: to the last merge of its
+//! 5-minute and 1-hour rollups), with BENCH_WRITERS (default 2) writers. In the same run, on the
 //! same rows: a raw binary COPY of every stored row into an empty table
 //! without indexes (the physical limit) and the ratio; and the persister's
 //! two write paths batch for batch (binary COPY straight into `metrics`, and
