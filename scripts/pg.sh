@@ -21,8 +21,18 @@ case "$cmd" in
         || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
     opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300"
-    if [ "${SYSMON_PG_FAST:-0}" = 1 ]; then opts="$opts -c fsync=off -c synchronous_commit=off"; fi
+    if [ "${SYSMON_PG_FAST:-0}" = 1 ]; then
+      opts="$opts -c fsync=off -c synchronous_commit=off"
+    else
+      # Durable, with the WAL settings timescaledb-tune gives a metrics
+      # database (its Promscale profile): with the default max_wal_size (1GB)
+      # a steady 50 k snapshots/s forced a checkpoint every ~10 s, and each
+      # stalled the commits for a second or two (`just bench ingest`).
+      opts="$opts -c max_wal_size=4GB -c min_wal_size=2GB -c wal_buffers=16MB -c checkpoint_timeout=15min"
+    fi
     if [ "${SYSMON_TIMESCALEDB:-0}" = 1 ]; then opts="$opts -c shared_preload_libraries=timescaledb"; fi
+    # More server settings, e.g. "-c max_wal_size=4GB".
+    opts="$opts ${SYSMON_PG_OPTS:-}"
     as_pg "$PG_BIN/pg_ctl" start -w -t 60 -D "$dir/data" -l "$dir/server.log" -o "$opts" >/dev/null \
       || { cat "$dir/server.log" >&2; exit 1; }
     echo "postgres://postgres@127.0.0.1:$port/postgres"

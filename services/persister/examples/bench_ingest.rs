@@ -348,6 +348,10 @@ async fn main() -> anyhow::Result<()> {
         "persister: {}",
         cpu_per_snapshot(cpu0, cpu1, n, "persister")
     );
+    // BENCH_PERSISTER_ONLY=1: stop here (for A/B runs of one change).
+    if env("BENCH_PERSISTER_ONLY", 0u8) == 1 {
+        return Ok(());
+    }
 
     // The hub's side alone: the same snapshots pulled in the same batches by
     // as many tasks, each acknowledged, on a consumer of its own; nothing
