@@ -1,4 +1,5 @@
-//! The per-device detail, stored as arrays in the snapshot's row, read back
+//! The per-device detail, stored as JSON in the snapshot's row (as arrays
+//! before migration 0009), read back
 //! through the views `metrics_fs`, `metrics_disk`, `metrics_net`,
 //! `metrics_temp` and `metrics_proc` exactly as sent (values, order, absent
 //! values as NULL); the two write paths (COPY straight in, and the staging
@@ -180,12 +181,110 @@ async fn the_detail_reads_back_through_the_views_as_sent() {
             .expect("write");
         assert_eq!(n, 1);
         assert_eq!(views(&pool, "d1").await, EXPECTED, "{storage:?}");
-        // A snapshot without any detail stores NULL arrays and no view rows.
+        // A snapshot without any detail stores NULL detail and no view rows.
         writer
             .write(&batch(&[snapshot("bare", 1)]))
             .await
             .expect("write bare");
         assert!(views(&pool, "bare").await.is_empty(), "{storage:?}");
+    }
+}
+
+/// Names a JSON writer must escape, and floats whose exact value must
+/// survive the text form: what the views give back is what was sent, bit for
+/// bit (NUL, which PostgreSQL text cannot hold, becomes U+FFFD).
+#[tokio::test]
+async fn odd_names_and_floats_read_back_exactly() {
+    let names = [
+        "quote\"d",
+        "back\\slash",
+        "new\nline\ttab\rcr",
+        "ctl\u{1}\u{1f}",
+        "überwachung ✓ 監視",
+        "nul\0byte",
+        "",
+    ];
+    let floats = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+        1e-45,
+        1e-7,
+        0.1,
+        -0.0,
+        16_777_217.0,
+        f32::MAX,
+        -123.456,
+    ];
+    for storage in paths().await {
+        let (_db, pool, mode) = db_for(storage).await;
+        let mut s = snapshot("odd", 1);
+        s.disks = names
+            .iter()
+            .zip(floats.iter().cycle())
+            .map(|(n, f)| v1::Disk {
+                name: (*n).into(),
+                read_bytes_per_s: Some(*f),
+                write_bytes_per_s: None,
+            })
+            .collect();
+        s.temperatures = floats
+            .iter()
+            .map(|f| v1::Temperature {
+                label: format!("t{f}"),
+                celsius: *f,
+            })
+            .collect();
+        s.top_memory = vec![v1::Process {
+            pid: u32::MAX,
+            name: "big".into(),
+            cpu_percent: 1e30,
+            rss_bytes: u64::MAX,
+        }];
+        let writer = Writer::new(pool.clone(), mode);
+        assert_eq!(writer.write(&batch(&[s])).await.expect("write"), 1);
+
+        let disks: Vec<(String, Option<f32>, Option<f32>)> = sqlx::query_as(
+            "SELECT name, read_bps, write_bps FROM metrics_disk WHERE machine_id = 'odd'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("disks");
+        let want: Vec<String> = names.iter().map(|n| n.replace('\0', "\u{fffd}")).collect();
+        assert_eq!(
+            disks.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+            want,
+            "{storage:?}"
+        );
+        assert!(disks.iter().all(|d| d.2.is_none()), "{storage:?}");
+        let temps: Vec<f32> =
+            sqlx::query_scalar("SELECT celsius FROM metrics_temp WHERE machine_id = 'odd'")
+                .fetch_all(&pool)
+                .await
+                .expect("temps");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        // -0.0 has no sign in JSON's numbers (jsonb keeps a numeric): 0.0.
+        let sent: Vec<f32> = floats
+            .iter()
+            .map(|f| if *f == 0.0 { 0.0 } else { *f })
+            .collect();
+        assert_eq!(temps.len(), sent.len(), "{storage:?}");
+        for (got, want) in temps.iter().zip(&sent) {
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{storage:?}: {got} != {want} ({:?})",
+                bits(&[*got, *want])
+            );
+        }
+        let proc: (i32, f32, i64) = sqlx::query_as(
+            "SELECT pid, cpu_percent, rss_bytes FROM metrics_proc WHERE machine_id = 'odd'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("proc");
+        // Clamped to the column types, as before.
+        assert_eq!(proc, (i32::MAX, 1e30, i64::MAX), "{storage:?}");
     }
 }
 
