@@ -33,7 +33,7 @@ pub struct AlertRow {
 /// Decodes an event; `msg_id` is the message's `Nats-Msg-Id`, or the one the
 /// contract defines when the header is missing.
 pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> {
-    let e = v1::AlertEvent::decode(payload).map_err(|e| format!("not an AlertEvent: {e}"))?;
+    let mut e = v1::AlertEvent::decode(payload).map_err(|e| format!("not an AlertEvent: {e}"))?;
     let severity = match e.severity() {
         v1::Severity::Info => "info",
         v1::Severity::Warning => "warning",
@@ -49,14 +49,26 @@ pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> 
     if e.machine_id.is_empty() || e.rule.is_empty() {
         return Err("machine or rule missing".into());
     }
+    // Before 2000 is a clock that was never set (and partly outside what
+    // PostgreSQL's timestamptz holds), as for snapshots.
     let at = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .single()
+            .filter(|_| ms >= crate::decode::EARLIEST_MS)
             .ok_or_else(|| format!("bad time {ms}"))
     };
-    let msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {
+    let mut msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {
         headers::alert_msg_id(&e.machine_id, &e.rule, e.since_ms, e.state(), e.repeat)
     });
+    for s in [
+        &mut e.machine_id,
+        &mut e.rule,
+        &mut e.metric,
+        &mut e.message,
+        &mut msg_id,
+    ] {
+        crate::decode::pg_text(s);
+    }
     Ok(AlertRow {
         since: at(e.since_ms)?,
         ts: at(e.timestamp_ms)?,
@@ -197,5 +209,41 @@ pub async fn run(
         for m in &accepted {
             let _ = m.ack().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(message: &str, since_ms: i64) -> Vec<u8> {
+        v1::AlertEvent {
+            machine_id: "web01".into(),
+            rule: "cpu_high".into(),
+            severity: v1::Severity::Warning as i32,
+            state: v1::AlertState::Firing as i32,
+            message: message.into(),
+            since_ms,
+            timestamp_ms: 1_800_000_000_000,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn text_postgresql_cannot_hold_is_replaced() {
+        let row = decode(&event("cpu\0high", 1_800_000_000_000), Some("id\0")).expect("valid");
+        assert_eq!(
+            (row.message.as_str(), row.msg_id.as_str()),
+            ("cpu\u{fffd}high", "id\u{fffd}")
+        );
+    }
+
+    #[test]
+    fn times_before_2000_are_refused() {
+        assert!(decode(&event("x", 946_684_799_999), None).is_err());
+        // Far before PostgreSQL's earliest timestamp, which chrono still holds.
+        assert!(decode(&event("x", -200_000_000_000_000), None).is_err());
+        assert!(decode(&event("x", 946_684_800_000), None).is_ok());
     }
 }

@@ -31,7 +31,7 @@ pub struct Limits {
 }
 
 /// 2000-01-01T00:00:00Z in Unix milliseconds: nothing older is real data.
-const EARLIEST_MS: i64 = 946_684_800_000;
+pub(crate) const EARLIEST_MS: i64 = 946_684_800_000;
 
 /// Reads `payload` into `snap` and checks it; returns when it was taken.
 pub(crate) fn check(
@@ -63,6 +63,14 @@ pub(crate) fn check(
     Utc.timestamp_millis_opt(snap.timestamp_ms)
         .single()
         .ok_or(Rejection::Timestamp(snap.timestamp_ms))
+}
+
+/// PostgreSQL's text cannot hold NUL (the statement would fail, and be
+/// retried forever): it becomes U+FFFD.
+pub(crate) fn pg_text(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{fffd}");
+    }
 }
 
 /// PostgreSQL has no unsigned integers; byte counts never reach 2^63.

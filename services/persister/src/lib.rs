@@ -156,6 +156,7 @@ impl Persister {
                 js.clone(),
                 pool.clone(),
                 Arc::clone(&self.counters),
+                cfg.max_future_skew_s.saturating_mul(1000),
                 max_backoff,
                 shutdown.clone(),
             )),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
-use chrono::{TimeZone as _, Utc};
+use chrono::{DateTime, TimeZone as _, Utc};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sqlx::PgPool;
@@ -21,6 +21,7 @@ pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
     counters: Arc<Counters>,
+    max_future_skew_ms: i64,
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
@@ -45,7 +46,12 @@ pub async fn run(
                     anyhow::bail!("MACHINES consumer ended");
                 };
                 let msg = msg?;
-                match decode(msg.subject.as_str(), &msg.payload) {
+                match decode(
+                    msg.subject.as_str(),
+                    &msg.payload,
+                    Utc::now(),
+                    max_future_skew_ms,
+                ) {
                     Ok(info) => store(&pool, &info, &counters, max_backoff, &shutdown).await,
                     Err(why) => {
                         Counters::add(&counters.rejected_info, 1);
@@ -67,17 +73,42 @@ pub async fn run(
     }
 }
 
-fn decode(subject: &str, payload: &[u8]) -> Result<v1::MachineInfo, String> {
+fn decode(
+    subject: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    max_future_skew_ms: i64,
+) -> Result<v1::MachineInfo, String> {
     let machine = subject
         .strip_prefix(subjects::ROOT)
         .and_then(|s| s.strip_prefix(".info."))
         .ok_or("subject is not sysmon.info.<machine>")?;
-    let info = v1::MachineInfo::decode(payload).map_err(|e| format!("not a MachineInfo: {e}"))?;
+    let mut info =
+        v1::MachineInfo::decode(payload).map_err(|e| format!("not a MachineInfo: {e}"))?;
     if info.machine_id != machine {
         return Err(format!(
             "MachineInfo of {:?} on the subject of {machine:?}",
             info.machine_id
         ));
+    }
+    // Facts from the future would stand for ever: older ones never replace
+    // newer.
+    if info.timestamp_ms > now.timestamp_millis().saturating_add(max_future_skew_ms) {
+        return Err(format!(
+            "timestamp {} ms is ahead of this clock by more than {max_future_skew_ms} ms",
+            info.timestamp_ms
+        ));
+    }
+    for s in [
+        &mut info.hostname,
+        &mut info.os_name,
+        &mut info.os_version,
+        &mut info.kernel_version,
+        &mut info.architecture,
+        &mut info.cpu_model,
+        &mut info.agent_version,
+    ] {
+        crate::decode::pg_text(s);
     }
     Ok(info)
 }

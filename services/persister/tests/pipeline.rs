@@ -207,6 +207,71 @@ async fn garbage_is_terminated_and_counted_while_valid_snapshots_are_stored() {
     persister.stop().await;
 }
 
+/// MachineInfo that could wedge the `machines` table: a NUL (PostgreSQL text
+/// cannot hold it; the upsert would be retried for ever) is replaced; facts
+/// from the far future (they would never be replaced by newer ones) are
+/// refused and counted. Facts after them are still stored.
+#[tokio::test]
+async fn machine_info_with_a_nul_or_from_the_future_does_not_wedge_machines() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    js.get_or_create_stream(sysmonstm_schemas::streams::machines())
+        .await
+        .expect("MACHINES");
+    let persister = spawn(config(&nats.url(), db.url()));
+    let id = sysmonstm_schemas::MachineId::parse("w").expect("id");
+    let send = |hostname: &str, timestamp_ms: i64| {
+        let info = v1::MachineInfo {
+            machine_id: "w".into(),
+            hostname: hostname.into(),
+            timestamp_ms,
+            ..Default::default()
+        };
+        let js = js.clone();
+        let subject = sysmonstm_schemas::subjects::info(&id);
+        async move {
+            js.publish(subject, info.encode_to_vec().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    };
+    // None also while the persister has not made the table yet.
+    let hostname = || async {
+        sqlx::query_scalar::<_, String>("SELECT hostname FROM machines WHERE machine_id = 'w'")
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+    };
+
+    send("a\0b", base_ms()).await;
+    eventually(WAIT, "the info stored, NUL replaced", || async {
+        (hostname().await.as_deref() == Some("a\u{fffd}b")).then_some(())
+    })
+    .await;
+    let ten_years_ms = 10 * 365 * 86_400_000;
+    send(
+        "future",
+        chrono::Utc::now().timestamp_millis() + ten_years_ms,
+    )
+    .await;
+    eventually(WAIT, "the info from the future refused", || async {
+        (Counters::get(&persister.counters.rejected_info) == 1).then_some(())
+    })
+    .await;
+    send("w.example", base_ms() + 1000).await;
+    eventually(WAIT, "newer facts stored", || async {
+        (hostname().await.as_deref() == Some("w.example")).then_some(())
+    })
+    .await;
+    assert_eq!(Counters::get(&persister.counters.db_errors), 0);
+    persister.stop().await;
+}
+
 #[tokio::test]
 async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
     let nats = NatsServer::start();
