@@ -128,9 +128,9 @@ async fn history_answers_from_rows_the_persister_wrote() {
         150,
     )
     .await;
-    // The 5-minute and 1-hour rollups hold them too (on the plain path
-    // they follow the rows within `rollup_settle_ms`).
-    for v in ["metrics_5m", "metrics_1h"] {
+    // The rollups hold them too (on the plain path they follow the rows
+    // within `rollup_settle_ms`).
+    for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
         wait_count(
             &pool,
             &format!("SELECT coalesce(sum(samples), 0)::int8 FROM {v} WHERE machine_id = 'hist-1'"),

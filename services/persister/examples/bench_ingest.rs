@@ -3,7 +3,7 @@
 //! first; the database is migrated and its WAL made recyclable (as a
 //! restarting persister finds it); then the persister is timed from its
 //! start to the commit of the last one (plain path: to the last merge of its
-//! 5-minute and 1-hour rollups), with BENCH_WRITERS (default 2) writers. In the same run, on the
+//! rollups), with BENCH_WRITERS (default 2) writers. In the same run, on the
 //! same rows: a raw binary COPY of every stored row into an empty table
 //! without indexes (the physical limit) and the ratio; and the persister's
 //! two write paths batch for batch (binary COPY straight into `metrics`, and
@@ -292,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
         anyhow::ensure!(!task.is_finished(), "the persister stopped");
     }
-    // Plain path: what is still queued for the 5-minute and 1-hour rollups
+    // Plain path: what is still queued for the rollups
     // is part of the work (the persister merges it every few seconds).
     if mode == store::Mode::Plain {
         maintenance::settle_rollups(&pool).await?;

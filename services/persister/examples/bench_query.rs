@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let n = sysmonstm_persister::maintenance::settle_rollups(&pool).await?;
         println!(
-            "settled {n} queued 1-minute aggregates into metrics_5m and metrics_1h in {:.1} s",
+            "settled {n} queued 1-minute aggregates into metrics_1m, metrics_5m and metrics_1h in {:.1} s",
             t.elapsed().as_secs_f64()
         );
     }

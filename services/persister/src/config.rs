@@ -48,8 +48,8 @@ pub struct PersisterConfig {
     /// Seconds between maintenance runs (partitions ahead, retention).
     pub maintenance_interval_s: u64,
     /// Plain path: milliseconds between merges of the queued 1-minute
-    /// aggregates into the 5-minute and 1-hour rollups (how far those two
-    /// may lag the rows).
+    /// aggregates into the 1-minute, 5-minute and 1-hour rollups (how far
+    /// they may lag the rows).
     pub rollup_settle_ms: u64,
     /// `/metrics` listens here (`127.0.0.1:9102`); port 0 picks a free one;
     /// empty disables it.

@@ -1,8 +1,8 @@
 //! Periodic upkeep of the storage: daily partitions created ahead (plain
 //! path) and retention on both paths (plain: drop partitions and old rollup
 //! rows; TimescaleDB: drop_chunks, besides its own retention policies); and,
-//! on the plain path, the 5-minute and 1-hour rollups brought up to the
-//! 1-minute one every few seconds.
+//! on the plain path, the rollups merged from the queue the batches' trigger
+//! fills, every few seconds.
 
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ pub async fn run_settle(pool: PgPool, every: Duration, shutdown: CancellationTok
         match settle_rollups(&pool).await {
             Ok(n) => tracing::debug!(merged = n, "rollups settled"),
             Err(e) => {
-                tracing::warn!(error = %e, "settling the 5-minute and 1-hour rollups failed; next run retries")
+                tracing::warn!(error = %e, "settling the rollups failed; next run retries")
             }
         }
         if stop {

@@ -255,7 +255,7 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
                 })
             })
             .collect();
-        // Plain: the 5-minute and 1-hour rollups are settled now and then
+        // Plain: the rollups are settled now and then
         // between batches, and twice at once at the end: each queued
         // aggregate must be merged exactly once.
         let settle = || async {

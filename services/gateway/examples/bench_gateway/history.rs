@@ -89,7 +89,7 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
             .with_context(|| format!("refreshing {v}"))?;
         }
     } else {
-        // The 5-minute and 1-hour rollups, as the persister settles them.
+        // The rollups, as the persister settles them.
         sqlx::query("SELECT sysmon_rollup_settle()")
             .execute(&pool)
             .await
