@@ -116,8 +116,8 @@ impl Buf {
         self.val(t.timestamp_micros() - PG_EPOCH_US);
     }
 
-    /// A one-dimensional array, or NULL when there is nothing (so the
-    /// detail views' `unnest` yields no row).
+    /// A one-dimensional array (`cpu_per_core`), or NULL when there is
+    /// nothing.
     fn array<T: Elem>(&mut self, items: impl ExactSizeIterator<Item = Option<T>> + Clone) {
         if items.len() == 0 {
             return self.null();
