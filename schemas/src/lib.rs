@@ -6,6 +6,7 @@
 //! carry meaning. Subjects are built here and nowhere else, so a typo in one
 //! service cannot silently split the data flow.
 
+pub mod accept;
 pub mod headers;
 mod machine_id;
 pub mod rules;
