@@ -3,6 +3,8 @@
 //! nats CLI builds one, and a shutdown signal passed down as a value.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
