@@ -51,6 +51,23 @@ pub struct ServeCounters {
     pub open_connections: AtomicU64,
 }
 
+/// Says where a service's HTTP listener is bound: a log line, and when the
+/// environment names a file in `SYSMON_ADDR_FILE`, that file holds the
+/// address (written whole, then renamed into place), so whoever started the
+/// process with port 0 — a test, `just up` — learns the port without a race.
+pub fn bound(service: &str, addr: SocketAddr) {
+    tracing::info!(%addr, "{service} listening");
+    let Some(path) = std::env::var_os("SYSMON_ADDR_FILE") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let tmp = path.with_extension("tmp");
+    let res = std::fs::write(&tmp, addr.to_string()).and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the address file");
+    }
+}
+
 /// Serves `app` until `shutdown`; then stops accepting, asks every open
 /// connection to finish its request and returns.
 pub async fn serve(
