@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod jwt;
 pub mod metrics;
 pub mod nats;
 pub mod shutdown;
