@@ -76,6 +76,15 @@ pub fn machine_of_metrics(subject: &str) -> Option<&str> {
         .filter(|rest| !rest.is_empty() && !rest.contains('.'))
 }
 
+/// Every reply inbox under the default prefix (services and the CLI).
+pub const INBOX_ALL: &str = "_INBOX.>";
+
+/// The inbox prefix of `machine`'s agent: its credentials may subscribe to
+/// this prefix only, so it can receive JetStream acks and nothing else.
+pub fn agent_inbox_prefix(machine: &MachineId) -> String {
+    format!("_INBOX_{machine}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! nats CLI builds one, and a shutdown signal passed down as a value.
 
 pub mod config;
+pub mod creds;
 pub mod http;
 pub mod jwt;
 pub mod metrics;

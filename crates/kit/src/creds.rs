@@ -1,0 +1,526 @@
+//! The credentials authority behind `sysmonstm creds`: an operator, the
+//! system account and the SYSMON account (with a signing key), kept as nkey
+//! seeds and JWTs in one directory, and the users it issues, each with the
+//! least the broker must let it do.
+//!
+//! The hub and the edge load `resolver.conf` from that directory (the
+//! operator JWT, the system account and a MEMORY resolver with the account
+//! JWTs preloaded): no password appears in a server config. Revoking a user
+//! re-signs the account JWT with a revocation and rewrites `resolver.conf`;
+//! a server picks it up on a config reload (`nats-server --signal reload`).
+//!
+//! The directory holds secrets: it is created 0700 and every seed and
+//! `.creds` file 0600.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+use serde::{Deserialize, Serialize};
+use sysmonstm_schemas::{MachineId, subjects};
+
+/// The forget requests (`schemas::FORGET_ALL` once merged).
+const FORGET_ALL: &str = "sysmon.admin.forget.*";
+
+use crate::jwt::{self, AccountLimits, AccountNats, Claims, OperatorNats, Permission, UserNats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("{0} already holds a credentials authority; use it, or choose another directory")]
+    Exists(PathBuf),
+    #[error("{0} holds no credentials authority; run `sysmonstm creds init {0}` first")]
+    Missing(PathBuf),
+    #[error("{0} is damaged: {1}")]
+    Damaged(PathBuf, String),
+    #[error("nothing was issued under the name {0:?}")]
+    Unknown(String),
+    #[error("{0}")]
+    Jwt(#[from] jwt::JwtError),
+}
+
+/// Who a user is for, which decides what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role", content = "machine")]
+pub enum Role {
+    /// Publishes its own snapshots and facts; reads nothing.
+    Agent(String),
+    Persister,
+    Alerter,
+    Gateway,
+    /// Reads alerts, acknowledges them, edits rules, forgets machines.
+    Cli,
+    /// Reads only.
+    CliReadOnly,
+}
+
+fn join<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+impl Role {
+    /// The user's name in the issued list (and its `.creds` file name).
+    pub fn name(&self) -> String {
+        match self {
+            Self::Agent(m) => format!("agent-{m}"),
+            Self::Persister => "persister".into(),
+            Self::Alerter => "alerter".into(),
+            Self::Gateway => "gateway".into(),
+            Self::Cli => "cli".into(),
+            Self::CliReadOnly => "cli-read-only".into(),
+        }
+    }
+
+    /// What the broker lets this user publish and subscribe to.
+    pub fn permissions(&self) -> (Permission, Permission) {
+        let allow = |v: &[&str]| Permission {
+            allow: v.iter().map(|s| (*s).to_owned()).collect(),
+            deny: Vec::new(),
+        };
+        // Reading JetStream: stream and consumer info, ephemeral and
+        // ordered consumers, pulling, acking, direct gets (KV reads).
+        const JS_READ: &[&str] = &[
+            "$JS.API.INFO",
+            "$JS.API.STREAM.INFO.*",
+            "$JS.API.STREAM.NAMES",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.MSG.GET.*",
+            "$JS.API.DIRECT.GET.>",
+            "$JS.API.CONSUMER.CREATE.>",
+            "$JS.API.CONSUMER.DURABLE.CREATE.>",
+            "$JS.API.CONSUMER.INFO.>",
+            "$JS.API.CONSUMER.DELETE.>",
+            "$JS.API.CONSUMER.MSG.NEXT.>",
+            "$JS.ACK.>",
+            "$JS.FC.>",
+        ];
+        // Creating and updating the streams and buckets (only their owners).
+        const JS_ADMIN: &[&str] = &["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"];
+        let inbox = [subjects::INBOX_ALL];
+
+        match self {
+            Self::Agent(m) => match MachineId::parse(m) {
+                Ok(id) => (
+                    Permission {
+                        allow: vec![subjects::metrics(&id), subjects::info(&id)],
+                        deny: Vec::new(),
+                    },
+                    Permission {
+                        allow: vec![format!("{}.>", subjects::agent_inbox_prefix(&id))],
+                        deny: Vec::new(),
+                    },
+                ),
+                // An empty allow list would allow everything: deny it all.
+                // (`issue` refuses an invalid id before it gets here.)
+                Err(_) => {
+                    let none = Permission {
+                        allow: Vec::new(),
+                        deny: vec![">".into()],
+                    };
+                    (none.clone(), none)
+                }
+            },
+            Self::Persister => (
+                allow(&join(&[JS_READ, JS_ADMIN, &[FORGET_ALL]])),
+                allow(&join(&[&inbox, &[FORGET_ALL]])),
+            ),
+            Self::Alerter => (
+                allow(&join(&[
+                    JS_READ,
+                    JS_ADMIN,
+                    &[
+                        subjects::ALERTS_ALL,
+                        "$KV.sysmon_alert_state.>",
+                        "$KV.sysmon_rules.>",
+                    ],
+                ])),
+                allow(&join(&[&inbox, &[subjects::METRICS_ALL, FORGET_ALL]])),
+            ),
+            Self::Gateway => (
+                allow(&join(&[
+                    JS_READ,
+                    &["$JS.API.STREAM.CREATE.*", "$KV.sysmon_rules.>"],
+                ])),
+                allow(&join(&[&inbox, &[subjects::METRICS_ALL, FORGET_ALL]])),
+            ),
+            Self::Cli => (
+                allow(&join(&[
+                    JS_READ,
+                    &[
+                        subjects::ALERTS_ALL,
+                        "$KV.sysmon_rules.>",
+                        "$KV.sysmon_alert_state.>",
+                        "$JS.API.STREAM.PURGE.*",
+                        FORGET_ALL,
+                    ],
+                ])),
+                allow(&inbox),
+            ),
+            Self::CliReadOnly => (allow(JS_READ), allow(&inbox)),
+        }
+    }
+}
+
+/// One user the authority issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    pub name: String,
+    #[serde(flatten)]
+    pub role: Role,
+    pub public_key: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// The authority, loaded from its directory.
+pub struct Authority {
+    dir: PathBuf,
+    operator: KeyPair,
+    system: KeyPair,
+    account: KeyPair,
+    signing: KeyPair,
+    issued: Vec<Issued>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("dir", &self.dir)
+            .field("account", &self.account.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+const SEEDS: [&str; 4] = ["operator.nk", "system.nk", "sysmon.nk", "sysmon-signing.nk"];
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), CredsError> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| CredsError::Io(tmp.clone(), e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CredsError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CredsError::Io(path.to_owned(), e))
+}
+
+fn read(path: &Path) -> Result<String, CredsError> {
+    std::fs::read_to_string(path).map_err(|e| CredsError::Io(path.to_owned(), e))
+}
+
+fn seed_of(kp: &KeyPair) -> Result<String, CredsError> {
+    kp.seed()
+        .map_err(|e| CredsError::Jwt(jwt::JwtError::Sign(e.to_string())))
+}
+
+impl Authority {
+    /// Creates a new authority in `dir` (which must not hold one).
+    pub fn init(dir: &Path) -> Result<Self, CredsError> {
+        if dir.join("operator.nk").exists() {
+            return Err(CredsError::Exists(dir.to_owned()));
+        }
+        std::fs::create_dir_all(dir.join("users"))
+            .map_err(|e| CredsError::Io(dir.to_owned(), e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let me = Self {
+            dir: dir.to_owned(),
+            operator: KeyPair::new_operator(),
+            system: KeyPair::new_account(),
+            account: KeyPair::new_account(),
+            signing: KeyPair::new_account(),
+            issued: Vec::new(),
+        };
+        for (file, kp) in SEEDS
+            .iter()
+            .zip([&me.operator, &me.system, &me.account, &me.signing])
+        {
+            write_secret(&dir.join(file), &seed_of(kp)?)?;
+        }
+        me.save()?;
+        Ok(me)
+    }
+
+    /// Opens the authority in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CredsError> {
+        if !dir.join("operator.nk").exists() {
+            return Err(CredsError::Missing(dir.to_owned()));
+        }
+        let mut keys = Vec::new();
+        for file in SEEDS {
+            let p = dir.join(file);
+            let kp = KeyPair::from_seed(read(&p)?.trim())
+                .map_err(|e| CredsError::Damaged(p.clone(), e.to_string()))?;
+            keys.push(kp);
+        }
+        let issued_path = dir.join("issued.json");
+        let issued = if issued_path.exists() {
+            serde_json::from_str(&read(&issued_path)?)
+                .map_err(|e| CredsError::Damaged(issued_path, e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let mut k = keys.into_iter();
+        let (Some(operator), Some(system), Some(account), Some(signing)) =
+            (k.next(), k.next(), k.next(), k.next())
+        else {
+            return Err(CredsError::Damaged(dir.to_owned(), "missing keys".into()));
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            operator,
+            system,
+            account,
+            signing,
+            issued,
+        })
+    }
+
+    /// Opens the authority in `dir`, creating it on first use.
+    pub fn open_or_init(dir: &Path) -> Result<Self, CredsError> {
+        if dir.join("operator.nk").exists() {
+            Self::open(dir)
+        } else {
+            Self::init(dir)
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The SYSMON account's public key (a leaf remote's `account`).
+    pub fn account_public_key(&self) -> String {
+        self.account.public_key()
+    }
+
+    pub fn issued(&self) -> &[Issued] {
+        &self.issued
+    }
+
+    /// Where the `.creds` file of `name` is written.
+    pub fn creds_path(&self, name: &str) -> PathBuf {
+        self.dir.join("users").join(format!("{name}.creds"))
+    }
+
+    /// Issues (or issues again, with a new key) the user for `role` and
+    /// writes its `.creds` file; returns its path.
+    pub fn issue(&mut self, role: Role) -> Result<PathBuf, CredsError> {
+        if let Role::Agent(m) = &role {
+            MachineId::parse(m)
+                .map_err(|e| CredsError::Damaged(PathBuf::from(m), e.to_string()))?;
+        }
+        let name = role.name();
+        let user = KeyPair::new_user();
+        let (publish, subscribe) = role.permissions();
+        let iat = now_s();
+        let claims = Claims {
+            jti: String::new(),
+            iat,
+            iss: String::new(),
+            name: name.clone(),
+            sub: user.public_key(),
+            exp: None,
+            nats: UserNats::new(publish, subscribe, self.account.public_key()),
+        };
+        let user_jwt = jwt::encode(claims, &self.signing)?;
+        let path = self.creds_path(&name);
+        write_secret(&path, &jwt::creds_file(&user_jwt, &seed_of(&user)?))?;
+        self.issued
+            .retain(|i| i.name != name || i.revoked_at.is_some());
+        self.issued.push(Issued {
+            name,
+            role,
+            public_key: user.public_key(),
+            issued_at: iat,
+            revoked_at: None,
+        });
+        self.save()?;
+        Ok(path)
+    }
+
+    /// Revokes every user issued under `name`; servers refuse them after
+    /// their next config reload.
+    pub fn revoke(&mut self, name: &str) -> Result<usize, CredsError> {
+        let now = now_s();
+        let mut n = 0;
+        for i in self
+            .issued
+            .iter_mut()
+            .filter(|i| i.name == name && i.revoked_at.is_none())
+        {
+            i.revoked_at = Some(now);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(CredsError::Unknown(name.to_owned()));
+        }
+        let _ = std::fs::remove_file(self.creds_path(name));
+        self.save()?;
+        Ok(n)
+    }
+
+    fn account_jwt(&self) -> Result<String, CredsError> {
+        let revocations: BTreeMap<String, i64> = self
+            .issued
+            .iter()
+            // A user is refused when issued at or before this time.
+            .filter_map(|i| {
+                i.revoked_at
+                    .map(|at| (i.public_key.clone(), at.max(i.issued_at)))
+            })
+            .collect();
+        let claims = Claims {
+            jti: String::new(),
+            iat: now_s(),
+            iss: String::new(),
+            name: "SYSMON".into(),
+            sub: self.account.public_key(),
+            exp: None,
+            nats: AccountNats {
+                kind: "account".into(),
+                version: 2,
+                limits: AccountLimits::open(true),
+                signing_keys: vec![self.signing.public_key()],
+                revocations,
+            },
+        };
+        Ok(jwt::encode(claims, &self.operator)?)
+    }
+
+    /// The server-side half: operator JWT, system account and the MEMORY
+    /// resolver with both account JWTs, for `include` in a server config.
+    pub fn resolver_conf(&self) -> Result<String, CredsError> {
+        let operator = jwt::encode(
+            Claims {
+                jti: String::new(),
+                iat: now_s(),
+                iss: String::new(),
+                name: "sysmonstm".into(),
+                sub: self.operator.public_key(),
+                exp: None,
+                nats: OperatorNats {
+                    kind: "operator".into(),
+                    version: 2,
+                    signing_keys: Vec::new(),
+                    system_account: self.system.public_key(),
+                },
+            },
+            &self.operator,
+        )?;
+        let system = jwt::encode(
+            Claims {
+                jti: String::new(),
+                iat: now_s(),
+                iss: String::new(),
+                name: "SYS".into(),
+                sub: self.system.public_key(),
+                exp: None,
+                nats: AccountNats {
+                    kind: "account".into(),
+                    version: 2,
+                    limits: AccountLimits::open(false),
+                    signing_keys: Vec::new(),
+                    revocations: BTreeMap::new(),
+                },
+            },
+            &self.operator,
+        )?;
+        Ok(format!(
+            "# sysmonstm credentials: written by `sysmonstm creds`; do not edit.\n\
+             operator: \"{operator}\"\n\
+             system_account: {sys}\n\
+             resolver: MEMORY\n\
+             resolver_preload: {{\n  {sys}: \"{system}\"\n  {acc}: \"{account}\"\n}}\n",
+            sys = self.system.public_key(),
+            acc = self.account.public_key(),
+            account = self.account_jwt()?,
+        ))
+    }
+
+    fn save(&self) -> Result<(), CredsError> {
+        let json = serde_json::to_string_pretty(&self.issued)
+            .map_err(|e| CredsError::Damaged(self.dir.clone(), e.to_string()))?;
+        write_secret(&self.dir.join("issued.json"), &json)?;
+        write_secret(&self.dir.join("resolver.conf"), &self.resolver_conf()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_issue_revoke_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Authority::init(dir.path()).expect("init");
+        assert!(matches!(
+            Authority::init(dir.path()),
+            Err(CredsError::Exists(_))
+        ));
+        let p = a.issue(Role::Agent("web-1".into())).expect("agent");
+        let text = std::fs::read_to_string(&p).expect("creds");
+        assert!(text.contains("BEGIN NATS USER JWT") && text.contains("BEGIN USER NKEY SEED"));
+        let jwt_text = text.lines().nth(1).expect("jwt line");
+        let claims: Claims<UserNats> = jwt::decode(jwt_text).expect("verifies");
+        assert_eq!(
+            claims.nats.publish.allow,
+            ["sysmon.metrics.web-1", "sysmon.info.web-1"]
+        );
+        assert_eq!(claims.nats.subscribe.allow, ["_INBOX_web-1.>"]);
+        assert_eq!(claims.nats.issuer_account, a.account_public_key());
+        assert!(
+            a.issue(Role::Agent("Web 1".into())).is_err(),
+            "invalid machine id"
+        );
+        a.issue(Role::Gateway).expect("gateway");
+
+        let a = Authority::open(dir.path()).expect("reopen");
+        assert_eq!(a.issued().len(), 2);
+        let mut a = a;
+        assert_eq!(a.revoke("agent-web-1").expect("revoked"), 1);
+        assert!(matches!(
+            a.revoke("agent-web-1"),
+            Err(CredsError::Unknown(_))
+        ));
+        let conf = std::fs::read_to_string(dir.path().join("resolver.conf")).expect("conf");
+        assert!(conf.contains("resolver: MEMORY") && !conf.contains("password"));
+        let user_key = &a.issued()[0].public_key;
+        let acc_line = conf
+            .lines()
+            .find(|l| l.trim_start().starts_with(&a.account_public_key()))
+            .expect("account preload");
+        let acc_jwt = acc_line.split('"').nth(1).expect("quoted jwt");
+        let acc: Claims<AccountNats> = jwt::decode(acc_jwt).expect("account verifies");
+        assert!(acc.nats.revocations.contains_key(user_key));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("sysmon.nk"))
+                .expect("seed")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "seeds are private");
+        }
+    }
+}
