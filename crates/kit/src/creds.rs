@@ -380,6 +380,21 @@ impl Authority {
         Ok(n)
     }
 
+    /// The `include` line for a server config anywhere on this machine.
+    /// nats-server reads an include relative to the including file, never
+    /// absolute, and cleans the joined path; `..` at the root stays at the
+    /// root, so climbing further than any config can be deep, then down to
+    /// the absolute path, names the same file from every directory.
+    pub fn include_line(&self) -> String {
+        let target = std::path::absolute(self.dir.join("resolver.conf"))
+            .unwrap_or_else(|_| self.dir.join("resolver.conf"));
+        let down: PathBuf = target
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        format!("include \"{}{}\"", "../".repeat(64), down.display())
+    }
+
     fn account_jwt(&self) -> Result<String, CredsError> {
         let revocations: BTreeMap<String, i64> = self
             .issued

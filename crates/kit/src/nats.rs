@@ -145,9 +145,7 @@ impl NatsConfig {
         Ok(opts
             .name(name)
             .connection_timeout(Duration::from_secs(self.connect_timeout_s.max(1)))
-            .event_callback(|event| async move {
-                tracing::info!(%event, "nats connection event");
-            }))
+            .event_callback(|event| async move { log_event(&event) }))
     }
 
     /// Connects; with `retry_initial` the client keeps trying in the
@@ -169,6 +167,27 @@ impl NatsConfig {
                 servers: self.servers.join(","),
                 source,
             })
+    }
+}
+
+/// Connection events go to the log; a refusal by the server (a permission
+/// violation, an authorization error) is an error that says what to check,
+/// not a time-out the user has to guess at.
+fn log_event(event: &async_nats::Event) {
+    match event {
+        async_nats::Event::ServerError(async_nats::ServerError::Other(e))
+            if e.to_lowercase().contains("permissions violation") =>
+        {
+            tracing::error!(
+                error = %e,
+                "the NATS server refused this: the credentials do not allow it (for an agent: \
+                 its creds must be issued for this machine id, `sysmonstm creds agent <machine>`)"
+            );
+        }
+        async_nats::Event::ServerError(e) => {
+            tracing::error!(error = %e, "the NATS server reported an error");
+        }
+        event => tracing::info!(%event, "nats connection event"),
     }
 }
 

@@ -59,8 +59,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let mut collector = collect::Collector::new(machine.clone(), config.collect_options())
         .context("cannot read this machine's metrics")?;
-    let client = config
-        .nats
+    // Its credentials let an agent subscribe to its own inbox prefix only
+    // (`_INBOX_<machine>`), where JetStream's acks come back.
+    let mut nats = config.nats.clone();
+    if nats.inbox_prefix.is_none() {
+        nats.inbox_prefix = Some(subjects::agent_inbox_prefix(&machine));
+    }
+    let client = nats
         .connect(&format!("sysmonstm-agent {machine}"), true)
         .await?;
     let js = async_nats::jetstream::new(client.clone());
