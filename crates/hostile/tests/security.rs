@@ -1,0 +1,202 @@
+//! What each credential that `sysmonstm creds` issues may do, tried against a
+//! real nats-server in operator mode. Without credentials anyone who reached
+//! the hub could publish snapshots as any machine, forge alert events and put
+//! or delete rules and alert state; here each of those is tried with every
+//! credential, and the broker refuses all but the ones that need it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sysmonstm_kit::creds::{Authority, Role};
+use sysmonstm_schemas::streams;
+use sysmonstm_testkit::NatsServer;
+
+/// What a refused JetStream publish waits for before it counts as refused.
+const REFUSED_AFTER: Duration = Duration::from_millis(1500);
+
+async fn js_for(url: &str, creds: &Path) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::with_credentials_file(creds.to_owned())
+        .await
+        .expect("creds file")
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{} connects: {e}", creds.display()));
+    let mut js = jetstream::new(client);
+    js.set_timeout(REFUSED_AFTER);
+    js
+}
+
+/// True when a JetStream publish on `subject` was stored (acked).
+async fn stored(js: &jetstream::Context, subject: &str) -> bool {
+    match js.publish(subject.to_owned(), "forged".into()).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// A snapshot as a machine that is not the credential's own.
+    SnapshotAsOther,
+    /// An alert event (firing, or an acknowledgement).
+    AlertEvent,
+    /// Put a rule in the rules bucket.
+    PutRule,
+    /// Put an alert state.
+    PutAlertState,
+    /// Purge a stream (`machines forget` does, per subject).
+    PurgeStream,
+    /// Delete a stream.
+    DeleteStream,
+    /// Read ALERTS.
+    ReadAlerts,
+}
+
+const ACTS: [Act; 7] = [
+    Act::SnapshotAsOther,
+    Act::AlertEvent,
+    Act::PutRule,
+    Act::PutAlertState,
+    Act::PurgeStream,
+    Act::DeleteStream,
+    Act::ReadAlerts,
+];
+
+/// The policy: who may do what. Everything not listed is refused.
+fn allowed(role: &Role, act: Act) -> bool {
+    use Act::*;
+    match role {
+        Role::Agent(_) => false,
+        Role::Persister => matches!(act, ReadAlerts),
+        Role::Alerter => matches!(act, AlertEvent | PutRule | PutAlertState | ReadAlerts),
+        Role::Gateway => matches!(act, PutRule | ReadAlerts),
+        Role::Cli => matches!(
+            act,
+            AlertEvent | PutRule | PutAlertState | PurgeStream | ReadAlerts
+        ),
+        Role::CliReadOnly => matches!(act, ReadAlerts),
+    }
+}
+
+async fn attempt(js: &jetstream::Context, act: Act) -> bool {
+    match act {
+        Act::SnapshotAsOther => stored(js, "sysmon.metrics.victim").await,
+        Act::AlertEvent => stored(js, "sysmon.alerts.critical.victim.cpu_high").await,
+        Act::PutRule => stored(js, "$KV.sysmon_rules.forged").await,
+        Act::PutAlertState => stored(js, &streams::alert_state_subject("victim.cpu_high")).await,
+        Act::PurgeStream => {
+            js.get_stream(streams::MACHINES)
+                .await
+                .ok()
+                .is_some_and(|_| true)
+                && purge(js).await
+        }
+        Act::DeleteStream => js.delete_stream("SCRATCH").await.is_ok(),
+        Act::ReadAlerts => js.get_stream(streams::ALERTS).await.is_ok(),
+    }
+}
+
+async fn purge(js: &jetstream::Context) -> bool {
+    match js.get_stream(streams::MACHINES).await {
+        Ok(s) => s.purge().filter("sysmon.info.victim").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn every_credential_may_do_what_its_role_needs_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut authority = Authority::init(&dir.path().join("creds")).expect("authority");
+    let roles = [
+        Role::Agent("a".into()),
+        Role::Persister,
+        Role::Alerter,
+        Role::Gateway,
+        Role::Cli,
+        Role::CliReadOnly,
+    ];
+    let mut creds = Vec::new();
+    for r in &roles {
+        creds.push((r.clone(), authority.issue(r.clone()).expect("issued")));
+    }
+    let nats = NatsServer::start_with("", &authority.include_line());
+    let url = nats.url();
+
+    // The streams and buckets, made by the credentials that make them in
+    // production: the persister METRICS, the alerter the rest.
+    let persister = js_for(&url, &creds[1].1).await;
+    persister
+        .create_stream(streams::metrics(&streams::MetricsLimits {
+            max_bytes: 1 << 30,
+            ..Default::default()
+        }))
+        .await
+        .expect("the persister creates METRICS");
+    let alerter = js_for(&url, &creds[2].1).await;
+    alerter
+        .create_stream(streams::alerts())
+        .await
+        .expect("the alerter creates ALERTS");
+    alerter
+        .create_stream(streams::machines())
+        .await
+        .expect("the alerter creates MACHINES");
+    alerter
+        .create_key_value(streams::rules_bucket())
+        .await
+        .expect("rules bucket");
+    alerter
+        .create_key_value(streams::alert_state_bucket())
+        .await
+        .expect("alert state bucket");
+    alerter
+        .create_stream(jetstream::stream::Config {
+            name: "SCRATCH".into(),
+            subjects: vec!["scratch.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("a scratch stream");
+
+    // Each credential on its own connection, all at once: a refusal is a
+    // time-out, and there are many.
+    let checks = creds.iter().map(|(role, path)| {
+        let url = url.clone();
+        async move {
+            let js = js_for(&url, path).await;
+            let mut wrong = Vec::new();
+            for act in ACTS {
+                let did = attempt(&js, act).await;
+                if did != allowed(role, act) {
+                    wrong.push(format!(
+                        "{role:?} {act:?}: {} (policy: {})",
+                        if did { "done" } else { "refused" },
+                        if allowed(role, act) {
+                            "allow"
+                        } else {
+                            "refuse"
+                        }
+                    ));
+                }
+            }
+            wrong
+        }
+    });
+    let wrong: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the broker's answers differ from the policy:\n{}",
+        wrong.join("\n")
+    );
+    // The refused writes left nothing behind.
+    let mut metrics = persister
+        .get_stream(streams::METRICS)
+        .await
+        .expect("METRICS");
+    assert_eq!(metrics.info().await.expect("info").state.messages, 0);
+}
