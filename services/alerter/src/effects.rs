@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::counters::Counters;
 use crate::engine::Change;
-use crate::wire;
+use sysmonstm_kit::jetstream as js_kit;
 
 /// One change on its way: the ack of its event (if sent), then its state.
 pub(crate) struct InFlight {
@@ -53,7 +53,7 @@ pub(crate) async fn confirm_loop(
             // An event that can have no subject is dropped, not retried
             // forever in front of every later one. Ids are validated on the
             // way in, so this is a bug's last line of defence.
-            if let Err(e) = wire::address(ev) {
+            if let Err(e) = ev.address() {
                 Counters::add(&counters.publish_retries, 1);
                 tracing::error!(error = %e, "alert event dropped");
                 continue;
@@ -72,7 +72,7 @@ pub(crate) async fn confirm_loop(
                         tracing::warn!(why, machine = %ev.machine, rule = %ev.rule, "alert event not stored; publishing again");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        ack = wire::send(&js, ev).await.ok();
+                        ack = js_kit::send_alert(&js, ev).await.ok();
                     }
                 }
             }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sysmonstm_alerter::rules_file::RulesFileError;
 use sysmonstm_alerter::{Alerter, AlerterConfig};
 use sysmonstm_kit::config::{self, EXIT_CONFIG};
+use sysmonstm_schemas::rules::file::RulesFileError;
 
 /// Evaluates alert rules on every snapshot and publishes alert events.
 ///

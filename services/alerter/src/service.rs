@@ -28,12 +28,15 @@ use sysmonstm_schemas::{MachineId, streams, subjects, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::AlerterConfig;
 use crate::clock::Clock;
 use crate::counters::Counters;
 use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
 use crate::sample::Sample;
-use crate::{AlerterConfig, rules_file, wire};
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::Alert;
+use sysmonstm_schemas::rules::file as rules_file;
 
 pub struct Alerter {
     config: AlerterConfig,
@@ -77,12 +80,12 @@ impl Alerter {
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
         let setup = async {
-            let alerts = wire::ensure_alerts(&js).await?;
+            let alerts = js_kit::ensure_alerts(&js).await?;
             let metrics = js
                 .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
                 .await?;
-            let rules_kv = wire::ensure_kv(&js, streams::rules_bucket()).await?;
-            let state_kv = wire::ensure_kv(&js, streams::alert_state_bucket()).await?;
+            let rules_kv = js_kit::ensure_kv(&js, streams::rules_bucket()).await?;
+            let state_kv = js_kit::ensure_kv(&js, streams::alert_state_bucket()).await?;
             anyhow::Ok((alerts, metrics, rules_kv, state_kv))
         };
         let (alerts, metrics, rules_kv, state_kv) = tokio::select! {
@@ -100,7 +103,7 @@ impl Alerter {
         // The live watch starts before the current values are read, so a
         // change in between is not missed (applying one twice is harmless).
         let mut rule_watch = rules_kv.watch_all().await?;
-        for entry in wire::current_entries(&rules_kv).await? {
+        for entry in js_kit::current_entries(&rules_kv).await? {
             self.apply_rule(&mut engine, &entry, &js, &tx).await;
         }
         // Acks: live from now; those given while we were away are read back
@@ -114,7 +117,7 @@ impl Alerter {
             .await?
             .messages()
             .await?;
-        let records = wire::current_entries(&state_kv)
+        let records = js_kit::current_entries(&state_kv)
             .await?
             .into_iter()
             .filter_map(|e| serde_json::from_slice(&e.value).ok())
@@ -183,7 +186,7 @@ impl Alerter {
                 },
                 a = acks.next() => match a {
                     Some(Ok(msg)) => {
-                        if let Some(ev) = wire::decode(&msg.payload) {
+                        if let Some(ev) = Alert::decode(&msg.payload) {
                             self.apply_ack(&mut engine, &ev, &tx);
                         }
                     }
@@ -321,12 +324,7 @@ impl Alerter {
         );
     }
 
-    fn apply_ack(
-        &self,
-        engine: &mut Engine,
-        ev: &crate::engine::Alert,
-        tx: &mpsc::UnboundedSender<InFlight>,
-    ) {
+    fn apply_ack(&self, engine: &mut Engine, ev: &Alert, tx: &mpsc::UnboundedSender<InFlight>) {
         if ev.kind != EventKind::Acknowledged {
             return;
         }
@@ -351,12 +349,12 @@ impl Alerter {
             .cloned()
             .collect();
         for rec in firing {
-            let probe = crate::engine::Alert::acknowledged(&rec, 0, "");
-            let Ok((subject, _)) = wire::address(&probe) else {
+            let probe = Alert::acknowledged(&rec, 0, "");
+            let Ok((subject, _)) = probe.address() else {
                 continue;
             };
             if let Ok(m) = alerts.get_last_raw_message_by_subject(&subject).await
-                && let Some(ev) = wire::decode(&m.payload)
+                && let Some(ev) = Alert::decode(&m.payload)
             {
                 self.apply_ack(engine, &ev, tx);
             }
@@ -368,7 +366,7 @@ impl Alerter {
     /// last heard of.
     async fn seed_machines(&self, engine: &mut Engine, js: &jetstream::Context) {
         let now = self.clock.now_ms();
-        match wire::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
+        match js_kit::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
             Ok(lasts) => {
                 for (subject, payload) in lasts {
                     if let (Some(m), Ok(s)) = (
@@ -403,7 +401,7 @@ impl Alerter {
                     }
                     tracing::info!(machine = %ev.machine, rule = %ev.rule, kind = ?ev.kind,
                         value = ev.value, "alert event");
-                    match wire::send(js, ev).await {
+                    match js_kit::send_alert(js, ev).await {
                         Ok(f) => Some(f),
                         Err(e) => {
                             tracing::warn!(error = %e, "alert event not sent; retrying");

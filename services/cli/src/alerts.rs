@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use clap::Subcommand;
 use futures::StreamExt as _;
-use sysmonstm_alerter::engine::Alert;
-use sysmonstm_alerter::wire;
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::{
     AlertStateRecord, Phase, Severity, glob_match, is_plain_token, parse_duration, state_key,
 };
@@ -128,7 +128,7 @@ async fn watch(
         m_token.as_ref(),
         r_token.as_ref(),
     );
-    let stream = wire::ensure_alerts(js).await?;
+    let stream = js_kit::ensure_alerts(js).await?;
     let mut msgs = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter,
@@ -141,7 +141,7 @@ async fn watch(
         .await?;
     while let Some(m) = msgs.next().await {
         let m = m.context("lost the ALERTS feed")?;
-        let Some(ev) = wire::decode(&m.payload) else {
+        let Some(ev) = Alert::decode(&m.payload) else {
             tracing::warn!(subject = %m.subject, "not an alert event; skipped");
             continue;
         };
@@ -161,8 +161,8 @@ async fn watch(
 }
 
 async fn states(js: &jetstream::Context) -> anyhow::Result<Vec<AlertStateRecord>> {
-    let kv = wire::ensure_kv(js, streams::alert_state_bucket()).await?;
-    let mut out: Vec<AlertStateRecord> = wire::current_entries(&kv)
+    let kv = js_kit::ensure_kv(js, streams::alert_state_bucket()).await?;
+    let mut out: Vec<AlertStateRecord> = js_kit::current_entries(&kv)
         .await?
         .into_iter()
         .filter_map(|e| serde_json::from_slice(&e.value).ok())
@@ -227,7 +227,7 @@ async fn ack(
     rule: &str,
     by: Option<String>,
 ) -> anyhow::Result<()> {
-    let kv = wire::ensure_kv(js, streams::alert_state_bucket()).await?;
+    let kv = js_kit::ensure_kv(js, streams::alert_state_bucket()).await?;
     let key = state_key(machine, rule);
     let rec: AlertStateRecord = match kv.get(&key).await.context("cannot read alert state")? {
         Some(v) => serde_json::from_slice(&v).context("alert state unreadable")?,
@@ -247,8 +247,8 @@ async fn ack(
         .unwrap_or_else(|| "sysmonstm".to_owned());
     let now = chrono::Utc::now().timestamp_millis();
     let ev = Alert::acknowledged(&rec, now, &by);
-    wire::ensure_alerts(js).await?;
-    wire::publish(js, &ev).await?;
+    js_kit::ensure_alerts(js).await?;
+    js_kit::publish_alert(js, &ev).await?;
     println!(
         "acknowledged {machine}/{rule} (firing since {})",
         print::rfc3339(rec.since_ms)

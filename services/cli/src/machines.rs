@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use prost::Message as _;
 use serde::Serialize;
-use sysmonstm_alerter::wire;
+use sysmonstm_kit::jetstream::last_per_subject;
 use sysmonstm_schemas::{streams, subjects, v1};
 
 use crate::print;
@@ -32,13 +32,13 @@ struct Row {
 
 pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
     let mut infos: BTreeMap<String, v1::MachineInfo> = BTreeMap::new();
-    for (_, p) in wire::last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
+    for (_, p) in last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
         if let Ok(i) = v1::MachineInfo::decode(p.as_ref()) {
             infos.insert(i.machine_id.clone(), i);
         }
     }
     let mut snaps: BTreeMap<String, v1::Snapshot> = BTreeMap::new();
-    for (subject, p) in wire::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
+    for (subject, p) in last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
         if let (Some(m), Ok(s)) = (
             subjects::machine_of_metrics(&subject),
             v1::Snapshot::decode(p.as_ref()),

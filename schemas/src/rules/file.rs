@@ -1,13 +1,14 @@
 //! Rules written by people: a TOML file of `[[rule]]` tables (see
-//! `rules.example.toml`), or one rule inline (TOML or JSON) for
-//! `sysmonstm rules set`. Everything is validated before anything is used,
-//! so a file with one bad rule changes nothing.
+//! `rules.example.toml`) for `sysmonstm-alerter --rules`, or one rule inline
+//! (TOML or JSON) for `sysmonstm rules set`. Everything is validated before
+//! anything is used, so a file with one bad rule changes nothing. Both
+//! programs read rules with this one parser.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use super::{Rule, RuleError};
 use serde::Deserialize;
-use sysmonstm_schemas::rules::{Rule, RuleError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesFileError {
@@ -80,12 +81,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Rule>, RulesFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Metric;
     use std::time::Duration;
-    use sysmonstm_schemas::rules::Metric;
 
     #[test]
     fn the_example_file_loads() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules.example.toml");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules.example.toml");
         let rules = load(&p).expect("rules.example.toml is valid");
         assert!(rules.iter().any(|r| r.metric == Metric::Silent));
         assert!(rules.len() >= 5);
