@@ -85,6 +85,9 @@ enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Alerts { command } = &cli.command {
+        command.check()?;
+    }
     let mut nats = NatsConfig::default();
     if !cli.servers.is_empty() {
         nats.servers = cli.servers;

@@ -53,11 +53,13 @@ pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
         .map(|m| {
             let info = infos.get(m);
             let snap = snaps.get(m);
-            let age_ms = snap.map(|s| (now - s.timestamp_ms).max(0));
+            // The payload's timestamp may be anything: saturating, and a
+            // clock ahead of ours counts as just seen.
+            let age_ms = snap.map(|s| now.saturating_sub(s.timestamp_ms).max(0));
             let interval = snap.map_or(1000, |s| i64::from(s.interval_ms.max(1)));
             let status = match age_ms {
                 None => "never seen",
-                Some(a) if a > SILENT_AFTER_INTERVALS * interval => "silent",
+                Some(a) if a > SILENT_AFTER_INTERVALS.saturating_mul(interval) => "silent",
                 Some(_) => "online",
             };
             Row {

@@ -198,3 +198,16 @@ async fn an_ack_given_while_the_alerter_was_down_is_honoured_after_its_restart()
     assert_eq!(Counters::get(&second.counters.events_firing), 0);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_since_out_of_range_is_exit_code_2_not_a_panic() {
+    let nats = NatsServer::start_hub();
+    for since in ["5000000d", "3651d", "18446744073709551615ms"] {
+        let (code, _, err) = run(&nats.url(), &["alerts", "watch", "--since", since]).await;
+        assert_eq!(code, 2, "--since {since}: {err}");
+        assert!(
+            err.contains("--since") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
