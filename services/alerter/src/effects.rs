@@ -43,10 +43,13 @@ pub(crate) async fn ack_up_to(msg: Option<jetstream::Message>) {
 /// would hold back the events behind it.
 pub(crate) async fn confirm_loop(
     js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<InFlight>,
+    mut rx: mpsc::Receiver<InFlight>,
+    capacity: usize,
     counters: Arc<Counters>,
 ) {
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    // Bounded like the queue in front: when the hub is slow to ack state
+    // writes, this loop waits, and so does evaluation behind it.
+    let (acks_tx, acks_rx) = mpsc::channel(capacity.max(1));
     let checker = tokio::spawn(state_acks(acks_rx, Arc::clone(&counters)));
     while let Some(InFlight { change, ack }) = rx.recv().await {
         if let Some(ev) = &change.event {
@@ -93,7 +96,7 @@ pub(crate) async fn confirm_loop(
         };
         match sent {
             Ok(f) => {
-                let _ = acks_tx.send((key, f));
+                let _ = acks_tx.send((key, f)).await;
             }
             Err(e) => state_write_failed(&counters, &key, &e.to_string()),
         }
@@ -102,10 +105,7 @@ pub(crate) async fn confirm_loop(
     let _ = checker.await;
 }
 
-async fn state_acks(
-    mut rx: mpsc::UnboundedReceiver<(String, PublishAckFuture)>,
-    counters: Arc<Counters>,
-) {
+async fn state_acks(mut rx: mpsc::Receiver<(String, PublishAckFuture)>, counters: Arc<Counters>) {
     while let Some((key, f)) = rx.recv().await {
         if let Err(e) = f.await {
             state_write_failed(&counters, &key, &e.to_string());

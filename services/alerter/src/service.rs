@@ -15,7 +15,19 @@
 //! for JetStream's ack of each, publishes again with the same Msg-Id if it
 //! failed, and only then stores the pair's state. So a crash can at worst
 //! send an event again, which ALERTS drops as a duplicate; it can never store
-//! "firing" for an event that was not stored.
+//! "firing" for an event that was not stored. The queue between them is
+//! bounded (`confirm_queue`): when it is full, evaluation waits, and the
+//! snapshots wait in JetStream.
+//!
+//! Every snapshot, whichever way it comes (and the last one of each machine
+//! read at start), passes `schemas::accept` first: size, decoding, subject,
+//! machine, timestamp within the skew, interval. A refused one is counted by
+//! reason and logged (once, as the consumer delivers it) and never reaches
+//! the engine: it moves no clock and makes no machine.
+//!
+//! Machines leave: one silent for `retire_after_s` is retired on the timer,
+//! and `sysmonstm machines forget` (a request on `sysmon.admin.forget.<id>`)
+//! drops one at once; both resolve its firing alerts and delete its states.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +35,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
+use sysmonstm_schemas::accept::{self, Reject};
 use sysmonstm_schemas::rules::{Phase, Rule};
-use sysmonstm_schemas::{MachineId, streams, subjects, v1};
+use sysmonstm_schemas::{streams, subjects, v1};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +74,7 @@ impl Alerter {
     /// anything connects ([`rules_file::RulesFileError`] in the chain).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let cfg = &self.config;
+        cfg.validate()?;
         let file_rules = match &cfg.rules_file {
             Some(p) => Some(rules_file::load(p)?),
             None => None,
@@ -97,8 +111,13 @@ impl Alerter {
         }
 
         let mut engine = Engine::new();
-        let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
-        let confirm = tokio::spawn(confirm_loop(js.clone(), rx, Arc::clone(&self.counters)));
+        let (tx, rx) = mpsc::channel::<InFlight>(cfg.confirm_queue);
+        let confirm = tokio::spawn(confirm_loop(
+            js.clone(),
+            rx,
+            cfg.confirm_queue,
+            Arc::clone(&self.counters),
+        ));
 
         // The live watch starts before the current values are read, so a
         // change in between is not missed (applying one twice is harmless).
@@ -143,6 +162,7 @@ impl Alerter {
             .await?;
         // Subscribed before the consumer starts, so the two overlap.
         let mut live = js.client().subscribe(subjects::METRICS_ALL).await?;
+        let mut forgets = js.client().subscribe(subjects::FORGET_ALL).await?;
         let mut snapshots = consumer.messages().await?;
         let mut newest = std::collections::HashMap::<String, i64>::new();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
@@ -184,10 +204,14 @@ impl Alerter {
                         rule_watch = rules_kv.watch_all().await?;
                     }
                 },
+                f = forgets.next() => match f {
+                    Some(msg) => self.on_forget(&mut engine, &mut newest, &msg, &js, &tx).await,
+                    None => anyhow::bail!("the forget subscription ended"),
+                },
                 a = acks.next() => match a {
                     Some(Ok(msg)) => {
                         if let Some(ev) = Alert::decode(&msg.payload) {
-                            self.apply_ack(&mut engine, &ev, &tx);
+                            self.apply_ack(&mut engine, &ev, &tx).await;
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "ALERTS ack watch error"),
@@ -198,8 +222,10 @@ impl Alerter {
                     unacked_n = 0;
                 }
                 _ = tick.tick() => {
-                    let changes = engine.on_tick(self.clock.now_ms());
+                    let now = self.clock.now_ms();
+                    let changes = engine.on_tick(now);
                     self.emit(&js, changes, &tx).await;
+                    self.retire(&mut engine, &mut newest, now, &js, &tx).await;
                 }
             }
         }
@@ -221,7 +247,7 @@ impl Alerter {
         (subject, payload): (&str, &[u8]),
         via_consumer: bool,
         js: &jetstream::Context,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         // A rejected snapshot is not terminated one by one: the next
         // cumulative ack covers it, and it is counted and logged here, once:
@@ -230,29 +256,21 @@ impl Alerter {
         if via_consumer {
             Counters::add(&c.snapshots_received, 1);
         }
-        let snap = match v1::Snapshot::decode(payload) {
+        let now = self.clock.now_ms();
+        let snap = match accept_snapshot(subject, payload, now, &self.config.accept_limits()) {
             Ok(s) => s,
-            Err(_) if !via_consumer => return,
-            Err(e) => {
-                Counters::add(&c.rejected_decode, 1);
-                tracing::warn!(subject, error = %e, "snapshot cannot be decoded; skipped");
+            Err(r) => {
+                if via_consumer {
+                    c.reject(&r);
+                    tracing::warn!(subject = %short(subject), reason = r.reason(), error = %r,
+                        "snapshot refused; skipped");
+                }
                 return;
             }
         };
-        let subject_machine = subjects::machine_of_metrics(subject);
-        if subject_machine != Some(snap.machine_id.as_str())
-            || MachineId::parse(&snap.machine_id).is_err()
-        {
-            if !via_consumer {
-                return;
-            }
-            Counters::add(&c.rejected_subject, 1);
-            tracing::warn!(subject, machine = %snap.machine_id,
-                "snapshot's machine does not match its subject; skipped");
-            return;
-        }
         // Each snapshot comes twice (subscription and consumer); an older
-        // one after a newer (a backlog) would only turn the clock back.
+        // one after a newer (a backlog) would only turn the clock back. Only
+        // accepted timestamps get here, so none is beyond the skew.
         match newest.get_mut(&snap.machine_id) {
             Some(t) if *t >= snap.timestamp_ms => {
                 Counters::add(&c.snapshots_already_seen, 1);
@@ -263,11 +281,7 @@ impl Alerter {
                 newest.insert(snap.machine_id.clone(), snap.timestamp_ms);
             }
         }
-        let now = self.clock.now_ms();
-        let max_age = i64::try_from(self.config.max_snapshot_age_s)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000);
-        if snap.timestamp_ms < now - max_age {
+        if snap.timestamp_ms < now.saturating_sub(self.config.max_snapshot_age_ms()) {
             Counters::add(&c.snapshots_stale, 1);
             engine.seen(
                 &snap.machine_id,
@@ -279,6 +293,64 @@ impl Alerter {
             let changes = engine.on_sample(&Sample::from_snapshot(&snap), now);
             self.emit(js, changes, tx).await;
         }
+        Counters::set(&c.machines, engine.machine_count() as u64);
+    }
+
+    /// Retires the machines silent past the horizon (on the timer).
+    async fn retire(
+        &self,
+        engine: &mut Engine,
+        newest: &mut std::collections::HashMap<String, i64>,
+        now: i64,
+        js: &jetstream::Context,
+        tx: &mpsc::Sender<InFlight>,
+    ) {
+        let (changes, retired) = engine.retire(now, self.config.retire_after_ms());
+        for m in &retired {
+            newest.remove(m);
+            Counters::add(&self.counters.machines_retired, 1);
+            tracing::warn!(machine = %m, after_s = self.config.retire_after_s,
+                "machine retired: no snapshot within retire_after_s; its alerts resolve and its state is dropped");
+        }
+        self.emit(js, changes, tx).await;
+        Counters::set(&self.counters.machines, engine.machine_count() as u64);
+    }
+
+    /// `sysmonstm machines forget <id>`: the machine is dropped at once, its
+    /// firing alerts resolve, its states are deleted (in order after every
+    /// change already queued); the requester gets an answer.
+    async fn on_forget(
+        &self,
+        engine: &mut Engine,
+        newest: &mut std::collections::HashMap<String, i64>,
+        msg: &async_nats::Message,
+        js: &jetstream::Context,
+        tx: &mpsc::Sender<InFlight>,
+    ) {
+        let machine = match accept::forget_subject(&msg.subject) {
+            Ok(m) => m,
+            Err(r) => {
+                tracing::warn!(subject = %short(&msg.subject), error = %r, "forget request refused");
+                return;
+            }
+        };
+        let (changes, known) = engine.forget(machine.as_str(), self.clock.now_ms());
+        newest.remove(machine.as_str());
+        let states = changes.len();
+        self.emit(js, changes, tx).await;
+        Counters::set(&self.counters.machines, engine.machine_count() as u64);
+        if known {
+            Counters::add(&self.counters.machines_forgotten, 1);
+        }
+        tracing::info!(machine = %machine, known, states, "machine forgotten on request");
+        if let Some(reply) = &msg.reply {
+            let answer = if known {
+                format!("alerter: forgot {machine} ({states} alert states)")
+            } else {
+                format!("alerter: {machine} was not known")
+            };
+            let _ = js.client().publish(reply.clone(), answer.into()).await;
+        }
     }
 
     async fn apply_rule(
@@ -286,7 +358,7 @@ impl Alerter {
         engine: &mut Engine,
         entry: &kv::Entry,
         js: &jetstream::Context,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         let now = self.clock.now_ms();
         let changes = match entry.operation {
@@ -324,14 +396,27 @@ impl Alerter {
         );
     }
 
-    fn apply_ack(&self, engine: &mut Engine, ev: &Alert, tx: &mpsc::UnboundedSender<InFlight>) {
+    async fn apply_ack(&self, engine: &mut Engine, ev: &Alert, tx: &mpsc::Sender<InFlight>) {
         if ev.kind != EventKind::Acknowledged {
             return;
         }
         if let Some(change) = engine.ack(&ev.machine, &ev.rule, ev.since_ms) {
             Counters::add(&self.counters.acks_applied, 1);
             tracing::info!(machine = %ev.machine, rule = %ev.rule, "alert acknowledged; no more reminders");
-            let _ = tx.send(InFlight { change, ack: None });
+            self.queue(tx, InFlight { change, ack: None }).await;
+        }
+    }
+
+    /// Hands a change to the confirm task; when its queue is full, waits
+    /// (and counts the wait): evaluation slows down, nothing is dropped.
+    async fn queue(&self, tx: &mpsc::Sender<InFlight>, item: InFlight) {
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                Counters::add(&self.counters.confirm_queue_full, 1);
+                let _ = tx.send(item).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -341,7 +426,7 @@ impl Alerter {
         &self,
         engine: &mut Engine,
         alerts: &jetstream::stream::Stream,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         let firing: Vec<_> = engine
             .states()
@@ -356,7 +441,7 @@ impl Alerter {
             if let Ok(m) = alerts.get_last_raw_message_by_subject(&subject).await
                 && let Some(ev) = Alert::decode(&m.payload)
             {
-                self.apply_ack(engine, &ev, tx);
+                self.apply_ack(engine, &ev, tx).await;
             }
         }
     }
@@ -368,14 +453,21 @@ impl Alerter {
         let now = self.clock.now_ms();
         match js_kit::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
             Ok(lasts) => {
+                let limits = self.config.accept_limits();
                 for (subject, payload) in lasts {
-                    if let (Some(m), Ok(s)) = (
-                        subjects::machine_of_metrics(&subject),
-                        v1::Snapshot::decode(payload.as_ref()),
-                    ) {
-                        engine.seen(m, s.timestamp_ms.min(now), s.interval_ms);
+                    // The same rule as for every snapshot: a last snapshot
+                    // from the far future must not start a machine's clock
+                    // there, nor a bad token make a machine.
+                    match accept_snapshot(&subject, &payload, now, &limits) {
+                        Ok(s) => engine.seen(&s.machine_id, s.timestamp_ms.min(now), s.interval_ms),
+                        Err(r) => {
+                            self.counters.reject(&r);
+                            tracing::warn!(subject = %short(&subject), reason = r.reason(), error = %r,
+                                "last snapshot in METRICS refused; that machine is not followed");
+                        }
                     }
                 }
+                Counters::set(&self.counters.machines, engine.machine_count() as u64);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the last snapshots; silent machines are counted from their next snapshot")
@@ -388,7 +480,7 @@ impl Alerter {
         &self,
         js: &jetstream::Context,
         changes: Vec<Change>,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         for change in changes {
             let ack = match &change.event {
@@ -411,9 +503,41 @@ impl Alerter {
                 }
                 None => None,
             };
-            let _ = tx.send(InFlight { change, ack });
+            self.queue(tx, InFlight { change, ack }).await;
         }
     }
+}
+
+/// The whole `schemas::accept` rule for one snapshot: size first (before
+/// decoding), then decoding, subject, machine, timestamp and interval.
+fn accept_snapshot(
+    subject: &str,
+    payload: &[u8],
+    now_ms: i64,
+    limits: &accept::Limits,
+) -> Result<v1::Snapshot, Reject> {
+    accept::payload_size(payload.len(), limits)?;
+    let snap = v1::Snapshot::decode(payload).map_err(|e| Reject::Decode(e.to_string()))?;
+    accept::snapshot(
+        subject,
+        accept::SnapshotFields {
+            machine_id: &snap.machine_id,
+            timestamp_ms: snap.timestamp_ms,
+            interval_ms: snap.interval_ms,
+        },
+        now_ms,
+        limits,
+    )?;
+    Ok(snap)
+}
+
+/// A subject for a log line: anyone can make one kilobytes long.
+fn short(subject: &str) -> &str {
+    let cut = subject
+        .char_indices()
+        .nth(120)
+        .map_or(subject.len(), |(i, _)| i);
+    &subject[..cut]
 }
 
 /// Writes the rules of a file into the bucket, leaving equal ones alone.

@@ -339,8 +339,8 @@ async fn garbage_and_lies_are_counted_and_survived() {
     eventually(WAIT, "garbage counted, the good snapshot evaluated", || {
         let c = c.clone();
         async move {
-            (Counters::get(&c.rejected_decode) == 1
-                && Counters::get(&c.rejected_subject) == 1
+            (c.rejected("decode") == 1
+                && c.rejected("machine_mismatch") == 1
                 && Counters::get(&c.snapshots_evaluated) == 1
                 && Counters::get(&c.rules_invalid) == 1)
                 .then_some(())
