@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::{Rule, RuleError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesFileError {
@@ -27,11 +27,19 @@ pub enum RulesFileError {
     Duplicate { origin: String, name: String },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
     #[serde(default)]
     rule: Vec<Rule>,
+}
+
+/// `rules` as a rules file (`[[rule]]` tables) that [`parse`] reads back.
+pub fn to_toml(rules: &[Rule]) -> Result<String, String> {
+    toml::to_string(&RulesFile {
+        rule: rules.to_vec(),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Reads and validates a rules file.

@@ -34,10 +34,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt as _;
-use prost::Message as _;
-use sysmonstm_schemas::accept::{self, Reject};
+use sysmonstm_schemas::accept;
 use sysmonstm_schemas::rules::{Phase, Rule};
-use sysmonstm_schemas::{streams, subjects, v1};
+use sysmonstm_schemas::{streams, subjects};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +45,7 @@ use crate::clock::Clock;
 use crate::counters::Counters;
 use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
-use crate::sample::Sample;
+use crate::sample::{self, Sample};
 use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::file as rules_file;
@@ -257,7 +256,7 @@ impl Alerter {
             Counters::add(&c.snapshots_received, 1);
         }
         let now = self.clock.now_ms();
-        let snap = match accept_snapshot(subject, payload, now, &self.config.accept_limits()) {
+        let snap = match sample::accept(subject, payload, now, &self.config.accept_limits()) {
             Ok(s) => s,
             Err(r) => {
                 if via_consumer {
@@ -458,7 +457,7 @@ impl Alerter {
                     // The same rule as for every snapshot: a last snapshot
                     // from the far future must not start a machine's clock
                     // there, nor a bad token make a machine.
-                    match accept_snapshot(&subject, &payload, now, &limits) {
+                    match sample::accept(&subject, &payload, now, &limits) {
                         Ok(s) => engine.seen(&s.machine_id, s.timestamp_ms.min(now), s.interval_ms),
                         Err(r) => {
                             self.counters.reject(&r);
@@ -506,29 +505,6 @@ impl Alerter {
             self.queue(tx, InFlight { change, ack }).await;
         }
     }
-}
-
-/// The whole `schemas::accept` rule for one snapshot: size first (before
-/// decoding), then decoding, subject, machine, timestamp and interval.
-fn accept_snapshot(
-    subject: &str,
-    payload: &[u8],
-    now_ms: i64,
-    limits: &accept::Limits,
-) -> Result<v1::Snapshot, Reject> {
-    accept::payload_size(payload.len(), limits)?;
-    let snap = v1::Snapshot::decode(payload).map_err(|e| Reject::Decode(e.to_string()))?;
-    accept::snapshot(
-        subject,
-        accept::SnapshotFields {
-            machine_id: &snap.machine_id,
-            timestamp_ms: snap.timestamp_ms,
-            interval_ms: snap.interval_ms,
-        },
-        now_ms,
-        limits,
-    )?;
-    Ok(snap)
 }
 
 /// A subject for a log line: anyone can make one kilobytes long.
