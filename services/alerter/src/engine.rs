@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sysmonstm_schemas::accept;
 use sysmonstm_schemas::rules::{AlertStateRecord, Metric, Phase, Rule, format_duration};
 
 use crate::sample::Sample;
@@ -115,14 +116,20 @@ impl Engine {
             // A record is input too: a "last seen" in the future would hold
             // the silent count at zero for ever.
             let last_seen_ms = rec.last_seen_ms.min(now_ms);
+            // An interval out of the accepted range counts as unstated.
+            let interval_ms = if accept::interval(rec.interval_ms).is_ok() {
+                rec.interval_ms
+            } else {
+                0
+            };
             let seen = self.machines.entry(rec.machine.clone()).or_insert(Seen {
                 last_ms: last_seen_ms,
-                interval_ms: rec.interval_ms,
+                interval_ms,
             });
             if last_seen_ms >= seen.last_ms {
                 seen.last_ms = last_seen_ms;
-                if rec.interval_ms > 0 {
-                    seen.interval_ms = rec.interval_ms;
+                if interval_ms > 0 {
+                    seen.interval_ms = interval_ms;
                 }
             }
             let key = (rec.machine.clone(), rec.rule.clone());

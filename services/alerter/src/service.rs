@@ -138,8 +138,20 @@ impl Alerter {
         let records = js_kit::current_entries(&state_kv)
             .await?
             .into_iter()
-            .filter_map(|e| serde_json::from_slice(&e.value).ok())
-            .collect::<Vec<sysmonstm_schemas::rules::AlertStateRecord>>();
+            .filter_map(|e| {
+                let rec: sysmonstm_schemas::rules::AlertStateRecord =
+                    serde_json::from_slice(&e.value).ok()?;
+                // Only the alerter writes the bucket, but a record is input
+                // all the same: one that names no valid machine or rule
+                // would make a machine no snapshot can ever reach.
+                let valid = sysmonstm_schemas::MachineId::parse(&rec.machine).is_ok()
+                    && sysmonstm_schemas::MachineId::parse(&rec.rule).is_ok();
+                if !valid {
+                    tracing::warn!(key = %e.key, "alert state with an invalid machine or rule ignored");
+                }
+                valid.then_some(rec)
+            })
+            .collect::<Vec<_>>();
         let restored = records.len();
         let changes = engine.restore(records, self.clock.now_ms());
         self.emit(&js, changes, &tx).await;

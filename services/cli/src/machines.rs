@@ -22,7 +22,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use serde::Serialize;
 use sysmonstm_kit::jetstream::{ensure_kv, last_per_subject};
-use sysmonstm_schemas::{MachineId, streams, subjects, v1};
+use sysmonstm_schemas::{MachineId, accept, streams, subjects, v1};
 
 use crate::{InvalidInput, print};
 
@@ -148,19 +148,36 @@ struct Row {
 
 pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
     let mut infos: BTreeMap<String, v1::MachineInfo> = BTreeMap::new();
-    for (_, p) in last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
-        if let Ok(i) = v1::MachineInfo::decode(p.as_ref()) {
-            infos.insert(i.machine_id.clone(), i);
+    // Only what `schemas::accept` takes from a subject: a valid machine id
+    // whose payload is its own (anyone can publish a made-up token).
+    let mut skipped = 0usize;
+    for (subject, p) in last_per_subject(js, streams::MACHINES, subjects::INFO_ALL).await? {
+        match (
+            accept::info_subject(&subject),
+            v1::MachineInfo::decode(p.as_ref()),
+        ) {
+            (Ok(m), Ok(i)) if accept::same_machine(&m, &i.machine_id).is_ok() => {
+                infos.insert(i.machine_id.clone(), i);
+            }
+            _ => skipped += 1,
         }
     }
     let mut snaps: BTreeMap<String, v1::Snapshot> = BTreeMap::new();
     for (subject, p) in last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
-        if let (Some(m), Ok(s)) = (
-            subjects::machine_of_metrics(&subject),
+        match (
+            accept::metrics_subject(&subject),
             v1::Snapshot::decode(p.as_ref()),
         ) {
-            snaps.insert(m.to_owned(), s);
+            (Ok(m), Ok(s)) if accept::same_machine(&m, &s.machine_id).is_ok() => {
+                snaps.insert(s.machine_id.clone(), s);
+            }
+            _ => skipped += 1,
         }
+    }
+    if skipped > 0 {
+        eprintln!(
+            "sysmonstm: {skipped} subjects left out: not a valid machine id, or a payload of another machine"
+        );
     }
     let now = chrono::Utc::now().timestamp_millis();
     let names: std::collections::BTreeSet<&String> = infos.keys().chain(snaps.keys()).collect();

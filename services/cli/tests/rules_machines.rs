@@ -253,3 +253,43 @@ async fn machines_forget_removes_a_machine_everywhere_it_is_kept() {
     let (code, _, err) = run(&url, &["machines", "forget", "Not.A.Machine"]).await;
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test]
+async fn machines_leaves_out_made_up_tokens_and_payloads_of_other_machines() {
+    let nats = NatsServer::start_hub();
+    let url = nats.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    js.get_or_create_stream(streams::metrics(&alerter_config(&url).metrics_limits()))
+        .await
+        .expect("METRICS");
+    let mut web = Machine::new("web01").await;
+    web.publish(&js, 10.0).await;
+    let mut snap = web.collector.sample(99);
+    for (subject, machine) in [
+        (
+            "sysmon.metrics.UPPER-Case".to_owned(),
+            "UPPER-Case".to_owned(),
+        ),
+        (
+            format!("sysmon.metrics.{}", "a".repeat(300)),
+            "a".repeat(300),
+        ),
+        ("sysmon.metrics.db01".to_owned(), "web01".to_owned()),
+    ] {
+        snap.machine_id = machine;
+        js.publish(subject, snap.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let (code, out, err) = run(&url, &["machines", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["machine"], "web01");
+    assert!(err.contains("3 subjects left out"), "{err}");
+}
