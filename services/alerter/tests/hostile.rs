@@ -323,3 +323,70 @@ async fn a_forget_request_drops_a_machine_at_once() {
     .await;
     alerter.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_confirm_queue_makes_evaluation_wait_and_loses_nothing() {
+    const N: usize = 300;
+    let nats = NatsServer::start_hub();
+    let js = js_for(&nats.url()).await;
+    let (rules, state) = setup(&js).await;
+    put_rule(
+        &rules,
+        &rule(
+            r#"{"name":"machine_silent","metric":"silent","op":">=","threshold":3,
+            "severity":"critical"}"#,
+        ),
+    )
+    .await;
+    // N machines whose last snapshot is long gone: at the first tick all
+    // of them fire at once, far more than the queue holds.
+    let mut m = Machine::new("m000").await;
+    let mut acks = Vec::new();
+    for i in 0..N {
+        let id = format!("m{i:03}");
+        let mut s = m.snapshot(5.0);
+        s.machine_id = id.clone();
+        s.interval_ms = 1000;
+        s.timestamp_ms = now_ms() - 60_000;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(headers::MSG_ID, format!("{id}:1").as_str());
+        acks.push(
+            js.publish_with_headers(format!("sysmon.metrics.{id}"), h, s.encode_to_vec().into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("stored");
+    }
+    let mut cfg = config(&nats.url());
+    cfg.confirm_queue = 16;
+    let alerter = spawn(cfg);
+    let c = alerter.counters.clone();
+    eventually(
+        WAIT,
+        "every machine's silent alert stored, with its state",
+        || {
+            let (js, state, c) = (js.clone(), state.clone(), c.clone());
+            async move {
+                let mut alerts = js
+                    .get_stream(sysmonstm_schemas::streams::ALERTS)
+                    .await
+                    .ok()?;
+                let events = alerts.info().await.ok()?.state.messages;
+                let mut kv = state.stream.clone();
+                let states = kv.info().await.ok()?.state.messages;
+                (events == N as u64
+                    && states == N as u64
+                    && Counters::get(&c.events_firing) == N as u64)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        Counters::get(&alerter.counters.confirm_queue_full) > 0,
+        "the queue was full at least once"
+    );
+    alerter.stop().await;
+}
