@@ -116,6 +116,11 @@ pub fn info_subject(subject: &str) -> Result<MachineId, Reject> {
     machine_token(subject, "sysmon.info.")
 }
 
+/// The machine of `sysmon.admin.forget.<machine>`, validated.
+pub fn forget_subject(subject: &str) -> Result<MachineId, Reject> {
+    machine_token(subject, "sysmon.admin.forget.")
+}
+
 fn machine_token(subject: &str, prefix: &str) -> Result<MachineId, Reject> {
     let token = subject
         .strip_prefix(prefix)
@@ -245,6 +250,14 @@ mod tests {
         assert_eq!(
             info_subject("sysmon.info.Db").expect_err("upper").reason(),
             "machine_id"
+        );
+        let m = MachineId::parse("db_2").expect("id");
+        assert_eq!(forget_subject(&crate::subjects::forget(&m)).expect("ok"), m);
+        assert_eq!(
+            forget_subject("sysmon.admin.forget.a.b")
+                .expect_err("two")
+                .reason(),
+            "subject"
         );
     }
 

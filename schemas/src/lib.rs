@@ -7,6 +7,7 @@
 //! service cannot silently split the data flow.
 
 pub mod accept;
+pub mod alert;
 pub mod headers;
 mod machine_id;
 pub mod rules;

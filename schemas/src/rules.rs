@@ -403,6 +403,7 @@ pub fn is_plain_token(glob: &str) -> bool {
 }
 
 mod duration;
+pub mod file;
 mod state;
 
 use duration::{duration_str, opt_duration_str};

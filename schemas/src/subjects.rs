@@ -12,6 +12,17 @@ pub const INFO_ALL: &str = "sysmon.info.*";
 /// Alert events of every severity, machine and rule (stream ALERTS binds this).
 pub const ALERTS_ALL: &str = "sysmon.alerts.*.*.*";
 
+/// Requests to forget a machine (`sysmonstm machines forget`), for every
+/// service that keeps per-machine state. Four tokens, so no agent's
+/// `sysmon.*.<machine>` permission covers it.
+pub const FORGET_ALL: &str = "sysmon.admin.forget.*";
+
+/// Where `sysmonstm machines forget <machine>` asks the services that keep
+/// state of `machine` to drop it; each answers on the reply subject.
+pub fn forget(machine: &MachineId) -> String {
+    format!("sysmon.admin.forget.{machine}")
+}
+
 /// Where `machine` publishes its snapshots.
 pub fn metrics(machine: &MachineId) -> String {
     format!("sysmon.metrics.{machine}")
@@ -98,6 +109,7 @@ mod tests {
         assert_eq!(machine_of_metrics("sysmon.metrics."), None);
         assert_eq!(machine_of_metrics("sysmon.metrics.a.b"), None);
         assert_eq!(machine_of_metrics("sysmon.info.web01"), None);
+        assert_eq!(forget(&m), "sysmon.admin.forget.web01");
     }
 
     #[test]

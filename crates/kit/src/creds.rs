@@ -19,9 +19,6 @@ use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
 use sysmonstm_schemas::{MachineId, subjects};
 
-/// The forget requests (`schemas::FORGET_ALL` once merged).
-const FORGET_ALL: &str = "sysmon.admin.forget.*";
-
 use crate::jwt::{self, AccountLimits, AccountNats, Claims, OperatorNats, Permission, UserNats};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +119,8 @@ impl Role {
                 }
             },
             Self::Persister => (
-                allow(&join(&[JS_READ, JS_ADMIN, &[FORGET_ALL]])),
-                allow(&join(&[&inbox, &[FORGET_ALL]])),
+                allow(&join(&[JS_READ, JS_ADMIN, &[subjects::FORGET_ALL]])),
+                allow(&join(&[&inbox, &[subjects::FORGET_ALL]])),
             ),
             Self::Alerter => (
                 allow(&join(&[
@@ -135,14 +132,14 @@ impl Role {
                         "$KV.sysmon_rules.>",
                     ],
                 ])),
-                allow(&join(&[&inbox, &[subjects::METRICS_ALL, FORGET_ALL]])),
+                allow(&join(&[&inbox, &[subjects::METRICS_ALL, subjects::FORGET_ALL]])),
             ),
             Self::Gateway => (
                 allow(&join(&[
                     JS_READ,
                     &["$JS.API.STREAM.CREATE.*", "$KV.sysmon_rules.>"],
                 ])),
-                allow(&join(&[&inbox, &[subjects::METRICS_ALL, FORGET_ALL]])),
+                allow(&join(&[&inbox, &[subjects::METRICS_ALL, subjects::FORGET_ALL]])),
             ),
             Self::Cli => (
                 allow(&join(&[
@@ -152,7 +149,7 @@ impl Role {
                         "$KV.sysmon_rules.>",
                         "$KV.sysmon_alert_state.>",
                         "$JS.API.STREAM.PURGE.*",
-                        FORGET_ALL,
+                        subjects::FORGET_ALL,
                     ],
                 ])),
                 allow(&inbox),

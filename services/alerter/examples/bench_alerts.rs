@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sysmonstm_agent::collect::{CollectOptions, Collector};
-use sysmonstm_alerter::wire;
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::Rule;
 use sysmonstm_schemas::{MachineId, headers, streams, subjects};
 use sysmonstm_testkit::NatsServer;
@@ -113,8 +114,8 @@ async fn main() -> anyhow::Result<()> {
         max_bytes: 2 << 30,
     }))
     .await?;
-    wire::ensure_alerts(&js).await?;
-    let kv = wire::ensure_kv(&js, streams::rules_bucket()).await?;
+    js_kit::ensure_alerts(&js).await?;
+    let kv = js_kit::ensure_kv(&js, streams::rules_bucket()).await?;
     let rules = rules();
     for r in &rules {
         kv.put(&r.name, r.to_json().into()).await?;
@@ -175,14 +176,13 @@ async fn main() -> anyhow::Result<()> {
         async move {
             while let Some(m) = sub.next().await {
                 let at = Instant::now();
-                let Some(ev) = wire::decode(&m.payload) else {
+                let Some(ev) = Alert::decode(&m.payload) else {
                     continue;
                 };
                 if !measuring.load(std::sync::atomic::Ordering::Relaxed) {
                     continue;
                 }
-                let kind =
-                    sysmonstm_schemas::headers::alert_state_token(wire::to_proto(&ev).state());
+                let kind = sysmonstm_schemas::headers::alert_state_token(ev.kind.to_proto());
                 *counts.lock().expect("lock").entry(kind).or_default() += 1;
                 if kind == "firing" && ev.repeat == 0 {
                     let Some(&i) = index.get(&ev.machine) else {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sysmonstm_schemas::accept::Reject;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +15,9 @@ pub struct Counters {
     pub snapshots_evaluated: AtomicU64,
     pub snapshots_stale: AtomicU64,
     pub snapshots_already_seen: AtomicU64,
-    pub rejected_decode: AtomicU64,
-    pub rejected_subject: AtomicU64,
+    /// Snapshots refused by `schemas::accept`, in the order of
+    /// [`Reject::REASONS`].
+    pub rejected: [AtomicU64; Reject::REASONS.len()],
     pub events_firing: AtomicU64,
     pub events_reminder: AtomicU64,
     pub events_resolved: AtomicU64,
@@ -24,6 +26,12 @@ pub struct Counters {
     pub state_write_errors: AtomicU64,
     pub rules_applied: AtomicU64,
     pub rules_invalid: AtomicU64,
+    pub machines_retired: AtomicU64,
+    pub machines_forgotten: AtomicU64,
+    /// Machines the engine follows now (a gauge).
+    pub machines: AtomicU64,
+    /// Times evaluation waited for room in the full confirm queue.
+    pub confirm_queue_full: AtomicU64,
 }
 
 impl Counters {
@@ -35,16 +43,44 @@ impl Counters {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn set(c: &AtomicU64, n: u64) {
+        c.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts a refused snapshot under its reason.
+    pub fn reject(&self, r: &Reject) {
+        if let Some(i) = Reject::REASONS.iter().position(|x| *x == r.reason()) {
+            Self::add(&self.rejected[i], 1);
+        }
+    }
+
+    /// Snapshots refused for `reason` (one of [`Reject::REASONS`]).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        Reject::REASONS
+            .iter()
+            .position(|x| *x == reason)
+            .map_or(0, |i| Self::get(&self.rejected[i]))
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let g = Self::get;
         let mut out = String::new();
-        let mut line = |name: &str, help: &str, rows: &[(&str, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        let mut typed = |kind: &str, name: &str, help: &str, rows: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (labels, v) in rows {
                 out.push_str(&format!("{name}{labels} {v}\n"));
             }
         };
+        let mut line = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            typed("counter", name, help, rows);
+        };
+        let reasons: Vec<(String, u64)> = Reject::REASONS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(r, c)| (format!("{{reason=\"{r}\"}}"), g(c)))
+            .collect();
+        let reasons: Vec<(&str, u64)> = reasons.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         line(
             "sysmonstm_alerter_snapshots_received_total",
             "Snapshots received, from the live subscription and from the consumer.",
@@ -67,11 +103,8 @@ impl Counters {
         );
         line(
             "sysmonstm_alerter_snapshots_rejected_total",
-            "Snapshots terminated as unusable, by reason.",
-            &[
-                ("{reason=\"decode\"}", g(&self.rejected_decode)),
-                ("{reason=\"subject\"}", g(&self.rejected_subject)),
-            ],
+            "Snapshots refused (schemas::accept: size, decoding, subject, machine, timestamp, interval), by reason; counted once, as the consumer delivers them.",
+            &reasons,
         );
         line(
             "sysmonstm_alerter_events_total",
@@ -104,6 +137,27 @@ impl Counters {
                 ("{outcome=\"applied\"}", g(&self.rules_applied)),
                 ("{outcome=\"invalid\"}", g(&self.rules_invalid)),
             ],
+        );
+        line(
+            "sysmonstm_alerter_machines_retired_total",
+            "Machines retired after no snapshot for retire_after_s (their firing alerts resolved).",
+            &[("", g(&self.machines_retired))],
+        );
+        line(
+            "sysmonstm_alerter_machines_forgotten_total",
+            "Machines dropped at once by `sysmonstm machines forget`.",
+            &[("", g(&self.machines_forgotten))],
+        );
+        line(
+            "sysmonstm_alerter_confirm_queue_full_total",
+            "Times evaluation waited for room in the full confirm queue.",
+            &[("", g(&self.confirm_queue_full))],
+        );
+        typed(
+            "gauge",
+            "sysmonstm_alerter_machines",
+            "Machines the alerter follows now (for the silent rule).",
+            &[("", g(&self.machines))],
         );
         out
     }
@@ -150,7 +204,7 @@ mod tests {
     async fn metrics_are_served_as_prometheus_text() {
         let counters = Arc::new(Counters::default());
         Counters::add(&counters.events_firing, 3);
-        Counters::add(&counters.rejected_decode, 1);
+        counters.reject(&Reject::Decode(String::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();

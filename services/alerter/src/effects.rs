@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::counters::Counters;
 use crate::engine::Change;
-use crate::wire;
+use sysmonstm_kit::jetstream as js_kit;
 
 /// One change on its way: the ack of its event (if sent), then its state.
 pub(crate) struct InFlight {
@@ -43,17 +43,20 @@ pub(crate) async fn ack_up_to(msg: Option<jetstream::Message>) {
 /// would hold back the events behind it.
 pub(crate) async fn confirm_loop(
     js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<InFlight>,
+    mut rx: mpsc::Receiver<InFlight>,
+    capacity: usize,
     counters: Arc<Counters>,
 ) {
-    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    // Bounded like the queue in front: when the hub is slow to ack state
+    // writes, this loop waits, and so does evaluation behind it.
+    let (acks_tx, acks_rx) = mpsc::channel(capacity.max(1));
     let checker = tokio::spawn(state_acks(acks_rx, Arc::clone(&counters)));
     while let Some(InFlight { change, ack }) = rx.recv().await {
         if let Some(ev) = &change.event {
             // An event that can have no subject is dropped, not retried
             // forever in front of every later one. Ids are validated on the
             // way in, so this is a bug's last line of defence.
-            if let Err(e) = wire::address(ev) {
+            if let Err(e) = ev.address() {
                 Counters::add(&counters.publish_retries, 1);
                 tracing::error!(error = %e, "alert event dropped");
                 continue;
@@ -72,7 +75,7 @@ pub(crate) async fn confirm_loop(
                         tracing::warn!(why, machine = %ev.machine, rule = %ev.rule, "alert event not stored; publishing again");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
-                        ack = wire::send(&js, ev).await.ok();
+                        ack = js_kit::send_alert(&js, ev).await.ok();
                     }
                 }
             }
@@ -93,7 +96,7 @@ pub(crate) async fn confirm_loop(
         };
         match sent {
             Ok(f) => {
-                let _ = acks_tx.send((key, f));
+                let _ = acks_tx.send((key, f)).await;
             }
             Err(e) => state_write_failed(&counters, &key, &e.to_string()),
         }
@@ -102,10 +105,7 @@ pub(crate) async fn confirm_loop(
     let _ = checker.await;
 }
 
-async fn state_acks(
-    mut rx: mpsc::UnboundedReceiver<(String, PublishAckFuture)>,
-    counters: Arc<Counters>,
-) {
+async fn state_acks(mut rx: mpsc::Receiver<(String, PublishAckFuture)>, counters: Arc<Counters>) {
     while let Some((key, f)) = rx.recv().await {
         if let Err(e) = f.await {
             state_write_failed(&counters, &key, &e.to_string());

@@ -7,14 +7,21 @@
 //! the value passes back over the `clear` level (one resolved event). A
 //! pending pair whose condition stops holding goes back to ok silently. While
 //! firing, a rule with `repeat` sends numbered reminders until acknowledged.
+//!
+//! Every time it is given may come from a payload or a stored record, so all
+//! arithmetic on times saturates: an extreme value is a long time, never a
+//! panic or a wrap. Machines have a lifecycle ([`Engine::retire`],
+//! [`Engine::forget`]) so that the set of machines stays bounded.
 
 use std::collections::{BTreeMap, HashMap};
 
+use sysmonstm_schemas::accept;
 use sysmonstm_schemas::rules::{AlertStateRecord, Metric, Phase, Rule, format_duration};
 
 use crate::sample::Sample;
 
 mod event;
+mod lifecycle;
 pub use event::{Alert, Change, EventKind};
 
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +32,17 @@ struct Seen {
 
 /// The interval assumed for a snapshot that does not say.
 const DEFAULT_INTERVAL_MS: u32 = 1000;
+
+/// The shortest silence the `silent` rule counts at all: a machine that
+/// states a tiny interval (down to the 10 ms `accept` allows) is not
+/// "silent" between two of its snapshots and a timer tick.
+pub const MIN_SILENCE_MS: i64 = 1000;
+
+/// `d` in milliseconds, saturating (rule durations are bounded by
+/// validation; this keeps the engine safe even without it).
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 #[derive(Default)]
 pub struct Engine {
@@ -95,14 +113,23 @@ impl Engine {
     pub fn restore(&mut self, records: Vec<AlertStateRecord>, now_ms: i64) -> Vec<Change> {
         let mut out = Vec::new();
         for rec in records {
+            // A record is input too: a "last seen" in the future would hold
+            // the silent count at zero for ever.
+            let last_seen_ms = rec.last_seen_ms.min(now_ms);
+            // An interval out of the accepted range counts as unstated.
+            let interval_ms = if accept::interval(rec.interval_ms).is_ok() {
+                rec.interval_ms
+            } else {
+                0
+            };
             let seen = self.machines.entry(rec.machine.clone()).or_insert(Seen {
-                last_ms: rec.last_seen_ms,
-                interval_ms: rec.interval_ms,
+                last_ms: last_seen_ms,
+                interval_ms,
             });
-            if rec.last_seen_ms >= seen.last_ms {
-                seen.last_ms = rec.last_seen_ms;
-                if rec.interval_ms > 0 {
-                    seen.interval_ms = rec.interval_ms;
+            if last_seen_ms >= seen.last_ms {
+                seen.last_ms = last_seen_ms;
+                if interval_ms > 0 {
+                    seen.interval_ms = interval_ms;
                 }
             }
             let key = (rec.machine.clone(), rec.rule.clone());
@@ -173,7 +200,12 @@ impl Engine {
                 } else {
                     seen.interval_ms
                 });
-                let missed = ((now_ms - seen.last_ms).max(0) / interval) as f64;
+                let silence = now_ms.saturating_sub(seen.last_ms).max(0);
+                let missed = if silence < MIN_SILENCE_MS {
+                    0.0
+                } else {
+                    (silence / interval.max(1)) as f64
+                };
                 let ctx = Ctx {
                     machine,
                     seq: 0,
@@ -289,7 +321,7 @@ fn step(
             if !breach {
                 states.remove(&key);
                 out.push(change(None, None));
-            } else if ctx.now_ms - rec.since_ms >= rule.for_.as_millis() as i64 {
+            } else if ctx.now_ms.saturating_sub(rec.since_ms) >= millis(rule.for_) {
                 let event = fire(rule, rec, ctx, value);
                 out.push(change(Some(event), Some(rec.clone())));
             }
@@ -315,9 +347,9 @@ fn step(
                 out.push(change(Some(event), None));
             } else if let Some(every) = rule.repeat
                 && !rec.acked
-                && ctx.now_ms - rec.notified_ms >= every.as_millis() as i64
+                && ctx.now_ms.saturating_sub(rec.notified_ms) >= millis(every)
             {
-                rec.repeats += 1;
+                rec.repeats = rec.repeats.saturating_add(1);
                 rec.notified_ms = ctx.now_ms;
                 let event = Alert {
                     repeat: rec.repeats,
@@ -377,7 +409,9 @@ fn firing_message(rule: &Rule, value: f64, detail: Option<&str>) -> String {
         )
     };
     if let Some(d) = detail {
-        m.push_str(&format!(" on {d}"));
+        // A mount name comes from the payload: keep the message short.
+        let cut = d.char_indices().nth(120).map_or(d.len(), |(i, _)| i);
+        m.push_str(&format!(" on {}", &d[..cut]));
     }
     if !rule.for_.is_zero() {
         m.push_str(&format!(" for {}", format_duration(rule.for_)));

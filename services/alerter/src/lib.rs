@@ -12,10 +12,8 @@ pub mod config;
 pub mod counters;
 mod effects;
 pub mod engine;
-pub mod rules_file;
 pub mod sample;
 mod service;
-pub mod wire;
 
 pub use config::AlerterConfig;
 pub use counters::Counters;

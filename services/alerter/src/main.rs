@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sysmonstm_alerter::rules_file::RulesFileError;
 use sysmonstm_alerter::{Alerter, AlerterConfig};
-use sysmonstm_kit::config::{self, EXIT_CONFIG};
+use sysmonstm_kit::config::{self, ConfigError, EXIT_CONFIG};
+use sysmonstm_schemas::rules::file::RulesFileError;
 
 /// Evaluates alert rules on every snapshot and publishes alert events.
 ///
@@ -59,7 +59,10 @@ async fn main() -> ExitCode {
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match Alerter::new(cfg).run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<RulesFileError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<RulesFileError>().is_some()
+                || e.downcast_ref::<ConfigError>().is_some() =>
+        {
             eprintln!("sysmonstm-alerter: {e:#}");
             ExitCode::from(EXIT_CONFIG as u8)
         }

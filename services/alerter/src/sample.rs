@@ -1,8 +1,40 @@
-//! The edge where protobuf stops: a `Snapshot` becomes a [`Sample`], the
-//! handful of numbers rules look at, so the engine never sees prost.
+//! The edge where protobuf stops: the bytes of a message pass
+//! `schemas::accept` ([`accept`]), and the `Snapshot` becomes a [`Sample`],
+//! the handful of numbers rules look at, so the engine never sees prost.
+//! Every value in a sample is finite: a NaN or an infinity in a payload is
+//! "not reported", never a comparison that resolves an alert by accident.
 
+use prost::Message as _;
+use sysmonstm_schemas::accept::{self, Reject};
 use sysmonstm_schemas::rules::{Metric, Rule};
 use sysmonstm_schemas::v1;
+
+/// The whole `schemas::accept` rule for one snapshot: size first (before
+/// decoding), then decoding, subject, machine, timestamp and interval.
+pub fn accept(
+    subject: &str,
+    payload: &[u8],
+    now_ms: i64,
+    limits: &accept::Limits,
+) -> Result<v1::Snapshot, Reject> {
+    accept::payload_size(payload.len(), limits)?;
+    let snap = v1::Snapshot::decode(payload).map_err(|e| Reject::Decode(e.to_string()))?;
+    accept::snapshot(
+        subject,
+        accept::SnapshotFields {
+            machine_id: &snap.machine_id,
+            timestamp_ms: snap.timestamp_ms,
+            interval_ms: snap.interval_ms,
+        },
+        now_ms,
+        limits,
+    )?;
+    Ok(snap)
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
 
 /// What the rules can ask of one snapshot. `None` where the agent did not
 /// report it (an older agent, no sensors, the first sample without rates).
@@ -31,11 +63,13 @@ fn percent(used: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| used as f64 * 100.0 / total as f64)
 }
 
-/// Sums the rates that are present; `None` when none is.
+/// Sums the finite rates that are present; `None` when none is.
 fn sum(values: impl Iterator<Item = Option<f32>>) -> Option<f64> {
     values
         .flatten()
-        .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + f64::from(v)))
+        .filter_map(|v| finite(f64::from(v)))
+        .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
+        .and_then(finite)
 }
 
 impl Sample {
@@ -47,10 +81,17 @@ impl Sample {
             seq: s.seq,
             timestamp_ms: s.timestamp_ms,
             interval_ms: s.interval_ms,
-            cpu: s.cpu.as_ref().map(|c| f64::from(c.usage_percent)),
+            cpu: s
+                .cpu
+                .as_ref()
+                .and_then(|c| finite(f64::from(c.usage_percent))),
             memory: mem.and_then(|m| percent(m.used_bytes, m.total_bytes)),
             swap: mem.map(|m| percent(m.swap_used_bytes, m.swap_total_bytes).unwrap_or(0.0)),
-            load: s.load.as_ref().map(|l| [l.one, l.five, l.fifteen]),
+            load: s
+                .load
+                .as_ref()
+                .filter(|l| [l.one, l.five, l.fifteen].iter().all(|v| v.is_finite()))
+                .map(|l| [l.one, l.five, l.fifteen]),
             cores: s.cpu.as_ref().map_or(0, |c| c.per_core_percent.len()),
             net_rx: sum(ifaces().map(|i| i.rx_bytes_per_s)),
             net_tx: sum(ifaces().map(|i| i.tx_bytes_per_s)),
@@ -60,7 +101,7 @@ impl Sample {
             temperature: s
                 .temperatures
                 .iter()
-                .map(|t| f64::from(t.celsius))
+                .filter_map(|t| finite(f64::from(t.celsius)))
                 .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c)))),
             mounts: s
                 .filesystems

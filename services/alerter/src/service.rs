@@ -15,25 +15,40 @@
 //! for JetStream's ack of each, publishes again with the same Msg-Id if it
 //! failed, and only then stores the pair's state. So a crash can at worst
 //! send an event again, which ALERTS drops as a duplicate; it can never store
-//! "firing" for an event that was not stored.
+//! "firing" for an event that was not stored. The queue between them is
+//! bounded (`confirm_queue`): when it is full, evaluation waits, and the
+//! snapshots wait in JetStream.
+//!
+//! Every snapshot, whichever way it comes (and the last one of each machine
+//! read at start), passes `schemas::accept` first: size, decoding, subject,
+//! machine, timestamp within the skew, interval. A refused one is counted by
+//! reason and logged (once, as the consumer delivers it) and never reaches
+//! the engine: it moves no clock and makes no machine.
+//!
+//! Machines leave: one silent for `retire_after_s` is retired on the timer,
+//! and `sysmonstm machines forget` (a request on `sysmon.admin.forget.<id>`)
+//! drops one at once; both resolve its firing alerts and delete its states.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt as _;
-use prost::Message as _;
+use sysmonstm_schemas::accept;
 use sysmonstm_schemas::rules::{Phase, Rule};
-use sysmonstm_schemas::{MachineId, streams, subjects, v1};
+use sysmonstm_schemas::{streams, subjects};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::AlerterConfig;
 use crate::clock::Clock;
 use crate::counters::Counters;
 use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
-use crate::sample::Sample;
-use crate::{AlerterConfig, rules_file, wire};
+use crate::sample::{self, Sample};
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::Alert;
+use sysmonstm_schemas::rules::file as rules_file;
 
 pub struct Alerter {
     config: AlerterConfig,
@@ -58,6 +73,7 @@ impl Alerter {
     /// anything connects ([`rules_file::RulesFileError`] in the chain).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let cfg = &self.config;
+        cfg.validate()?;
         let file_rules = match &cfg.rules_file {
             Some(p) => Some(rules_file::load(p)?),
             None => None,
@@ -77,12 +93,12 @@ impl Alerter {
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
         let setup = async {
-            let alerts = wire::ensure_alerts(&js).await?;
+            let alerts = js_kit::ensure_alerts(&js).await?;
             let metrics = js
                 .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
                 .await?;
-            let rules_kv = wire::ensure_kv(&js, streams::rules_bucket()).await?;
-            let state_kv = wire::ensure_kv(&js, streams::alert_state_bucket()).await?;
+            let rules_kv = js_kit::ensure_kv(&js, streams::rules_bucket()).await?;
+            let state_kv = js_kit::ensure_kv(&js, streams::alert_state_bucket()).await?;
             anyhow::Ok((alerts, metrics, rules_kv, state_kv))
         };
         let (alerts, metrics, rules_kv, state_kv) = tokio::select! {
@@ -94,13 +110,18 @@ impl Alerter {
         }
 
         let mut engine = Engine::new();
-        let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
-        let confirm = tokio::spawn(confirm_loop(js.clone(), rx, Arc::clone(&self.counters)));
+        let (tx, rx) = mpsc::channel::<InFlight>(cfg.confirm_queue);
+        let confirm = tokio::spawn(confirm_loop(
+            js.clone(),
+            rx,
+            cfg.confirm_queue,
+            Arc::clone(&self.counters),
+        ));
 
         // The live watch starts before the current values are read, so a
         // change in between is not missed (applying one twice is harmless).
         let mut rule_watch = rules_kv.watch_all().await?;
-        for entry in wire::current_entries(&rules_kv).await? {
+        for entry in js_kit::current_entries(&rules_kv).await? {
             self.apply_rule(&mut engine, &entry, &js, &tx).await;
         }
         // Acks: live from now; those given while we were away are read back
@@ -114,11 +135,23 @@ impl Alerter {
             .await?
             .messages()
             .await?;
-        let records = wire::current_entries(&state_kv)
+        let records = js_kit::current_entries(&state_kv)
             .await?
             .into_iter()
-            .filter_map(|e| serde_json::from_slice(&e.value).ok())
-            .collect::<Vec<sysmonstm_schemas::rules::AlertStateRecord>>();
+            .filter_map(|e| {
+                let rec: sysmonstm_schemas::rules::AlertStateRecord =
+                    serde_json::from_slice(&e.value).ok()?;
+                // Only the alerter writes the bucket, but a record is input
+                // all the same: one that names no valid machine or rule
+                // would make a machine no snapshot can ever reach.
+                let valid = sysmonstm_schemas::MachineId::parse(&rec.machine).is_ok()
+                    && sysmonstm_schemas::MachineId::parse(&rec.rule).is_ok();
+                if !valid {
+                    tracing::warn!(key = %e.key, "alert state with an invalid machine or rule ignored");
+                }
+                valid.then_some(rec)
+            })
+            .collect::<Vec<_>>();
         let restored = records.len();
         let changes = engine.restore(records, self.clock.now_ms());
         self.emit(&js, changes, &tx).await;
@@ -140,6 +173,7 @@ impl Alerter {
             .await?;
         // Subscribed before the consumer starts, so the two overlap.
         let mut live = js.client().subscribe(subjects::METRICS_ALL).await?;
+        let mut forgets = js.client().subscribe(subjects::FORGET_ALL).await?;
         let mut snapshots = consumer.messages().await?;
         let mut newest = std::collections::HashMap::<String, i64>::new();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
@@ -181,10 +215,14 @@ impl Alerter {
                         rule_watch = rules_kv.watch_all().await?;
                     }
                 },
+                f = forgets.next() => match f {
+                    Some(msg) => self.on_forget(&mut engine, &mut newest, &msg, &js, &tx).await,
+                    None => anyhow::bail!("the forget subscription ended"),
+                },
                 a = acks.next() => match a {
                     Some(Ok(msg)) => {
-                        if let Some(ev) = wire::decode(&msg.payload) {
-                            self.apply_ack(&mut engine, &ev, &tx);
+                        if let Some(ev) = Alert::decode(&msg.payload) {
+                            self.apply_ack(&mut engine, &ev, &tx).await;
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "ALERTS ack watch error"),
@@ -195,8 +233,10 @@ impl Alerter {
                     unacked_n = 0;
                 }
                 _ = tick.tick() => {
-                    let changes = engine.on_tick(self.clock.now_ms());
+                    let now = self.clock.now_ms();
+                    let changes = engine.on_tick(now);
                     self.emit(&js, changes, &tx).await;
+                    self.retire(&mut engine, &mut newest, now, &js, &tx).await;
                 }
             }
         }
@@ -218,7 +258,7 @@ impl Alerter {
         (subject, payload): (&str, &[u8]),
         via_consumer: bool,
         js: &jetstream::Context,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         // A rejected snapshot is not terminated one by one: the next
         // cumulative ack covers it, and it is counted and logged here, once:
@@ -227,29 +267,21 @@ impl Alerter {
         if via_consumer {
             Counters::add(&c.snapshots_received, 1);
         }
-        let snap = match v1::Snapshot::decode(payload) {
+        let now = self.clock.now_ms();
+        let snap = match sample::accept(subject, payload, now, &self.config.accept_limits()) {
             Ok(s) => s,
-            Err(_) if !via_consumer => return,
-            Err(e) => {
-                Counters::add(&c.rejected_decode, 1);
-                tracing::warn!(subject, error = %e, "snapshot cannot be decoded; skipped");
+            Err(r) => {
+                if via_consumer {
+                    c.reject(&r);
+                    tracing::warn!(subject = %short(subject), reason = r.reason(), error = %r,
+                        "snapshot refused; skipped");
+                }
                 return;
             }
         };
-        let subject_machine = subjects::machine_of_metrics(subject);
-        if subject_machine != Some(snap.machine_id.as_str())
-            || MachineId::parse(&snap.machine_id).is_err()
-        {
-            if !via_consumer {
-                return;
-            }
-            Counters::add(&c.rejected_subject, 1);
-            tracing::warn!(subject, machine = %snap.machine_id,
-                "snapshot's machine does not match its subject; skipped");
-            return;
-        }
         // Each snapshot comes twice (subscription and consumer); an older
-        // one after a newer (a backlog) would only turn the clock back.
+        // one after a newer (a backlog) would only turn the clock back. Only
+        // accepted timestamps get here, so none is beyond the skew.
         match newest.get_mut(&snap.machine_id) {
             Some(t) if *t >= snap.timestamp_ms => {
                 Counters::add(&c.snapshots_already_seen, 1);
@@ -260,11 +292,7 @@ impl Alerter {
                 newest.insert(snap.machine_id.clone(), snap.timestamp_ms);
             }
         }
-        let now = self.clock.now_ms();
-        let max_age = i64::try_from(self.config.max_snapshot_age_s)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000);
-        if snap.timestamp_ms < now - max_age {
+        if snap.timestamp_ms < now.saturating_sub(self.config.max_snapshot_age_ms()) {
             Counters::add(&c.snapshots_stale, 1);
             engine.seen(
                 &snap.machine_id,
@@ -276,6 +304,64 @@ impl Alerter {
             let changes = engine.on_sample(&Sample::from_snapshot(&snap), now);
             self.emit(js, changes, tx).await;
         }
+        Counters::set(&c.machines, engine.machine_count() as u64);
+    }
+
+    /// Retires the machines silent past the horizon (on the timer).
+    async fn retire(
+        &self,
+        engine: &mut Engine,
+        newest: &mut std::collections::HashMap<String, i64>,
+        now: i64,
+        js: &jetstream::Context,
+        tx: &mpsc::Sender<InFlight>,
+    ) {
+        let (changes, retired) = engine.retire(now, self.config.retire_after_ms());
+        for m in &retired {
+            newest.remove(m);
+            Counters::add(&self.counters.machines_retired, 1);
+            tracing::warn!(machine = %m, after_s = self.config.retire_after_s,
+                "machine retired: no snapshot within retire_after_s; its alerts resolve and its state is dropped");
+        }
+        self.emit(js, changes, tx).await;
+        Counters::set(&self.counters.machines, engine.machine_count() as u64);
+    }
+
+    /// `sysmonstm machines forget <id>`: the machine is dropped at once, its
+    /// firing alerts resolve, its states are deleted (in order after every
+    /// change already queued); the requester gets an answer.
+    async fn on_forget(
+        &self,
+        engine: &mut Engine,
+        newest: &mut std::collections::HashMap<String, i64>,
+        msg: &async_nats::Message,
+        js: &jetstream::Context,
+        tx: &mpsc::Sender<InFlight>,
+    ) {
+        let machine = match accept::forget_subject(&msg.subject) {
+            Ok(m) => m,
+            Err(r) => {
+                tracing::warn!(subject = %short(&msg.subject), error = %r, "forget request refused");
+                return;
+            }
+        };
+        let (changes, known) = engine.forget(machine.as_str(), self.clock.now_ms());
+        newest.remove(machine.as_str());
+        let states = changes.len();
+        self.emit(js, changes, tx).await;
+        Counters::set(&self.counters.machines, engine.machine_count() as u64);
+        if known {
+            Counters::add(&self.counters.machines_forgotten, 1);
+        }
+        tracing::info!(machine = %machine, known, states, "machine forgotten on request");
+        if let Some(reply) = &msg.reply {
+            let answer = if known {
+                format!("alerter: forgot {machine} ({states} alert states)")
+            } else {
+                format!("alerter: {machine} was not known")
+            };
+            let _ = js.client().publish(reply.clone(), answer.into()).await;
+        }
     }
 
     async fn apply_rule(
@@ -283,7 +369,7 @@ impl Alerter {
         engine: &mut Engine,
         entry: &kv::Entry,
         js: &jetstream::Context,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         let now = self.clock.now_ms();
         let changes = match entry.operation {
@@ -321,19 +407,27 @@ impl Alerter {
         );
     }
 
-    fn apply_ack(
-        &self,
-        engine: &mut Engine,
-        ev: &crate::engine::Alert,
-        tx: &mpsc::UnboundedSender<InFlight>,
-    ) {
+    async fn apply_ack(&self, engine: &mut Engine, ev: &Alert, tx: &mpsc::Sender<InFlight>) {
         if ev.kind != EventKind::Acknowledged {
             return;
         }
         if let Some(change) = engine.ack(&ev.machine, &ev.rule, ev.since_ms) {
             Counters::add(&self.counters.acks_applied, 1);
             tracing::info!(machine = %ev.machine, rule = %ev.rule, "alert acknowledged; no more reminders");
-            let _ = tx.send(InFlight { change, ack: None });
+            self.queue(tx, InFlight { change, ack: None }).await;
+        }
+    }
+
+    /// Hands a change to the confirm task; when its queue is full, waits
+    /// (and counts the wait): evaluation slows down, nothing is dropped.
+    async fn queue(&self, tx: &mpsc::Sender<InFlight>, item: InFlight) {
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                Counters::add(&self.counters.confirm_queue_full, 1);
+                let _ = tx.send(item).await;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -343,7 +437,7 @@ impl Alerter {
         &self,
         engine: &mut Engine,
         alerts: &jetstream::stream::Stream,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         let firing: Vec<_> = engine
             .states()
@@ -351,14 +445,14 @@ impl Alerter {
             .cloned()
             .collect();
         for rec in firing {
-            let probe = crate::engine::Alert::acknowledged(&rec, 0, "");
-            let Ok((subject, _)) = wire::address(&probe) else {
+            let probe = Alert::acknowledged(&rec, 0, "");
+            let Ok((subject, _)) = probe.address() else {
                 continue;
             };
             if let Ok(m) = alerts.get_last_raw_message_by_subject(&subject).await
-                && let Some(ev) = wire::decode(&m.payload)
+                && let Some(ev) = Alert::decode(&m.payload)
             {
-                self.apply_ack(engine, &ev, tx);
+                self.apply_ack(engine, &ev, tx).await;
             }
         }
     }
@@ -368,16 +462,23 @@ impl Alerter {
     /// last heard of.
     async fn seed_machines(&self, engine: &mut Engine, js: &jetstream::Context) {
         let now = self.clock.now_ms();
-        match wire::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
+        match js_kit::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
             Ok(lasts) => {
+                let limits = self.config.accept_limits();
                 for (subject, payload) in lasts {
-                    if let (Some(m), Ok(s)) = (
-                        subjects::machine_of_metrics(&subject),
-                        v1::Snapshot::decode(payload.as_ref()),
-                    ) {
-                        engine.seen(m, s.timestamp_ms.min(now), s.interval_ms);
+                    // The same rule as for every snapshot: a last snapshot
+                    // from the far future must not start a machine's clock
+                    // there, nor a bad token make a machine.
+                    match sample::accept(&subject, &payload, now, &limits) {
+                        Ok(s) => engine.seen(&s.machine_id, s.timestamp_ms.min(now), s.interval_ms),
+                        Err(r) => {
+                            self.counters.reject(&r);
+                            tracing::warn!(subject = %short(&subject), reason = r.reason(), error = %r,
+                                "last snapshot in METRICS refused; that machine is not followed");
+                        }
                     }
                 }
+                Counters::set(&self.counters.machines, engine.machine_count() as u64);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the last snapshots; silent machines are counted from their next snapshot")
@@ -390,7 +491,7 @@ impl Alerter {
         &self,
         js: &jetstream::Context,
         changes: Vec<Change>,
-        tx: &mpsc::UnboundedSender<InFlight>,
+        tx: &mpsc::Sender<InFlight>,
     ) {
         for change in changes {
             let ack = match &change.event {
@@ -403,7 +504,7 @@ impl Alerter {
                     }
                     tracing::info!(machine = %ev.machine, rule = %ev.rule, kind = ?ev.kind,
                         value = ev.value, "alert event");
-                    match wire::send(js, ev).await {
+                    match js_kit::send_alert(js, ev).await {
                         Ok(f) => Some(f),
                         Err(e) => {
                             tracing::warn!(error = %e, "alert event not sent; retrying");
@@ -413,9 +514,18 @@ impl Alerter {
                 }
                 None => None,
             };
-            let _ = tx.send(InFlight { change, ack });
+            self.queue(tx, InFlight { change, ack }).await;
         }
     }
+}
+
+/// A subject for a log line: anyone can make one kilobytes long.
+fn short(subject: &str) -> &str {
+    let cut = subject
+        .char_indices()
+        .nth(120)
+        .map_or(subject.len(), |(i, _)| i);
+    &subject[..cut]
 }
 
 /// Writes the rules of a file into the bucket, leaving equal ones alone.

@@ -4,14 +4,17 @@
 //! starts in the past and simply keeps going, so the replay turns into the
 //! live feed with no gap and no event twice.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use clap::Subcommand;
 use futures::StreamExt as _;
-use sysmonstm_alerter::engine::Alert;
-use sysmonstm_alerter::wire;
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::{
-    AlertStateRecord, Phase, Severity, glob_match, is_plain_token, parse_duration, state_key,
+    AlertStateRecord, Phase, Severity, format_duration, glob_match, is_plain_token, parse_duration,
+    state_key,
 };
 use sysmonstm_schemas::{MachineId, streams, subjects};
 
@@ -30,7 +33,8 @@ pub enum AlertsCommand {
         /// Rule name or glob.
         #[arg(long)]
         rule: Option<String>,
-        /// Replay events of this recent past first (`1h`, `30m`, `2d`).
+        /// Replay events of this recent past first (`1h`, `30m`, `2d`; at
+        /// most 3650d).
         #[arg(long, conflicts_with = "all")]
         since: Option<String>,
         /// Replay every stored event first.
@@ -58,6 +62,55 @@ pub enum AlertsCommand {
     },
 }
 
+/// The longest `--since`: ten years, far beyond what ALERTS keeps, and
+/// far inside what a timestamp can hold.
+pub const MAX_SINCE: Duration = Duration::from_secs(3650 * 86_400);
+
+/// When a `--since` replay starts: `now - since`, for `since` up to
+/// [`MAX_SINCE`]; anything longer is the caller's mistake, not a panic.
+pub fn since_start(
+    since: &str,
+    now: time::OffsetDateTime,
+) -> Result<time::OffsetDateTime, InvalidInput> {
+    let d = parse_duration(since).map_err(|e| InvalidInput(format!("--since: {e}")))?;
+    let too_long = || {
+        InvalidInput(format!(
+            "--since {since:?} is longer than {}",
+            format_duration(MAX_SINCE)
+        ))
+    };
+    if d > MAX_SINCE {
+        return Err(too_long());
+    }
+    time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_sub(d))
+        .ok_or_else(too_long)
+}
+
+impl AlertsCommand {
+    /// Checks the flags before anything connects, so that a mistake is exit
+    /// code 2 whether or not the hub answers.
+    pub fn check(&self) -> Result<(), anyhow::Error> {
+        if let AlertsCommand::Watch {
+            severity,
+            machine,
+            rule,
+            since,
+            ..
+        } = self
+        {
+            severity.as_deref().map(parse_severity).transpose()?;
+            token_or_glob(machine.as_deref(), "machine")?;
+            token_or_glob(rule.as_deref(), "rule")?;
+            if let Some(s) = since {
+                since_start(s, time::OffsetDateTime::now_utc())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(js: &jetstream::Context, cmd: AlertsCommand) -> anyhow::Result<()> {
     match cmd {
         AlertsCommand::Watch {
@@ -71,13 +124,9 @@ pub async fn run(js: &jetstream::Context, cmd: AlertsCommand) -> anyhow::Result<
             let severity = severity.as_deref().map(parse_severity).transpose()?;
             let start = match (since, all) {
                 (_, true) => consumer::DeliverPolicy::All,
-                (Some(s), false) => {
-                    let d =
-                        parse_duration(&s).map_err(|e| InvalidInput(format!("--since: {e}")))?;
-                    let start = time::OffsetDateTime::now_utc()
-                        - time::Duration::milliseconds(d.as_millis() as i64);
-                    consumer::DeliverPolicy::ByStartTime { start_time: start }
-                }
+                (Some(s), false) => consumer::DeliverPolicy::ByStartTime {
+                    start_time: since_start(&s, time::OffsetDateTime::now_utc())?,
+                },
                 (None, false) => consumer::DeliverPolicy::New,
             };
             watch(js, severity, machine, rule, start, json).await
@@ -128,7 +177,7 @@ async fn watch(
         m_token.as_ref(),
         r_token.as_ref(),
     );
-    let stream = wire::ensure_alerts(js).await?;
+    let stream = js_kit::ensure_alerts(js).await?;
     let mut msgs = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter,
@@ -141,7 +190,7 @@ async fn watch(
         .await?;
     while let Some(m) = msgs.next().await {
         let m = m.context("lost the ALERTS feed")?;
-        let Some(ev) = wire::decode(&m.payload) else {
+        let Some(ev) = Alert::decode(&m.payload) else {
             tracing::warn!(subject = %m.subject, "not an alert event; skipped");
             continue;
         };
@@ -161,8 +210,8 @@ async fn watch(
 }
 
 async fn states(js: &jetstream::Context) -> anyhow::Result<Vec<AlertStateRecord>> {
-    let kv = wire::ensure_kv(js, streams::alert_state_bucket()).await?;
-    let mut out: Vec<AlertStateRecord> = wire::current_entries(&kv)
+    let kv = js_kit::ensure_kv(js, streams::alert_state_bucket()).await?;
+    let mut out: Vec<AlertStateRecord> = js_kit::current_entries(&kv)
         .await?
         .into_iter()
         .filter_map(|e| serde_json::from_slice(&e.value).ok())
@@ -227,7 +276,7 @@ async fn ack(
     rule: &str,
     by: Option<String>,
 ) -> anyhow::Result<()> {
-    let kv = wire::ensure_kv(js, streams::alert_state_bucket()).await?;
+    let kv = js_kit::ensure_kv(js, streams::alert_state_bucket()).await?;
     let key = state_key(machine, rule);
     let rec: AlertStateRecord = match kv.get(&key).await.context("cannot read alert state")? {
         Some(v) => serde_json::from_slice(&v).context("alert state unreadable")?,
@@ -247,11 +296,33 @@ async fn ack(
         .unwrap_or_else(|| "sysmonstm".to_owned());
     let now = chrono::Utc::now().timestamp_millis();
     let ev = Alert::acknowledged(&rec, now, &by);
-    wire::ensure_alerts(js).await?;
-    wire::publish(js, &ev).await?;
+    js_kit::ensure_alerts(js).await?;
+    js_kit::publish_alert(js, &ev).await?;
     println!(
         "acknowledged {machine}/{rule} (firing since {})",
         print::rfc3339(rec.since_ms)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_bounded_and_never_panics() {
+        let now = time::OffsetDateTime::now_utc();
+        let start = since_start("1h", now).expect("1h");
+        assert_eq!(now - start, time::Duration::hours(1));
+        since_start("3650d", now).expect("at the limit");
+        for bad in ["3651d", "5000000d", "18446744073709551615ms"] {
+            let e = since_start(bad, now).expect_err(bad);
+            assert!(e.0.contains("--since"), "{e}");
+        }
+        assert!(since_start("99999999999999999999999d", now).is_err());
+        // At the start of what `time` can represent, even a short replay
+        // has nowhere to start.
+        let earliest = time::PrimitiveDateTime::MIN.assume_utc();
+        assert!(since_start("1d", earliest).is_err());
+    }
 }

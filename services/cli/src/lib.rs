@@ -76,15 +76,26 @@ enum Command {
         #[command(subcommand)]
         command: rules::RulesCommand,
     },
-    /// Every machine: last seen, online or silent, headline values.
+    /// Every machine: last seen, online or silent, headline values; or
+    /// `forget <id>` to remove one everywhere it is kept.
     Machines {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        command: Option<machines::MachinesCommand>,
     },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Alerts { command } => command.check()?,
+        Command::Machines {
+            command: Some(command),
+            ..
+        } => command.check()?,
+        _ => {}
+    }
     let mut nats = NatsConfig::default();
     if !cli.servers.is_empty() {
         nats.servers = cli.servers;
@@ -105,6 +116,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Alerts { command } => alerts::run(&js, command).await,
         Command::Rules { command } => rules::run(&js, command).await,
-        Command::Machines { json } => machines::run(&js, json).await,
+        Command::Machines {
+            command: Some(command),
+            ..
+        } => machines::run_command(&js, command).await,
+        Command::Machines { json, .. } => machines::run(&js, json).await,
     }
 }

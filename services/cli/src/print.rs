@@ -5,21 +5,13 @@ use std::io::{IsTerminal as _, Write as _};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sysmonstm_alerter::engine::{Alert, EventKind};
+use sysmonstm_schemas::alert::{Alert, EventKind};
 use sysmonstm_schemas::rules::Severity;
 
 pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-pub fn kind_name(k: EventKind) -> &'static str {
-    match k {
-        EventKind::Firing => "firing",
-        EventKind::Resolved => "resolved",
-        EventKind::Acknowledged => "acknowledged",
-    }
 }
 
 #[derive(Serialize)]
@@ -61,7 +53,7 @@ pub fn event(a: &Alert, subject: &str, stream_seq: u64, json: bool) -> std::io::
             machine: &a.machine,
             rule: &a.rule,
             severity: a.severity.name(),
-            state: kind_name(a.kind),
+            state: a.kind.name(),
             metric: a.metric.name(),
             value: a.value,
             threshold: a.threshold,

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use async_nats::jetstream;
 use clap::Subcommand;
-use sysmonstm_alerter::{rules_file, wire};
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::rules::file as rules_file;
 use sysmonstm_schemas::rules::{Rule, format_duration};
 use sysmonstm_schemas::streams;
 
@@ -29,11 +30,11 @@ pub enum RulesCommand {
 }
 
 pub async fn run(js: &jetstream::Context, cmd: RulesCommand) -> anyhow::Result<()> {
-    let kv = wire::ensure_kv(js, streams::rules_bucket()).await?;
+    let kv = js_kit::ensure_kv(js, streams::rules_bucket()).await?;
     match cmd {
         RulesCommand::List { json } => {
             let mut rules: Vec<Rule> = Vec::new();
-            for e in wire::current_entries(&kv).await? {
+            for e in js_kit::current_entries(&kv).await? {
                 match Rule::from_json(&e.value) {
                     Ok(r) => rules.push(r),
                     Err(why) => eprintln!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::*;
 use sysmonstm_alerter::Counters;
-use sysmonstm_alerter::engine::EventKind;
-use sysmonstm_alerter::wire;
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::EventKind;
 use sysmonstm_testkit::{NatsServer, eventually};
 
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn watch_json_prints_a_live_event() {
     let nats = NatsServer::start_hub();
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
     let mut w = Watcher::start(&js, &nats.url(), &["alerts", "watch", "--json"]).await;
-    wire::publish(
+    js_kit::publish_alert(
         &js,
         &event("web01", "cpu_high", EventKind::Firing, 1_700_000_000_000),
     )
@@ -36,9 +36,9 @@ async fn watch_json_prints_a_live_event() {
 async fn watch_since_prints_the_past_then_live_events_each_once() {
     let nats = NatsServer::start_hub();
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
-    wire::ensure_alerts(&js).await.expect("ALERTS");
+    js_kit::ensure_alerts(&js).await.expect("ALERTS");
     for i in 0..3 {
-        wire::publish(
+        js_kit::publish_alert(
             &js,
             &event(&format!("web0{i}"), "cpu_high", EventKind::Firing, 1000 + i),
         )
@@ -46,7 +46,7 @@ async fn watch_since_prints_the_past_then_live_events_each_once() {
         .expect("publish past");
     }
     // A filter that leaves one out: only web* machines.
-    wire::publish(&js, &event("db01", "cpu_high", EventKind::Firing, 5))
+    js_kit::publish_alert(&js, &event("db01", "cpu_high", EventKind::Firing, 5))
         .await
         .expect("publish");
     let mut w = Watcher::start(
@@ -64,7 +64,7 @@ async fn watch_since_prints_the_past_then_live_events_each_once() {
     )
     .await;
     for i in 0..2 {
-        wire::publish(
+        js_kit::publish_alert(
             &js,
             &event(
                 &format!("web1{i}"),
@@ -197,4 +197,17 @@ async fn an_ack_given_while_the_alerter_was_down_is_honoured_after_its_restart()
     assert_eq!(Counters::get(&second.counters.events_reminder), 0);
     assert_eq!(Counters::get(&second.counters.events_firing), 0);
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_since_out_of_range_is_exit_code_2_not_a_panic() {
+    let nats = NatsServer::start_hub();
+    for since in ["5000000d", "3651d", "18446744073709551615ms"] {
+        let (code, _, err) = run(&nats.url(), &["alerts", "watch", "--since", since]).await;
+        assert_eq!(code, 2, "--since {since}: {err}");
+        assert!(
+            err.contains("--since") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use common::*;
 use prost::Message as _;
 use sysmonstm_alerter::Counters;
 use sysmonstm_schemas::{streams, subjects};
-use sysmonstm_testkit::NatsServer;
+use sysmonstm_testkit::{NatsServer, eventually};
 
 #[tokio::test]
 async fn rules_set_refuses_an_invalid_rule_naming_the_field_and_changes_nothing() {
@@ -169,4 +169,127 @@ async fn no_server_is_a_clear_error_with_exit_code_1() {
     let (code, _, err) = run(&format!("nats://127.0.0.1:{port}"), &["rules", "list"]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot connect to NATS"), "{err}");
+}
+
+#[tokio::test]
+async fn machines_forget_removes_a_machine_everywhere_it_is_kept() {
+    let nats = NatsServer::start_hub();
+    let url = nats.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    js.get_or_create_stream(streams::machines())
+        .await
+        .expect("MACHINES");
+    let (code, _, err) = run(
+        &url,
+        &[
+            "rules",
+            "set",
+            r#"name="cpu_high" metric="cpu" threshold=90 severity="critical""#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let alerter = start_alerter(&js, &url).await;
+    let mut db = Machine::new("db01").await;
+    let mut web = Machine::new("web01").await;
+    web.publish(&js, 10.0).await;
+    db.publish(&js, 97.0).await;
+    let info = sysmonstm_schemas::v1::MachineInfo {
+        machine_id: "db01".into(),
+        hostname: "db01.example.com".into(),
+        ..Default::default()
+    };
+    js.publish(subjects::info(&db.id), info.encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let state_kv = js
+        .get_key_value(streams::ALERT_STATE_BUCKET)
+        .await
+        .expect("state bucket");
+    // db01 fires, so the alerter holds it and its state is stored.
+    eventually(WAIT, "db01's alert state stored", || {
+        let kv = state_kv.clone();
+        async move { kv.get("db01.cpu_high").await.ok()?.map(|_| ()) }
+    })
+    .await;
+
+    let (code, out, err) = run(&url, &["machines", "forget", "db01"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("alerter: forgot db01"), "{out}");
+    assert!(out.contains("METRICS: 1 snapshots"), "{out}");
+    assert!(out.contains("MACHINES: 1 facts"), "{out}");
+    // Gone from the streams and the bucket, so no restart brings it back.
+    let metrics = js.get_stream(streams::METRICS).await.expect("METRICS");
+    assert!(
+        metrics
+            .get_last_raw_message_by_subject(&subjects::metrics(&db.id))
+            .await
+            .is_err()
+    );
+    let machines = js.get_stream(streams::MACHINES).await.expect("MACHINES");
+    assert!(
+        machines
+            .get_last_raw_message_by_subject(&subjects::info(&db.id))
+            .await
+            .is_err()
+    );
+    eventually(WAIT, "db01's alert state gone", || {
+        let kv = state_kv.clone();
+        async move { kv.get("db01.cpu_high").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let (code, out, err) = run(&url, &["machines", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("web01") && !out.contains("db01"), "{out}");
+    // Its firing alert resolved, saying why.
+    let (code, out, err) = run(&url, &["alerts", "list", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("db01"), "{out}");
+    alerter.stop().await;
+
+    // Not a machine id: exit code 2, before connecting.
+    let (code, _, err) = run(&url, &["machines", "forget", "Not.A.Machine"]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
+async fn machines_leaves_out_made_up_tokens_and_payloads_of_other_machines() {
+    let nats = NatsServer::start_hub();
+    let url = nats.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    js.get_or_create_stream(streams::metrics(&alerter_config(&url).metrics_limits()))
+        .await
+        .expect("METRICS");
+    let mut web = Machine::new("web01").await;
+    web.publish(&js, 10.0).await;
+    let mut snap = web.collector.sample(99);
+    for (subject, machine) in [
+        (
+            "sysmon.metrics.UPPER-Case".to_owned(),
+            "UPPER-Case".to_owned(),
+        ),
+        (
+            format!("sysmon.metrics.{}", "a".repeat(300)),
+            "a".repeat(300),
+        ),
+        ("sysmon.metrics.db01".to_owned(), "web01".to_owned()),
+    ] {
+        snap.machine_id = machine;
+        js.publish(subject, snap.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let (code, out, err) = run(&url, &["machines", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["machine"], "web01");
+    assert!(err.contains("3 subjects left out"), "{err}");
 }

@@ -160,6 +160,11 @@ impl Persister {
                 max_backoff,
                 shutdown.clone(),
             )),
+            tokio::spawn(machines::follow_forget(
+                js.client(),
+                pool.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(alerts::run(
                 js.clone(),
                 pool.clone(),

@@ -176,3 +176,53 @@ async fn store(
         backoff = (backoff * 2).min(max_backoff);
     }
 }
+
+/// `sysmonstm machines forget <id>`: deletes the machine's `machines` row
+/// (its history in `metrics` and `alerts` stays, until retention) and
+/// answers the requester. A request while the persister is down is lost:
+/// the CLI says nobody answered, and the row comes back only if the machine
+/// sends again.
+pub async fn follow_forget(client: async_nats::Client, pool: PgPool, shutdown: CancellationToken) {
+    let mut subscription = match client.subscribe(subjects::FORGET_ALL).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow forget requests; `machines forget` leaves rows");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = subscription.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let answer = match sysmonstm_schemas::accept::forget_subject(&msg.subject) {
+            Err(r) => {
+                tracing::warn!(error = %r, "forget request refused");
+                continue;
+            }
+            Ok(m) => match sqlx::query("DELETE FROM machines WHERE machine_id = $1")
+                .bind(m.as_str())
+                .execute(&pool)
+                .await
+            {
+                Ok(r) => {
+                    tracing::info!(machine = %m, rows = r.rows_affected(), "machine forgotten on request");
+                    format!(
+                        "persister: removed {} machines row of {m}",
+                        r.rows_affected()
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %m, error = %e, "cannot delete the machines row");
+                    format!("persister: cannot remove the machines row of {m}: {e}")
+                }
+            },
+        };
+        if let Some(reply) = msg.reply {
+            let _ = client.publish(reply, answer.into()).await;
+        }
+    }
+}

@@ -303,3 +303,40 @@ async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     persister.stop().await;
 }
+
+/// `sysmonstm machines forget <id>` asks on `sysmon.admin.forget.<id>`; the
+/// persister deletes the `machines` row and answers. History stays.
+#[tokio::test]
+async fn a_forget_request_deletes_the_machines_row_and_is_answered() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let persister = spawn(config(&nats.url(), db.url()));
+    let js = js_for(&nats.url()).await;
+    ensure_stream(&js).await;
+    publish(&js, &snapshot("gone-1", 1)).await;
+    publish(&js, &snapshot("kept-1", 1)).await;
+    let machines = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT machine_id FROM machines ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default()
+    };
+    eventually(WAIT, "both machines have a row", || {
+        let pool = pool.clone();
+        async move { (machines(pool).await.len() == 2).then_some(()) }
+    })
+    .await;
+    let id = sysmonstm_schemas::MachineId::parse("gone-1").expect("id");
+    let answer = eventually(WAIT, "the persister answers", || {
+        let client = js.client();
+        let subject = sysmonstm_schemas::subjects::forget(&id);
+        async move { client.request(subject, "".into()).await.ok() }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    assert_eq!(answer, "persister: removed 1 machines row of gone-1");
+    assert_eq!(machines(pool.clone()).await, vec!["kept-1".to_owned()]);
+    assert_eq!(row_count(&pool).await, 2, "history stays");
+    persister.stop().await;
+}

@@ -274,3 +274,119 @@ async fn an_event_names_the_snapshot_that_completed_its_window() {
         vec![3]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_times_from_payloads_and_records_are_values_not_panics() {
+    let mut e = Engine::new();
+    let mut silent = rule("machine_silent", Metric::Silent, 3.0);
+    silent.op = Op::Ge;
+    e.set_rule(silent, 0);
+    let mut r = rule("cpu_high", Metric::Cpu, 90.0);
+    r.for_ = Duration::from_secs(30);
+    r.repeat = Some(Duration::from_secs(60));
+    e.set_rule(r, 0);
+    // Machines seen at the ends of the range, a tick at the other end.
+    e.seen("old", i64::MIN, 1000);
+    e.seen("new", i64::MAX, 1000);
+    e.on_tick(i64::MAX);
+    e.on_tick(i64::MIN);
+    // Records from the state bucket with extreme times and counts.
+    let rec = |machine: &str, since: i64, notified: i64| AlertStateRecord {
+        machine: machine.into(),
+        rule: "cpu_high".into(),
+        phase: Phase::Firing,
+        severity: Severity::Critical,
+        metric: Metric::Cpu,
+        since_ms: since,
+        value: 95.0,
+        threshold: 90.0,
+        notified_ms: notified,
+        repeats: u32::MAX,
+        acked: false,
+        last_seen_ms: i64::MAX,
+        interval_ms: 1000,
+        message: String::new(),
+    };
+    e.restore(
+        vec![rec("a", i64::MIN, i64::MIN), rec("b", i64::MAX, i64::MAX)],
+        0,
+    );
+    for now in [i64::MIN, 0, i64::MAX] {
+        e.on_sample(&cpu("a", 95.0), now);
+        e.on_sample(&cpu("b", 95.0), now);
+    }
+    let st = e.state("a", "cpu_high").expect("still firing");
+    assert_eq!(st.repeats, u32::MAX, "saturated, not wrapped");
+    // A restored "last seen" in the future does not hold the silent count
+    // at zero: it is taken as now.
+    let mut e2 = Engine::new();
+    let mut silent = rule("machine_silent", Metric::Silent, 3.0);
+    silent.op = Op::Ge;
+    e2.set_rule(silent, 0);
+    e2.restore(vec![rec("c", 0, 0)], 1_000_000);
+    let fired = e2.on_tick(1_000_000 + 10_000);
+    assert!(
+        fired.iter().any(|c| c.machine == "c" && c.event.is_some()),
+        "{fired:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tiny_interval_never_makes_a_machine_silent_between_snapshots() {
+    let mut e = Engine::new();
+    let mut r = rule("machine_silent", Metric::Silent, 3.0);
+    r.op = Op::Ge;
+    e.set_rule(r, 0);
+    let tiny = Sample {
+        interval_ms: 10,
+        ..cpu("web01", 5.0)
+    };
+    // A snapshot, then a tick 200 ms later: 20 "intervals", but far below
+    // the floor of one second of silence.
+    e.on_sample(&tiny, 10_000);
+    assert!(e.on_tick(10_200).is_empty());
+    assert!(e.on_tick(10_999).is_empty());
+    // Real silence still counts in the machine's own intervals.
+    let fired = e.on_tick(12_000);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_silent_past_the_horizon_is_retired_with_its_alerts_resolved() {
+    let day = 86_400_000;
+    let mut e = Engine::new();
+    let mut r = rule("machine_silent", Metric::Silent, 3.0);
+    r.op = Op::Ge;
+    e.set_rule(r, 0);
+    e.on_sample(&cpu("gone", 5.0), 0);
+    e.on_sample(&cpu("alive", 5.0), 0);
+    let fired = e.on_tick(10_000);
+    assert_eq!(fired.len(), 2);
+    e.on_sample(&cpu("alive", 5.0), 7 * day);
+    let (none, retired) = e.retire(7 * day, 7 * day);
+    assert!(
+        none.is_empty() && retired.is_empty(),
+        "exactly 7 days is not past"
+    );
+    let (changes, retired) = e.retire(7 * day + 1, 7 * day);
+    assert_eq!(retired, vec!["gone".to_owned()]);
+    let ev = changes[0]
+        .event
+        .as_ref()
+        .expect("its silent alert resolves");
+    assert_eq!(ev.kind, EventKind::Resolved);
+    assert!(
+        ev.message.contains("retired") && ev.message.contains("7d"),
+        "{ev:?}"
+    );
+    assert!(changes[0].record.is_none(), "its state is deleted");
+    assert_eq!(e.machine_count(), 1);
+    // No longer reported silent.
+    assert!(e.on_tick(8 * day).iter().all(|c| c.machine != "gone"));
+    // Forget: at once, whatever the time.
+    let (changes, known) = e.forget("alive", 8 * day);
+    assert!(known);
+    assert!(changes.iter().all(|c| c.record.is_none()));
+    assert_eq!(e.machine_count(), 0);
+    assert!(!e.forget("never", 0).1);
+}

@@ -12,7 +12,8 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use sysmonstm_agent::collect::{CollectOptions, Collector};
 use sysmonstm_alerter::engine::{Alert, EventKind};
-use sysmonstm_alerter::{Alerter, AlerterConfig, Counters, wire};
+use sysmonstm_alerter::{Alerter, AlerterConfig, Counters};
+use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::rules::Rule;
 use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
@@ -93,11 +94,11 @@ pub async fn setup(js: &jetstream::Context) -> (kv::Store, kv::Store) {
     js.get_or_create_stream(streams::metrics(&config("").metrics_limits()))
         .await
         .expect("METRICS");
-    wire::ensure_alerts(js).await.expect("ALERTS");
-    let rules = wire::ensure_kv(js, streams::rules_bucket())
+    js_kit::ensure_alerts(js).await.expect("ALERTS");
+    let rules = js_kit::ensure_kv(js, streams::rules_bucket())
         .await
         .expect("rules bucket");
-    let state = wire::ensure_kv(js, streams::alert_state_bucket())
+    let state = js_kit::ensure_kv(js, streams::alert_state_bucket())
         .await
         .expect("state bucket");
     (rules, state)
@@ -195,7 +196,7 @@ pub async fn stored_events(js: &jetstream::Context, filter: &str) -> Vec<Alert> 
     let mut out = Vec::new();
     while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
     {
-        out.push(wire::decode(&m.payload).expect("a well-formed event"));
+        out.push(Alert::decode(&m.payload).expect("a well-formed event"));
     }
     out
 }

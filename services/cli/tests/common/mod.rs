@@ -10,9 +10,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use prost::Message as _;
 use sysmonstm_agent::collect::{CollectOptions, Collector};
-use sysmonstm_alerter::engine::{Alert, EventKind};
-use sysmonstm_alerter::{Alerter, AlerterConfig, Counters, wire};
+use sysmonstm_alerter::{Alerter, AlerterConfig, Counters};
+use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::alert::{Alert, EventKind};
 use sysmonstm_schemas::rules::{Metric, Rule, Severity};
 use sysmonstm_schemas::{MachineId, headers, streams, subjects};
 use sysmonstm_testkit::{NatsServer, eventually};
@@ -53,7 +54,7 @@ pub struct Watcher {
 
 impl Watcher {
     pub async fn start(js: &jetstream::Context, url: &str, args: &[&str]) -> Self {
-        let stream = wire::ensure_alerts(js).await.expect("ALERTS");
+        let stream = js_kit::ensure_alerts(js).await.expect("ALERTS");
         let before = consumers(&stream).await;
         let mut child = cli(url).args(args).spawn().expect("spawn watch");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -196,7 +197,7 @@ impl RunningAlerter {
 }
 
 pub async fn rule_in_kv(js: &jetstream::Context, name: &str) -> Option<Rule> {
-    let kv = wire::ensure_kv(js, streams::rules_bucket()).await.ok()?;
+    let kv = js_kit::ensure_kv(js, streams::rules_bucket()).await.ok()?;
     let v = kv.get(name).await.ok()??;
     Rule::from_json(&v).ok()
 }

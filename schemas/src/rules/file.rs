@@ -1,13 +1,14 @@
 //! Rules written by people: a TOML file of `[[rule]]` tables (see
-//! `rules.example.toml`), or one rule inline (TOML or JSON) for
-//! `sysmonstm rules set`. Everything is validated before anything is used,
-//! so a file with one bad rule changes nothing.
+//! `rules.example.toml`) for `sysmonstm-alerter --rules`, or one rule inline
+//! (TOML or JSON) for `sysmonstm rules set`. Everything is validated before
+//! anything is used, so a file with one bad rule changes nothing. Both
+//! programs read rules with this one parser.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use serde::Deserialize;
-use sysmonstm_schemas::rules::{Rule, RuleError};
+use super::{Rule, RuleError};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesFileError {
@@ -26,11 +27,19 @@ pub enum RulesFileError {
     Duplicate { origin: String, name: String },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RulesFile {
     #[serde(default)]
     rule: Vec<Rule>,
+}
+
+/// `rules` as a rules file (`[[rule]]` tables) that [`parse`] reads back.
+pub fn to_toml(rules: &[Rule]) -> Result<String, String> {
+    toml::to_string(&RulesFile {
+        rule: rules.to_vec(),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Reads and validates a rules file.
@@ -80,12 +89,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<Rule>, RulesFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Metric;
     use std::time::Duration;
-    use sysmonstm_schemas::rules::Metric;
 
     #[test]
     fn the_example_file_loads() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules.example.toml");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules.example.toml");
         let rules = load(&p).expect("rules.example.toml is valid");
         assert!(rules.iter().any(|r| r.metric == Metric::Silent));
         assert!(rules.len() >= 5);
