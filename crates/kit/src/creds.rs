@@ -118,8 +118,10 @@ impl Role {
                     (none.clone(), none)
                 }
             },
+            // The persister and the alerter answer `machines forget`
+            // requests, on the asker's inbox.
             Self::Persister => (
-                allow(&join(&[JS_READ, JS_ADMIN, &[subjects::FORGET_ALL]])),
+                allow(&join(&[JS_READ, JS_ADMIN, &inbox])),
                 allow(&join(&[&inbox, &[subjects::FORGET_ALL]])),
             ),
             Self::Alerter => (
@@ -131,15 +133,22 @@ impl Role {
                         "$KV.sysmon_alert_state.>",
                         "$KV.sysmon_rules.>",
                     ],
+                    &inbox,
                 ])),
-                allow(&join(&[&inbox, &[subjects::METRICS_ALL, subjects::FORGET_ALL]])),
+                allow(&join(&[
+                    &inbox,
+                    &[subjects::METRICS_ALL, subjects::FORGET_ALL],
+                ])),
             ),
             Self::Gateway => (
                 allow(&join(&[
                     JS_READ,
                     &["$JS.API.STREAM.CREATE.*", "$KV.sysmon_rules.>"],
                 ])),
-                allow(&join(&[&inbox, &[subjects::METRICS_ALL, subjects::FORGET_ALL]])),
+                allow(&join(&[
+                    &inbox,
+                    &[subjects::METRICS_ALL, subjects::FORGET_ALL],
+                ])),
             ),
             Self::Cli => (
                 allow(&join(&[
