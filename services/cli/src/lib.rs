@@ -4,6 +4,7 @@
 //! `NATS_CREDS`) through the kit's `NatsConfig`.
 
 mod alerts;
+mod creds;
 mod machines;
 mod print;
 mod rules;
@@ -85,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: Option<machines::MachinesCommand>,
     },
+    /// NATS credentials: the authority, and one per agent and service.
+    Creds {
+        #[command(subcommand)]
+        command: creds::CredsCommand,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -96,6 +102,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => command.check()?,
         _ => {}
     }
+    // Minting needs no connection: the authority is a directory of keys.
+    let cli = match cli.command {
+        Command::Creds { command } => return creds::run(command),
+        command => Cli { command, ..cli },
+    };
     let mut nats = NatsConfig::default();
     if !cli.servers.is_empty() {
         nats.servers = cli.servers;
@@ -121,5 +132,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => machines::run_command(&js, command).await,
         Command::Machines { json, .. } => machines::run(&js, json).await,
+        Command::Creds { .. } => Ok(()),
     }
 }

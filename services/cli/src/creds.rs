@@ -1,0 +1,150 @@
+//! `sysmonstm creds`: mint and revoke the NATS credentials of agents and
+//! services (`sysmonstm_kit::creds` does the work; this is its command line).
+//! It needs no connection: the authority is a directory of keys.
+
+use std::path::PathBuf;
+
+use clap::{Subcommand, ValueEnum};
+use sysmonstm_kit::creds::{Authority, CredsError, Role};
+
+use crate::InvalidInput;
+
+#[derive(Debug, Subcommand)]
+pub enum CredsCommand {
+    /// Create the operator, the system account and the SYSMON account in DIR,
+    /// and the resolver config servers include (`DIR/resolver.conf`).
+    Init {
+        /// Where the keys live (created 0700).
+        dir: PathBuf,
+    },
+    /// Credentials for one machine's agent: it may publish only its own
+    /// snapshots and facts, and read nothing.
+    Agent {
+        /// The machine id (lowercase [a-z0-9_-]).
+        machine: String,
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        dir: PathBuf,
+    },
+    /// Credentials for a service, with the least it needs.
+    Service {
+        service: Service,
+        /// For `cli`: a credential that only reads (no acks, no rule edits).
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        dir: PathBuf,
+    },
+    /// Revoke what was issued under NAME (as `list` shows it, e.g.
+    /// `agent-web-1`); servers refuse it after a config reload.
+    Revoke {
+        name: String,
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        dir: PathBuf,
+    },
+    /// What was issued, and what is revoked.
+    List {
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        dir: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Service {
+    Persister,
+    Alerter,
+    Gateway,
+    Cli,
+}
+
+/// A directory that holds no authority (or already one), or an unknown name,
+/// is the user's input: exit code 2.
+fn input(e: CredsError) -> anyhow::Error {
+    match e {
+        CredsError::Exists(_) | CredsError::Missing(_) | CredsError::Unknown(_) => {
+            InvalidInput(e.to_string()).into()
+        }
+        e => e.into(),
+    }
+}
+
+pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CredsCommand::Init { dir } => {
+            let a = Authority::init(&dir).map_err(input)?;
+            println!("created the credentials authority in {}", dir.display());
+            println!("  servers include: {}", dir.join("resolver.conf").display());
+            println!("  SYSMON account:  {}", a.account_public_key());
+            println!(
+                "next: sysmonstm creds agent <machine> --dir {}",
+                dir.display()
+            );
+        }
+        CredsCommand::Agent { machine, dir } => {
+            sysmonstm_schemas::MachineId::parse(&machine)
+                .map_err(|e| InvalidInput(e.to_string()))?;
+            let path = Authority::open(&dir)
+                .map_err(input)?
+                .issue(Role::Agent(machine.clone()))
+                .map_err(input)?;
+            println!("{}", path.display());
+            eprintln!(
+                "copy it to the machine and start the agent with \
+                 --machine {machine} --creds <file>"
+            );
+        }
+        CredsCommand::Service {
+            service,
+            read_only,
+            dir,
+        } => {
+            let role = match (service, read_only) {
+                (Service::Cli, true) => Role::CliReadOnly,
+                (_, true) => {
+                    return Err(InvalidInput("--read-only is only for `cli`".into()).into());
+                }
+                (Service::Persister, false) => Role::Persister,
+                (Service::Alerter, false) => Role::Alerter,
+                (Service::Gateway, false) => Role::Gateway,
+                (Service::Cli, false) => Role::Cli,
+            };
+            let path = Authority::open(&dir).map_err(input)?.issue(role)?;
+            println!("{}", path.display());
+        }
+        CredsCommand::Revoke { name, dir } => {
+            let mut a = Authority::open(&dir).map_err(input)?;
+            let n = a.revoke(&name).map_err(input)?;
+            println!("revoked {n} credential(s) issued as {name}");
+            eprintln!(
+                "servers refuse it after a reload: nats-server --signal reload (or SIGHUP) on \
+                 every server that includes {}",
+                dir.join("resolver.conf").display()
+            );
+        }
+        CredsCommand::List { dir, json } => {
+            let a = Authority::open(&dir).map_err(input)?;
+            for i in a.issued() {
+                if json {
+                    println!("{}", serde_json::to_string(i)?);
+                } else {
+                    let state = match i.revoked_at {
+                        Some(at) => {
+                            format!("revoked {}", crate::print::rfc3339(at.saturating_mul(1000)))
+                        }
+                        None => "valid".to_owned(),
+                    };
+                    println!(
+                        "{:<24} {:<8} issued {}  {}",
+                        i.name,
+                        state,
+                        crate::print::rfc3339(i.issued_at.saturating_mul(1000)),
+                        i.public_key
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
