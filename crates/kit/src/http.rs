@@ -51,6 +51,32 @@ pub struct ServeCounters {
     pub open_connections: AtomicU64,
 }
 
+/// A service's own endpoint (the persister and the alerter have no other
+/// HTTP): `GET /metrics` from `registry` and `GET /health`, bound on `listen`
+/// (port 0 picks one), announced with [`bound`] and served with the default
+/// [`ServeOptions`] until `shutdown`. Returns the bound address.
+pub async fn serve_ops(
+    service: &str,
+    listen: &str,
+    registry: Arc<crate::metrics::Registry>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = registry
+        .router()
+        .route("/health", axum::routing::get(|| async { "ok\n" }));
+    bound(service, addr);
+    tokio::spawn(serve(
+        listener,
+        app,
+        shutdown,
+        ServeOptions::default(),
+        Arc::new(ServeCounters::default()),
+    ));
+    Ok(addr)
+}
+
 /// Says where a service's HTTP listener is bound: a log line, and when the
 /// environment names a file in `SYSMON_ADDR_FILE`, that file holds the
 /// address (written whole, then renamed into place), so whoever started the

@@ -80,15 +80,14 @@ impl Alerter {
         };
         // Empty turns it off, as for the persister (an env variable cannot be unset).
         if let Some(addr) = cfg.metrics_listen.as_ref().filter(|a| !a.is_empty()) {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {addr}: {e}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
-            tokio::spawn(crate::counters::serve(
-                listener,
-                self.counters(),
+            sysmonstm_kit::http::serve_ops(
+                "alerter",
+                addr,
+                Arc::clone(self.counters.registry()),
                 shutdown.clone(),
-            ));
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for /metrics on {addr}: {e}"))?;
         }
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
