@@ -24,6 +24,11 @@ test:
     export SYSMON_TEST_DATABASE_URL="$(SYSMON_PG_FAST=1 scripts/pg.sh start "$pgdir" "$port")"
     echo "test PostgreSQL: $SYSMON_TEST_DATABASE_URL"
     cargo test --workspace
+    # The hostile suite attacks the binaries as shipped (panic = abort), built
+    # without fat LTO to keep CI short (profile `hostile`).
+    cargo build --profile hostile --bins
+    SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
+      cargo test -p sysmonstm-hostile --test hostile -- --ignored
 
 # Build every binary (release).
 build:

@@ -148,6 +148,33 @@ async fn http(addr: SocketAddr, method: &str, target: &str) -> Option<(u16, Stri
     Some((status, body))
 }
 
+/// `promtool check metrics` (Debian's `prometheus` package, which `just test`
+/// installs) on an exposition: format and naming conventions.
+fn promtool_check(name: &str, text: &str) {
+    use std::io::Write as _;
+    let bin = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = Command::new(&bin)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); `just test` installs it"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refuses the {name}'s /metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of one series in a Prometheus exposition.
 fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
@@ -540,6 +567,7 @@ async fn every_service_survives_hostile_input_and_a_normal_machine_still_goes_th
         ("gateway", g_addr),
     ] {
         let (_, text) = http(addr, "GET", "/metrics").await.expect("metrics");
+        promtool_check(name, &text);
         for reason in ["machine_id", "future", "too_old", "decode", "oversized"] {
             let key = format!("sysmonstm_{name}_snapshots_rejected_total{{reason=\"{reason}\"}}");
             let v = series(&text, &key).unwrap_or_else(|| panic!("{name} exports {key}"));
