@@ -27,6 +27,19 @@ test:
     cargo build --profile hostile --bins
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test hostile -- --ignored
+    # The agent's package installs, its unit passes systemd's own check, and
+    # it is removed again.
+    deb="$(scripts/package.sh)"
+    sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_ dpkg -i "$deb" >/dev/null
+    systemd-analyze verify /lib/systemd/system/sysmonstm-agent.service
+    /usr/bin/sysmonstm-agent --version
+    sudo_ dpkg -r sysmonstm-agent >/dev/null
+    echo "package: $deb installed, verified and removed"
+
+# The agent's Debian package (agent binary, systemd unit, example config).
+package:
+    @scripts/package.sh
 
 # Build every binary (release).
 build:
