@@ -54,7 +54,7 @@ pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> 
     let at = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .single()
-            .filter(|_| ms >= crate::decode::EARLIEST_MS)
+            .filter(|_| ms >= sysmonstm_schemas::accept::EARLIEST_MS)
             .ok_or_else(|| format!("bad time {ms}"))
     };
     let mut msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {

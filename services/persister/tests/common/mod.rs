@@ -215,6 +215,41 @@ pub async fn ensure_stream(js: &jetstream::Context) -> jetstream::stream::Stream
         .expect("METRICS created")
 }
 
+/// The (machine, seq) of every stored snapshot: what to compare with what
+/// was published (a row count cannot see a wrong or missing row that another
+/// row makes up for, and the primary key already rules out duplicates).
+pub async fn stored_set(pool: &PgPool) -> std::collections::BTreeSet<(String, i64)> {
+    sqlx::query_as::<_, (String, i64)>("SELECT machine_id, seq FROM metrics")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// `per_machine` snapshots (seq 1…) of machines `m000`, `m001`, … as
+/// [`stored_set`] lists them.
+pub fn published_set(machines: u64, per_machine: u64) -> std::collections::BTreeSet<(String, i64)> {
+    (0..machines)
+        .flat_map(|m| (1..=per_machine).map(move |s| (format!("m{m:03}"), s as i64)))
+        .collect()
+}
+
+/// Waits until the persister's consumer has nothing undelivered and nothing
+/// unacknowledged: every message, redeliveries included, has been handled
+/// (stored, found stored, or terminated).
+pub async fn wait_consumer_drained(stream: &jetstream::stream::Stream) {
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(sysmonstm_schemas::streams::PERSISTER_CONSUMER)
+        .await
+        .expect("the persister's consumer");
+    sysmonstm_testkit::eventually(WAIT, "nothing pending or unacknowledged", || async {
+        let info = consumer.clone().info().await.ok()?.clone();
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
 pub async fn row_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM metrics")
         .fetch_one(pool)
