@@ -60,17 +60,62 @@ impl NatsServer {
     /// Starts a server with `jetstream` added to its JetStream block and
     /// `extra` appended to its config (accounts, leaf nodes …).
     pub fn start_with(jetstream: &str, extra: &str) -> Self {
+        let name = format!("test_{:08x}", rand::random::<u32>());
+        Self::start_conf(|store| {
+            format!(
+                "server_name: {name}\n\
+                 jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  {jetstream}\n}}\n{extra}\n"
+            )
+        })
+    }
+
+    /// A server configured as the hub ships (`nats/hub.conf`: its name,
+    /// JetStream domain, limits and `sync_interval`), for benchmarks whose
+    /// figures must hold for the hub as shipped. Only its listen address,
+    /// store dir and monitoring port (none) are its own.
+    pub fn start_shipped_hub() -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/hub.conf");
+        let shipped = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        Self::start_conf(|store| {
+            let mut conf = String::new();
+            let mut in_jetstream = false;
+            for line in shipped.lines() {
+                let t = line.trim_start();
+                if ["listen", "http", "store_dir"]
+                    .iter()
+                    .any(|k| t.starts_with(k))
+                {
+                    continue;
+                }
+                conf.push_str(line);
+                conf.push('\n');
+                if t.starts_with("jetstream") && t.ends_with('{') {
+                    in_jetstream = true;
+                    conf.push_str(&format!("  store_dir: {store:?}\n"));
+                }
+            }
+            assert!(
+                in_jetstream,
+                "{} has no `jetstream {{` block",
+                path.display()
+            );
+            conf
+        })
+    }
+
+    /// Starts a server whose config is `conf(store dir)`, on a port it
+    /// picks.
+    fn start_conf(conf: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sysmonstm-nats-")
             .tempdir()
             .expect("temp dir for nats-server");
-        let store = dir.path().join("store");
         let ports = dir.path().join("ports");
         std::fs::create_dir(&ports).expect("ports dir");
-        let name = format!("test_{:08x}", rand::random::<u32>());
         let body = format!(
-            "server_name: {name}\nports_file_dir: {ports:?}\n\
-             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  {jetstream}\n}}\n{extra}\n"
+            "ports_file_dir: {ports:?}\n{}",
+            conf(&dir.path().join("store"))
         );
         let mut server = Self {
             dir,

@@ -89,3 +89,14 @@ fn a_refusing_port_refuses() {
     let hold = PortHold::refusing();
     assert!(refused(hold.port()));
 }
+
+#[test]
+fn the_shipped_hub_runs_with_its_jetstream_settings() {
+    let hub = NatsServer::start_shipped_hub();
+    let info = nats_info(hub.port());
+    assert!(info.contains("\"jetstream\":true"), "{info}");
+    let conf =
+        std::fs::read_to_string(hub.store_dir().with_file_name("server.conf")).expect("conf");
+    assert!(conf.contains("sync_interval: always"), "{conf}");
+    assert!(!conf.contains("4222") && !conf.contains("8222"), "{conf}");
+}
