@@ -80,3 +80,60 @@ async fn a_snapshot_postgresql_refuses_is_terminated_and_the_rest_of_its_batch_i
         persister.stop().await;
     }
 }
+
+/// The same for alert events: the one PostgreSQL refuses (here too, a CHECK
+/// in the test database) is terminated and counted, the others stored.
+#[tokio::test]
+async fn an_alert_event_postgresql_refuses_is_terminated_and_the_others_are_stored() {
+    use prost::Message as _;
+    use sysmonstm_schemas::{MachineId, subjects, v1};
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    migrate_with(&pool, sysmonstm_persister::Storage::Auto)
+        .await
+        .expect("migrations");
+    sqlx::query("ALTER TABLE alerts ADD CONSTRAINT test_poison CHECK (rule <> 'poison')")
+        .execute(&pool)
+        .await
+        .expect("the test's CHECK");
+    let js = js_for(&nats.url()).await;
+    js.get_or_create_stream(sysmonstm_schemas::streams::alerts())
+        .await
+        .expect("ALERTS");
+    let machine = MachineId::parse("a1").expect("id");
+    for rule in ["cpu_high", "poison", "disk_full"] {
+        let event = v1::AlertEvent {
+            machine_id: "a1".into(),
+            rule: rule.into(),
+            severity: v1::Severity::Warning as i32,
+            state: v1::AlertState::Firing as i32,
+            since_ms: base_ms(),
+            timestamp_ms: base_ms(),
+            ..Default::default()
+        };
+        let subject = subjects::alert(
+            v1::Severity::Warning,
+            &machine,
+            &MachineId::parse(rule).expect("rule"),
+        );
+        publish_raw(&js, &subject, &format!("a1:{rule}"), event.encode_to_vec()).await;
+    }
+    let persister = spawn(config(&nats.url(), db.url()));
+    let rules = || async {
+        sqlx::query_scalar::<_, String>("SELECT rule FROM alerts ORDER BY rule")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default()
+    };
+    eventually(WAIT, "the two other events stored", || async {
+        (rules().await == ["cpu_high", "disk_full"]).then_some(())
+    })
+    .await;
+    eventually(WAIT, "the refused one counted", || async {
+        (Counters::get(&persister.counters.rejected_alert) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(Counters::get(&persister.counters.db_errors), 0);
+    persister.stop().await;
+}
