@@ -267,10 +267,20 @@ async fn persister_waits_for_a_database_that_is_not_up_yet() {
     pg.stop();
     let url = pg.url("postgres");
     let js = js_for(&nats.url()).await;
-    ensure_stream(&js).await;
+    let stream = ensure_stream(&js).await;
     let persister = spawn(config(&nats.url(), &url));
     publish(&js, &snapshot("late-db", 1)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The persister sets up its consumer, then waits for the database.
+    eventually(WAIT, "the persister's consumer set up", || async {
+        stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                sysmonstm_schemas::streams::PERSISTER_CONSUMER,
+            )
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
     assert!(
         !persister.task.is_finished(),
         "no crash while the database is down"
