@@ -211,4 +211,55 @@ mod tests {
         bytes.extend_from_slice(&[0xb8, 0x3e, 0x05]);
         assert!(check_one("sysmon.metrics.web01", &bytes).is_ok());
     }
+
+    /// The persister applies exactly the contract's rule: for any subject,
+    /// machine id, time and interval, `check` refuses what
+    /// `accept::snapshot` refuses, for the same reason, and takes the rest.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9][a-z0-9_-]{0,10}",
+                ".{0,12}",
+                "[a-z]{60,70}",
+                Just(String::new()),
+            ]
+        }
+
+        fn ts() -> impl Strategy<Value = i64> {
+            let now = 1_800_000_000_000i64;
+            prop_oneof![
+                any::<i64>(),
+                (now - 86_400_000..now + 120_000),
+                Just(accept::EARLIEST_MS - 1),
+                Just(accept::EARLIEST_MS),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn check_is_the_contracts_rule(
+                root in prop_oneof![Just("sysmon.metrics."), Just("sysmon.info."), Just("")],
+                subject_token in token(),
+                same in any::<bool>(),
+                payload_machine in token(),
+                timestamp_ms in ts(),
+                interval_ms in prop_oneof![any::<u32>(), 0u32..5000],
+            ) {
+                let subject = format!("{root}{subject_token}");
+                let machine = if same { subject_token.clone() } else { payload_machine };
+                let s = v1::Snapshot { timestamp_ms, interval_ms, ..snap(&machine, timestamp_ms) };
+                let ours = check_one(&subject, &s.encode_to_vec()).err().map(|e| e.reason());
+                let fields = accept::SnapshotFields { machine_id: &machine, timestamp_ms, interval_ms };
+                let contract = accept::snapshot(&subject, fields, now().timestamp_millis(), &LIMITS)
+                    .err()
+                    .map(|r| Rejection::from(r).reason());
+                prop_assert_eq!(ours, contract);
+            }
+        }
+    }
 }
