@@ -6,7 +6,8 @@
 #     binary): Debian bookworm's 2.9 is too old and 2.10.20-2.10.22 can lose a
 #     stream on a crash, so anything older than 2.10.23 is refused;
 #   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
-#     (tests only; plain PostgreSQL is used otherwise);
+#     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
+#     a failed install fails this script);
 #   - Node.js/npm (the dashboard build) and chromium (its browser test).
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
@@ -71,9 +72,16 @@ vendor="$here/../shared/vendor/timescaledb"
 TIMESCALEDB=0
 if ls "$(dirname "$PG_BIN")"/lib/timescaledb.so >/dev/null 2>&1; then
   TIMESCALEDB=1
-elif [ -x "$vendor/install-timescaledb.sh" ]; then
+elif [ -d "$vendor" ]; then
+  # Vendored (as in CI) means the TimescaleDB path must be tested: a failed
+  # install is a failure, not a quiet fall-back to plain PostgreSQL (the
+  # storage tests fail too when it is missing then).
   log "installing TimescaleDB from $vendor"
-  if as_root "$vendor/install-timescaledb.sh" >&2; then TIMESCALEDB=1; else log "TimescaleDB install failed; plain PostgreSQL only"; fi
+  as_root "$vendor/install-timescaledb.sh" >&2 \
+    || { log "TimescaleDB install from $vendor failed; the tests need it where it is vendored"; exit 1; }
+  ls "$(dirname "$PG_BIN")"/lib/timescaledb.so >/dev/null 2>&1 \
+    || { log "TimescaleDB installed from $vendor, but $(dirname "$PG_BIN")/lib/timescaledb.so is missing"; exit 1; }
+  TIMESCALEDB=1
 fi
 
 # --- Node.js/npm and chromium (the gateway's dashboard build and browser test)

@@ -149,6 +149,8 @@ impl Buf {
 /// Where one snapshot's row is in a [`Batch`].
 #[derive(Clone, Copy, Debug)]
 struct Meta {
+    /// The row's bytes in the row buffer.
+    row: (usize, usize),
     /// The machine id's bytes in the row buffer.
     machine: (u32, u32),
     ts: DateTime<Utc>,
@@ -201,6 +203,7 @@ impl Batch {
         let machine = encode_row(&mut self.rows, payload, s, ts);
         let at = |i: usize| u32::try_from(start + i).unwrap_or(u32::MAX);
         self.meta.push(Meta {
+            row: (start, self.rows.0.len()),
             machine: (at(machine.start), at(machine.end)),
             ts,
             rows: u32::try_from(
@@ -236,6 +239,30 @@ impl Batch {
             let b = &self.rows.0[m.machine.0 as usize..m.machine.1 as usize];
             (std::str::from_utf8(b).unwrap_or_default(), m.ts)
         })
+    }
+
+    /// A batch of the snapshots `range` of this one (their rows copied), to
+    /// write apart: how a batch that PostgreSQL refuses is narrowed down to
+    /// the snapshot it refuses.
+    pub fn part(&self, range: Range<usize>) -> Batch {
+        let meta = &self.meta[range];
+        let (Some(first), Some(last)) = (meta.first(), meta.last()) else {
+            return Batch::default();
+        };
+        let from = first.row.0;
+        let shift = |i: u32| i.saturating_sub(u32::try_from(from).unwrap_or(u32::MAX));
+        Batch {
+            rows: Buf(self.rows.0[from..last.row.1].to_vec()),
+            meta: meta
+                .iter()
+                .map(|m| Meta {
+                    row: (m.row.0 - from, m.row.1 - from),
+                    machine: (shift(m.machine.0), shift(m.machine.1)),
+                    ..*m
+                })
+                .collect(),
+            scratch: wire::Snapshot::default(),
+        }
     }
 
     /// The COPY payload, in the pieces it is sent in: signature and header,

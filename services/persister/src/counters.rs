@@ -23,6 +23,12 @@ pub struct Counters {
     pub rejected_subject: AtomicU64,
     pub rejected_timestamp: AtomicU64,
     pub rejected_oversized: AtomicU64,
+    /// A stated interval outside the contract's bounds.
+    pub rejected_interval: AtomicU64,
+    /// A value the database cannot aggregate (`decode::MAX_LOAD`).
+    pub rejected_value: AtomicU64,
+    /// Snapshots that passed every check but PostgreSQL refused on their own.
+    pub rejected_refused: AtomicU64,
     pub rejected_info: AtomicU64,
     pub rejected_alert: AtomicU64,
     pub machines_stored: AtomicU64,
@@ -44,6 +50,9 @@ impl Counters {
             &self.rejected_subject,
             &self.rejected_timestamp,
             &self.rejected_oversized,
+            &self.rejected_interval,
+            &self.rejected_value,
+            &self.rejected_refused,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -165,6 +174,9 @@ impl Counters {
             ("subject", &self.rejected_subject),
             ("timestamp", &self.rejected_timestamp),
             ("oversized", &self.rejected_oversized),
+            ("interval", &self.rejected_interval),
+            ("value", &self.rejected_value),
+            ("refused_by_database", &self.rejected_refused),
             ("machine_info", &self.rejected_info),
             ("alert", &self.rejected_alert),
         ] {

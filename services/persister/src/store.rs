@@ -265,6 +265,25 @@ async fn copy_into(
     sink.finish().await
 }
 
+/// Whether PostgreSQL refused a write because of the values in it, so that
+/// the same rows would be refused again however often they are sent: SQLSTATE
+/// class 22 (data exception: out of range, bad encoding, a malformed COPY
+/// field), 23 (integrity constraint: a CHECK, NOT NULL, no partition for the
+/// row), 54 (program limit: a value too large) and P0 (raised by a trigger).
+/// Anything else — the server down or unreachable, a connection lost, out of
+/// disk or memory, a deadlock, a cancelled statement, a permission — may pass
+/// on a retry, and is retried.
+pub fn refuses_the_data(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    d.code().is_some_and(|c| {
+        ["22", "23", "54", "P0"]
+            .iter()
+            .any(|class| c.starts_with(class))
+    })
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }

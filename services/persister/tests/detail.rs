@@ -5,7 +5,8 @@
 //! values as NULL); the two write paths (COPY straight in, and the staging
 //! table a redelivery takes); and migration 0003 moving child rows that 0002
 //! stored into the arrays. On a real PostgreSQL, both storage paths where
-//! TimescaleDB is available.
+//! TimescaleDB is available (and required where it must be:
+//! `common::storage_paths`).
 
 mod common;
 
@@ -19,18 +20,7 @@ use sysmonstm_schemas::v1;
 use sysmonstm_testkit::TestDb;
 
 async fn paths() -> Vec<Storage> {
-    let admin = std::env::var(sysmonstm_testkit::TEST_DATABASE_URL).expect("test database");
-    let pool = PgPool::connect(&admin).await.expect("admin connect");
-    let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
-        .fetch_one(&pool)
-        .await
-        .expect("query");
-    if preload.contains("timescaledb") {
-        vec![Storage::Plain, Storage::Timescaledb]
-    } else {
-        println!("skipped: TimescaleDB path: timescaledb is not preloaded on this server");
-        vec![Storage::Plain]
-    }
+    storage_paths().await
 }
 
 async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
