@@ -17,7 +17,6 @@ pub mod config;
 pub mod copy;
 pub mod counters;
 pub mod decode;
-mod http;
 pub mod machines;
 pub mod maintenance;
 pub mod store;
@@ -70,15 +69,15 @@ impl Persister {
         let cfg = &self.config;
         let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
         if !cfg.metrics_listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(cfg.metrics_listen.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.metrics_listen))?;
-            let _ = self.metrics_addr.set(listener.local_addr()?);
-            tokio::spawn(http::serve(
-                listener,
-                Arc::clone(&self.counters),
+            let addr = sysmonstm_kit::http::serve_ops(
+                "persister",
+                &cfg.metrics_listen,
+                Arc::clone(self.counters.registry()),
                 shutdown.clone(),
-            ));
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.metrics_listen))?;
+            let _ = self.metrics_addr.set(addr);
         }
         let client = cfg.nats.connect("sysmonstm-persister", true).await?;
         let js = jetstream::new(client);
@@ -337,10 +336,8 @@ impl Worker {
                 }
                 Err(e) if store::refuses_the_data(&e) => return Some(Err(e)),
                 Err(e) => {
-                    let n = c
-                        .db_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
+                    c.db_errors.inc();
+                    let n = c.db_errors.get();
                     tracing::warn!(error = %e, rows = batch.len(), db_errors_total = n, retry_in = ?backoff,
                         "database write failed; nothing acknowledged, retrying");
                     // Keep the messages ours while we retry, so they are not
@@ -372,15 +369,7 @@ impl Worker {
 
     async fn reject(&self, msg: &jetstream::Message, why: Rejection) {
         let c = &self.counters;
-        let counter = match why.reason() {
-            "oversized" => &c.rejected_oversized,
-            "decode" => &c.rejected_decode,
-            "subject" => &c.rejected_subject,
-            "timestamp" => &c.rejected_timestamp,
-            "interval" => &c.rejected_interval,
-            _ => &c.rejected_value,
-        };
-        Counters::add(counter, 1);
+        c.rejected.with_label_values(&[why.reason()]).inc();
         tracing::warn!(subject = %msg.subject, bytes = msg.payload.len(), reason = %why,
             rejected_total = c.rejected_total(), "snapshot rejected and terminated");
         if let Err(e) = msg.ack_with(AckKind::Term).await {

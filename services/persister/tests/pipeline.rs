@@ -183,7 +183,7 @@ async fn garbage_is_terminated_and_counted_while_valid_snapshots_are_stored() {
 
     wait_rows(&pool, 3).await;
     eventually(WAIT, "both bad payloads rejected", || async {
-        (Counters::get(&persister.counters.rejected_decode) == 2).then_some(())
+        (persister.counters.rejected("decode") == 2).then_some(())
     })
     .await;
 
@@ -291,7 +291,7 @@ async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
     publish(&js, &snapshot("web01", 1)).await;
     wait_rows(&pool, 1).await;
     eventually(WAIT, "impersonation rejected", || async {
-        (Counters::get(&persister.counters.rejected_subject) == 1).then_some(())
+        (persister.counters.rejected("machine_mismatch") == 1).then_some(())
     })
     .await;
     let who: String = sqlx::query_scalar("SELECT machine_id FROM metrics")
@@ -343,7 +343,7 @@ async fn subject_tokens_that_are_not_machine_ids_are_refused_and_counted() {
     // A good one after them, to know they have been handled.
     publish(&js, &snapshot("good-1", 1)).await;
     eventually(WAIT, "both bad snapshots refused", || async {
-        (Counters::get(&persister.counters.rejected_subject) == 2).then_some(())
+        (persister.counters.rejected("machine_id") == 2).then_some(())
     })
     .await;
     eventually(WAIT, "both bad MachineInfo refused", || async {
@@ -367,7 +367,7 @@ async fn subject_tokens_that_are_not_machine_ids_are_refused_and_counted() {
         persister
             .counters
             .render()
-            .contains("rejected_total{reason=\"subject\"} 2\n")
+            .contains("sysmonstm_persister_snapshots_rejected_total{reason=\"machine_id\"} 2\n")
     );
     persister.stop().await;
 }

@@ -504,21 +504,22 @@ async fn metrics_endpoint_counts_received_stored_duplicates_and_rejections() {
         async move {
             let body = scrape(addr?).await?;
             let v = |name: &str| value(&body, name);
-            (v("sysmon_persister_received_total")? == 8
-                && v("sysmon_persister_stored_total")? + v("sysmon_persister_duplicates_total")?
+            (v("sysmonstm_persister_snapshots_received_total")? == 8
+                && v("sysmonstm_persister_snapshots_stored_total")?
+                    + v("sysmonstm_persister_snapshots_duplicate_total")?
                     == 6)
                 .then_some(body)
         }
     })
     .await;
     for line in [
-        "sysmon_persister_stored_total 5",
-        "sysmon_persister_duplicates_total 1",
-        "sysmon_persister_rejected_total{reason=\"timestamp\"} 1",
-        "sysmon_persister_rejected_total{reason=\"oversized\"} 1",
-        "sysmon_persister_batch_seconds_count",
-        "sysmon_persister_consumer_lag",
-        "sysmon_persister_redelivered_total 0",
+        "sysmonstm_persister_snapshots_stored_total 5",
+        "sysmonstm_persister_snapshots_duplicate_total 1",
+        "sysmonstm_persister_snapshots_rejected_total{reason=\"future\"} 1",
+        "sysmonstm_persister_snapshots_rejected_total{reason=\"oversized\"} 1",
+        "sysmonstm_persister_batch_seconds_count",
+        "sysmonstm_persister_consumer_pending_messages",
+        "sysmonstm_persister_messages_redelivered_total 0",
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }
