@@ -8,7 +8,8 @@
 #   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
 #     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
 #     a failed install fails this script);
-#   - Node.js/npm (the dashboard build) and chromium (its browser test).
+#   - Node.js/npm (the dashboard build) and chromium (its browser test);
+#   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's.
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
@@ -97,6 +98,17 @@ if [ -z "$CHROMIUM_BIN" ]; then
   CHROMIUM_BIN="$(command -v chromium || true)"
 fi
 [ -n "$CHROMIUM_BIN" ] || { log "chromium was not found after installing"; exit 1; }
+
+# --- The checks `just test` makes besides cargo's: promtool (Debian's
+# `prometheus` package) reads every service's /metrics; systemd-analyze
+# verifies the agent's unit; dpkg-deb builds its package.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
+  # The package starts a Prometheus server where systemd runs; none is wanted.
+  if [ -d /run/systemd/system ]; then as_root systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
 
 echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
