@@ -200,14 +200,12 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
             Ok(detail) => {
                 Counters::inc(&c.snapshots);
                 let machine = detail.summary.machine_id.clone();
-                // An agent replaying its spool after an outage sends older
-                // snapshots; they belong to history, not to "latest".
-                // The same snapshot may also come twice: from the stream and
-                // from the subscription.
-                let newer = shared.latest.get(&machine).is_some_and(|prev| {
-                    prev.detail.summary.timestamp_ms >= detail.summary.timestamp_ms
-                });
-                if newer {
+                let stale = shared
+                    .latest
+                    .get(&machine)
+                    .is_some_and(|prev| !supersedes(&detail.summary, &prev.detail.summary));
+                if stale {
+                    Counters::inc(&c.snapshots_stale);
                     return None;
                 }
                 let latest = Latest {
@@ -270,6 +268,23 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
         },
     };
     Some(update)
+}
+
+/// Whether `new` is a later snapshot of its machine than `prev`, the one
+/// shown. An agent replaying its spool after an outage sends older snapshots
+/// (a lower seq and an older time): they belong to history, not to "latest".
+/// The same snapshot may also come twice, from the stream and from the
+/// subscription. Anything else is later: a higher seq (the agent's seq only
+/// grows, across restarts too) even in the same millisecond or after the
+/// agent's clock stepped back, or a later time with a lower seq (an agent
+/// that lost its state dir and counts from 1 again). Ordering by time alone
+/// dropped the second of two snapshots taken in one millisecond and froze
+/// the view of a machine whose clock stepped back until it caught up. The
+/// price: right after a clock step back, a duplicate of a snapshot from
+/// before the step (an agent's retry) is shown again until the next one, a
+/// flicker of one interval rather than a freeze.
+fn supersedes(new: &domain::Summary, prev: &domain::Summary) -> bool {
+    new.seq > prev.seq || new.timestamp_ms > prev.timestamp_ms
 }
 
 fn rejected(shared: &Shared, subject: &str, e: &domain::DecodeError) {

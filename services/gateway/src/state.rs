@@ -46,6 +46,7 @@ pub enum Update {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub snapshots: AtomicU64,
+    pub snapshots_stale: AtomicU64,
     pub infos: AtomicU64,
     pub alerts: AtomicU64,
     pub decode_errors: AtomicU64,
@@ -151,6 +152,12 @@ impl Shared {
             "snapshots_total",
             "Snapshots taken from METRICS.",
             &c.snapshots,
+            "counter",
+        );
+        counter(
+            "snapshots_stale_total",
+            "Snapshots not shown because a later one of their machine already was (a replayed spool, a duplicate).",
+            &c.snapshots_stale,
             "counter",
         );
         counter(

@@ -262,15 +262,52 @@ async fn garbage_on_the_feed_is_counted_and_skipped() {
     wait_latest(&shared, "web-1", next.seq).await;
     assert_eq!(shared.counters.decode_errors.load(Ordering::Relaxed), 2);
     assert!(shared.latest.get("db-9").is_none());
-    // An older snapshot (a replayed spool) does not replace the latest.
+    // An older snapshot (a replayed spool: lower seq, older time) does not
+    // replace the latest.
     let mut old = next.clone();
-    old.seq = next.seq + 100;
+    old.seq = first.seq;
     old.timestamp_ms = next.timestamp_ms - 60_000;
     publish_snapshot(&env.js, &old).await;
+    sysmonstm_testkit::eventually(WAIT, "the replayed snapshot counted as stale", || async {
+        (shared.counters.snapshots_stale.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(v["seq"], next.seq, "the replay replaced the latest");
     let fresh = a.publish(&env.js).await;
     wait_latest(&shared, "web-1", fresh.seq).await;
     let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
     assert_eq!(v["seq"], fresh.seq);
+}
+
+/// The second of two snapshots taken in one millisecond, and a snapshot
+/// taken after the agent's clock stepped back, are the latest: the agent's
+/// seq says so. (Ordering by time alone dropped both; the WebSocket test
+/// that publishes a probe every millisecond or so then waited in vain.)
+#[tokio::test]
+async fn a_later_seq_is_shown_in_the_same_millisecond_and_after_a_clock_step_back() {
+    let env = env(false).await;
+    let (gw, shared) = env.gateway().await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let first = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", first.seq).await;
+    let mut same_ms = a.sample();
+    same_ms.timestamp_ms = first.timestamp_ms;
+    publish_snapshot(&env.js, &same_ms).await;
+    wait_latest(&shared, "web-1", same_ms.seq).await;
+    let mut stepped_back = a.sample();
+    stepped_back.timestamp_ms = first.timestamp_ms - 60_000;
+    publish_snapshot(&env.js, &stepped_back).await;
+    wait_latest(&shared, "web-1", stepped_back.seq).await;
+    let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(v["seq"], stepped_back.seq);
+    assert_eq!(v["timestamp_ms"], stepped_back.timestamp_ms);
+    // A duplicate of the one shown changes nothing.
+    publish_snapshot(&env.js, &stepped_back).await;
+    let fresh = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", fresh.seq).await;
+    assert_eq!(shared.counters.snapshots_stale.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

@@ -26,10 +26,16 @@ async fn connect(addr: std::net::SocketAddr) -> Ws {
 
 /// The next batch of updates (skipping control frames).
 async fn next_batch(ws: &mut Ws) -> Vec<Value> {
+    next_batch_by(ws, tokio::time::Instant::now() + WAIT, "an update").await
+}
+
+/// The next batch of updates before `deadline`. Control frames do not extend
+/// the wait: a ping every 20 s must not keep a test waiting for ever.
+async fn next_batch_by(ws: &mut Ws, deadline: tokio::time::Instant, what: &str) -> Vec<Value> {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .expect("an update within the wait")
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
             .expect("socket open")
             .expect("frame");
         if let Message::Text(t) = msg {
@@ -40,10 +46,13 @@ async fn next_batch(ws: &mut Ws) -> Vec<Value> {
 
 /// Reads until `pred` holds for some update; returns it.
 async fn until(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if let Some(u) = next_batch(ws).await.into_iter().find(|u| pred(u)) {
+        if let Some(u) = next_batch_by(ws, deadline, what)
+            .await
+            .into_iter()
+            .find(|u| pred(u))
+        {
             return u;
         }
     }
