@@ -177,7 +177,7 @@ async fn query_history(
     let step = PgInterval {
         months: 0,
         days: 0,
-        microseconds: hq.step_s * 1_000_000,
+        microseconds: hq.step_s.saturating_mul(1_000_000),
     };
     let rows = sqlx::query("SELECT * FROM sysmon_history($1,$2,$3,$4,$5)")
         .bind(machine)

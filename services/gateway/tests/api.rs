@@ -136,6 +136,33 @@ async fn history_and_alerts_refuse_bad_parameters_before_the_database() {
     )
     .await;
     bad(&app, &format!("{h}?metric=cpu&mertic=x"), "mertic").await;
+    // Times at and past the ends of their range (the first one panicked on
+    // `to - 1h`, which aborts a release build).
+    bad(&app, &format!("{h}?metric=cpu&to=-8334601213037969"), "to").await;
+    bad(&app, &format!("{h}?metric=cpu&to={}", i64::MIN), "to").await;
+    let first_hour = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis() + 1000;
+    bad(&app, &format!("{h}?metric=cpu&to={first_hour}"), "to").await;
+    bad(&app, &format!("{h}?metric=cpu&from={}", i64::MAX), "from").await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&from=-262143-01-01T00:00:00Z"),
+        "from",
+    )
+    .await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&to=2100-01-01T00:00:00.001Z"),
+        "to",
+    )
+    .await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&to=1999-12-31T23:59:59Z"),
+        "to",
+    )
+    .await;
+    bad(&app, &format!("/api/alerts?since={}", i64::MIN), "since").await;
+    bad(&app, "/api/alerts?since=-262143-01-01T00:00:00Z", "since").await;
     bad(&app, "/api/machines/-x!/history?metric=cpu", "id").await;
     bad(&app, "/api/alerts?state=burning", "state").await;
     bad(&app, "/api/alerts?since=last-week", "since").await;
