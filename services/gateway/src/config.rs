@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::accept;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +34,12 @@ pub struct GatewayConfig {
     pub ws_send_timeout_s: u64,
     /// Most rows `/api/alerts` returns.
     pub alerts_limit: i64,
+    /// Largest message the feeds take (bytes); a larger one is refused and
+    /// counted (`reason="oversized"`).
+    pub max_payload_bytes: usize,
+    /// How far ahead of this clock a snapshot, fact or alert event may be
+    /// dated (seconds); a later one is refused (`reason="future"`).
+    pub max_future_skew_s: u64,
     pub nats: NatsConfig,
 }
 
@@ -48,7 +55,21 @@ impl Default for GatewayConfig {
             ws_ping_s: 20,
             ws_send_timeout_s: 10,
             alerts_limit: 500,
+            max_payload_bytes: accept::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_future_skew_s: (accept::DEFAULT_MAX_FUTURE_SKEW_MS / 1000) as u64,
             nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The `schemas::accept` limits the feeds apply.
+    pub fn limits(&self) -> accept::Limits {
+        accept::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future_skew_ms: i64::try_from(self.max_future_skew_s)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
         }
     }
 }

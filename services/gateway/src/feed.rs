@@ -2,9 +2,11 @@
 //! with the last message of every subject (the latest snapshot / facts /
 //! alert of every machine), read by an ordered consumer, and then follows
 //! new messages: MACHINES and ALERTS through that consumer, METRICS through
-//! a plain subscription (see [`follow_metrics`]). Each message is decoded at
-//! the edge, stored in the moka caches and fanned out to the WebSocket
-//! clients, its frames encoded once.
+//! a plain subscription (see [`follow_metrics`]). Each message is checked
+//! and decoded at the edge (`domain`, by the `schemas::accept` rule), stored
+//! in the moka caches and fanned out to the WebSocket clients, its frames
+//! encoded once. A refused message is counted by feed and reason and logged;
+//! it touches no cache and no client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
+use sysmonstm_schemas::accept::Reject;
 use sysmonstm_schemas::{streams, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +29,17 @@ enum Kind {
     Metrics,
     Machines,
     Alerts,
+}
+
+impl Kind {
+    /// The `feed` label of the reject counter.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Machines => "machines",
+            Self::Alerts => "alerts",
+        }
+    }
 }
 
 /// Starts the three feeds; they run until `shutdown`.
@@ -195,8 +209,10 @@ fn send(shared: &Shared, batch: Vec<Update>) {
 /// if any.
 fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<Update> {
     let c = &shared.counters;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let limits = &shared.limits;
     let update = match kind {
-        Kind::Metrics => match domain::snapshot(subject, payload) {
+        Kind::Metrics => match domain::snapshot(subject, payload, now_ms, limits) {
             Ok(detail) => {
                 Counters::inc(&c.snapshots);
                 let machine = detail.summary.machine_id.clone();
@@ -211,7 +227,7 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 let latest = Latest {
                     summary_frame: frame("summary", &detail.summary),
                     detail_frame: frame("snapshot", &detail),
-                    received_ms: chrono::Utc::now().timestamp_millis(),
+                    received_ms: now_ms,
                     detail,
                 };
                 let update = Update::Snapshot {
@@ -223,11 +239,11 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 update
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
-        Kind::Machines => match domain::info(subject, payload) {
+        Kind::Machines => match domain::info(subject, payload, now_ms, limits) {
             Ok(info) => {
                 Counters::inc(&c.infos);
                 let machine = info.machine_id.clone();
@@ -238,11 +254,11 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 Update::Info { machine, frame: f }
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
-        Kind::Alerts => match domain::alert(subject, payload) {
+        Kind::Alerts => match domain::alert(subject, payload, now_ms, limits) {
             Ok(alert) => {
                 Counters::inc(&c.alerts);
                 let key = format!("{}:{}", alert.machine_id, alert.rule);
@@ -262,7 +278,7 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 Update::Alert { key, frame: f }
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
@@ -287,7 +303,17 @@ fn supersedes(new: &domain::Summary, prev: &domain::Summary) -> bool {
     new.seq > prev.seq || new.timestamp_ms > prev.timestamp_ms
 }
 
-fn rejected(shared: &Shared, subject: &str, e: &domain::DecodeError) {
-    Counters::inc(&shared.counters.decode_errors);
-    tracing::warn!(subject, error = %e, "message not shown");
+/// Counts a refused message by feed and reason, and logs it (the subject
+/// and error text are bounded by `accept`).
+fn rejected(shared: &Shared, kind: Kind, subject: &str, e: &Reject) {
+    let c = &shared.counters;
+    Counters::inc(&c.decode_errors);
+    c.rejected.inc(kind.label(), e.reason());
+    tracing::warn!(
+        feed = kind.label(),
+        subject = %subject.chars().take(120).collect::<String>(),
+        reason = e.reason(),
+        error = %e,
+        "message not taken"
+    );
 }

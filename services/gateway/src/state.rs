@@ -10,6 +10,8 @@ use moka::sync::Cache;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
+use sysmonstm_schemas::accept::{Limits, Reject};
+
 use crate::config::GatewayConfig;
 use crate::domain::{Alert, Detail, Info};
 
@@ -68,6 +70,35 @@ pub struct Counters {
     pub ws_lagged: AtomicU64,
     pub ws_closed_stuck: AtomicU64,
     pub ws_bad_client_messages: AtomicU64,
+    pub rejected: Rejected,
+}
+
+/// Messages the feeds refused, by feed and `accept::Reject::reason`: a
+/// fixed set of series, all exported from the start.
+#[derive(Debug, Default)]
+pub struct Rejected {
+    counts: [[AtomicU64; Reject::REASONS.len()]; Rejected::FEEDS.len()],
+}
+
+impl Rejected {
+    pub const FEEDS: [&'static str; 3] = ["metrics", "machines", "alerts"];
+
+    pub fn inc(&self, feed: &str, reason: &str) {
+        let f = Self::FEEDS.iter().position(|x| *x == feed);
+        let r = Reject::REASONS.iter().position(|x| *x == reason);
+        if let (Some(f), Some(r)) = (f, r) {
+            Counters::inc(&self.counts[f][r]);
+        }
+    }
+
+    pub fn get(&self, feed: &str, reason: &str) -> u64 {
+        let f = Self::FEEDS.iter().position(|x| *x == feed);
+        let r = Reject::REASONS.iter().position(|x| *x == reason);
+        match (f, r) {
+            (Some(f), Some(r)) => self.counts[f][r].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
 }
 
 impl Counters {
@@ -95,6 +126,8 @@ pub struct Shared {
     /// Batches of updates, in order of arrival.
     pub updates: broadcast::Sender<Arc<[Update]>>,
     pub counters: Counters,
+    /// What the feeds accept (`schemas::accept`), from the configuration.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Shared {
@@ -127,15 +160,21 @@ impl Shared {
                 .build(),
             updates,
             counters: Counters::default(),
+            limits: config.limits(),
             config,
         }
     }
 
-    /// True when the machine's last snapshot is recent enough.
+    /// True when the machine's last snapshot is recent enough. Saturating
+    /// arithmetic: a timestamp or a configured value at the end of its range
+    /// is an answer, not an overflow.
     pub fn online(&self, latest: &Latest, now_ms: i64) -> bool {
         let interval = i64::from(latest.detail.summary.interval_ms).max(1000);
-        let limit = (self.config.silent_after_s as i64 * 1000).max(3 * interval);
-        now_ms - latest.detail.summary.timestamp_ms <= limit
+        let limit = i64::try_from(self.config.silent_after_s)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+            .max(interval.saturating_mul(3));
+        now_ms.saturating_sub(latest.detail.summary.timestamp_ms) <= limit
     }
 
     /// The Prometheus text exposition of the counters and cache ratios.
@@ -174,7 +213,7 @@ impl Shared {
         );
         counter(
             "decode_errors_total",
-            "Messages from JetStream that could not be decoded.",
+            "Messages from JetStream not taken, for any reason (by reason in rejected_total).",
             &c.decode_errors,
             "counter",
         );
@@ -286,6 +325,20 @@ impl Shared {
             &c.ws_bad_client_messages,
             "counter",
         );
+        let _ = writeln!(
+            out,
+            "# HELP sysmon_gateway_rejected_total Messages from JetStream refused by the accept rule, by feed and reason."
+        );
+        let _ = writeln!(out, "# TYPE sysmon_gateway_rejected_total counter");
+        for feed in Rejected::FEEDS {
+            for reason in Reject::REASONS {
+                let _ = writeln!(
+                    out,
+                    "sysmon_gateway_rejected_total{{feed=\"{feed}\",reason=\"{reason}\"}} {}",
+                    c.rejected.get(feed, reason)
+                );
+            }
+        }
         let ratio = |h: &AtomicU64, m: &AtomicU64| {
             let (h, m) = (
                 h.load(Ordering::Relaxed) as f64,

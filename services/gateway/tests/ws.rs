@@ -355,3 +355,150 @@ async fn a_foreign_origin_is_refused() {
         "{metrics}"
     );
 }
+
+/// Publishes raw bytes on `subject` through JetStream.
+async fn publish_raw(env: &common::Env, subject: String, payload: Vec<u8>) {
+    env.js
+        .publish(subject, payload.into())
+        .await
+        .expect("sent")
+        .await
+        .expect("acked");
+}
+
+/// What the accept rule refuses never reaches a cache, a client or the
+/// order of a machine's snapshots: snapshots dated in the year ~8000 and at
+/// `i64::MAX` (with a seq far ahead, so that neither time nor seq may let
+/// them move the clock), ids the contract does not allow (upper case, 300
+/// characters), a payload over the size limit and facts on a bad subject.
+/// The current snapshots that follow are what the API and the WebSocket show.
+#[tokio::test]
+async fn refused_messages_reach_no_cache_no_client_and_move_no_clock() {
+    use prost::Message as _;
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut a = Agent::new("web-1").await;
+    let first = a.publish(&env.js).await;
+    let mut ws = connect(addr).await;
+    until(&mut ws, "the first snapshot", |u| {
+        is(u, "summary", "web-1", first.seq)
+    })
+    .await;
+
+    let year_8000_ms = 6_000 * 365 * 86_400_000 + first.timestamp_ms;
+    for (i, ts) in [year_8000_ms, i64::MAX].into_iter().enumerate() {
+        let mut f = first.clone();
+        f.seq = first.seq + 1_000_000 + i as u64;
+        f.timestamp_ms = ts;
+        publish_snapshot(&env.js, &f).await;
+    }
+    let long = "a".repeat(300);
+    for id in ["UPPER-Case", long.as_str()] {
+        let mut s = first.clone();
+        s.machine_id = id.to_owned();
+        publish_raw(&env, format!("sysmon.metrics.{id}"), s.encode_to_vec()).await;
+        let info = sysmonstm_schemas::v1::MachineInfo {
+            machine_id: id.to_owned(),
+            hostname: "evil".into(),
+            timestamp_ms: first.timestamp_ms,
+            ..Default::default()
+        };
+        publish_raw(&env, format!("sysmon.info.{id}"), info.encode_to_vec()).await;
+    }
+    let mut huge = first.clone();
+    huge.seq = first.seq + 2_000_000;
+    huge.top_cpu = (0..20_000)
+        .map(|pid| sysmonstm_schemas::v1::Process {
+            pid,
+            name: "x".repeat(8),
+            ..Default::default()
+        })
+        .collect();
+    let huge = huge.encode_to_vec();
+    assert!(huge.len() > 64 * 1024 && huge.len() < 1024 * 1024);
+    publish_raw(&env, "sysmon.metrics.web-1".into(), huge).await;
+
+    let mut current = Vec::new();
+    for _ in 0..3 {
+        current.push(a.publish(&env.js).await);
+    }
+    let last = current.last().expect("three").clone();
+    // The live client: every update it got is a current one of web-1.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.iter().any(|u| is(u, "summary", "web-1", last.seq)) {
+        seen.extend(next_batch_by(&mut ws, deadline, "the current snapshots").await);
+    }
+    for u in &seen {
+        assert_eq!(u["data"]["machine_id"], "web-1", "{u}");
+        assert!(u["data"]["seq"].as_u64() <= Some(last.seq), "{u}");
+        assert!(
+            u["data"]["timestamp_ms"].as_i64() <= Some(last.timestamp_ms),
+            "{u}"
+        );
+    }
+
+    let (api, body) = reqwest_body(addr, "/api/machines/web-1/metrics").await;
+    assert!(api.contains(" 200 "), "{api}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["seq"], last.seq);
+    assert_eq!(v["timestamp_ms"], last.timestamp_ms);
+    let (_, body) = reqwest_body(addr, "/api/machines").await;
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    let ids: Vec<&str> = v["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter_map(|m| m["machine_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["web-1"], "{body}");
+    assert_eq!(v["machines"][0]["online"], true);
+
+    // A new client (a dashboard opened now) gets the current state only.
+    let mut fresh = connect(addr).await;
+    let initial = next_batch(&mut fresh).await;
+    let cards: Vec<(&str, Option<u64>)> = initial
+        .iter()
+        .filter(|u| u["type"] == "summary" || u["type"] == "info")
+        .map(|u| {
+            (
+                u["data"]["machine_id"].as_str().unwrap_or(""),
+                u["data"]["seq"].as_u64(),
+            )
+        })
+        .collect();
+    assert!(
+        cards.iter().all(|(m, _)| *m == "web-1"),
+        "only web-1: {cards:?}"
+    );
+    assert!(cards.contains(&("web-1", Some(last.seq))), "{cards:?}");
+
+    // Every refusal counted by feed and reason (MACHINES is its own feed,
+    // so its count may come a moment later).
+    let expected: Vec<String> = [
+        (r#"feed="metrics",reason="future""#, 2),
+        (r#"feed="metrics",reason="machine_id""#, 2),
+        (r#"feed="machines",reason="machine_id""#, 2),
+        (r#"feed="metrics",reason="oversized""#, 1),
+    ]
+    .iter()
+    .map(|(series, n)| format!("sysmon_gateway_rejected_total{{{series}}} {n}"))
+    .chain(["sysmon_gateway_decode_errors_total 7".to_owned()])
+    .collect();
+    sysmonstm_testkit::eventually(WAIT, "every refusal counted", || async {
+        let metrics = reqwest_like(addr, "/metrics").await;
+        expected.iter().all(|l| metrics.contains(l)).then_some(())
+    })
+    .await;
+}
+
+/// Status line and body of a GET.
+async fn reqwest_body(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let raw = reqwest_like(addr, path).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
