@@ -40,6 +40,23 @@ pub struct GatewayConfig {
     /// How far ahead of this clock a snapshot, fact or alert event may be
     /// dated (seconds); a later one is refused (`reason="future"`).
     pub max_future_skew_s: u64,
+    /// Most bytes each cache holds (latest snapshots, facts, alert events,
+    /// history answers; each is also bounded by entries). A full cache
+    /// evicts the entries least used; a live machine's comes back with its
+    /// next snapshot.
+    pub cache_max_bytes: u64,
+    /// Most WebSocket clients at once; more are refused with 503.
+    pub ws_max_clients: u32,
+    /// Most WebSocket clients from one address at once; more are refused
+    /// with 429. Behind a reverse proxy every client has the proxy's
+    /// address: raise it there (or cap per client at the proxy).
+    pub ws_max_clients_per_address: u32,
+    /// `subscribe` messages a client may send per second on average (each
+    /// refills its queue from the caches) ...
+    pub ws_subscribes_per_s: u32,
+    /// ... and in a burst. A subscribe beyond them is counted and applied
+    /// only when the client's allowance allows (the latest one wins).
+    pub ws_subscribe_burst: u32,
     pub nats: NatsConfig,
 }
 
@@ -57,6 +74,11 @@ impl Default for GatewayConfig {
             alerts_limit: 500,
             max_payload_bytes: accept::DEFAULT_MAX_PAYLOAD_BYTES,
             max_future_skew_s: (accept::DEFAULT_MAX_FUTURE_SKEW_MS / 1000) as u64,
+            cache_max_bytes: 256 * 1024 * 1024,
+            ws_max_clients: 1000,
+            ws_max_clients_per_address: 100,
+            ws_subscribes_per_s: 2,
+            ws_subscribe_burst: 10,
             nats: NatsConfig::default(),
         }
     }

@@ -112,9 +112,13 @@ impl Gateway {
             }
         });
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+            // The peer address caps WebSocket clients per address.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
         });
         Ok(Running { addr, task })
     }

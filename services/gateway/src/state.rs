@@ -70,6 +70,9 @@ pub struct Counters {
     pub ws_lagged: AtomicU64,
     pub ws_closed_stuck: AtomicU64,
     pub ws_bad_client_messages: AtomicU64,
+    pub ws_refused_clients: AtomicU64,
+    pub ws_refused_per_address: AtomicU64,
+    pub ws_subscribes_limited: AtomicU64,
     pub rejected: Rejected,
 }
 
@@ -128,6 +131,8 @@ pub struct Shared {
     pub counters: Counters,
     /// What the feeds accept (`schemas::accept`), from the configuration.
     pub limits: Limits,
+    /// WebSocket clients now, in total and per address.
+    pub ws_slots: std::sync::Mutex<crate::ws::Slots>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -142,25 +147,78 @@ impl std::fmt::Debug for Shared {
 /// flood of bogus subjects cannot grow memory without bound.
 const MAX_MACHINES: u64 = 200_000;
 
+/// Most history answers held.
+const MAX_HISTORY_ANSWERS: u64 = 10_000;
+
+/// A cache bounded both by bytes (`max_bytes`, the sum of what `bytes`
+/// says of each entry) and by entries (`max_entries`): each entry weighs at
+/// least `max_bytes / max_entries`, so no more than `max_entries` fit.
+fn weighed<K, V>(
+    max_bytes: u64,
+    max_entries: u64,
+    bytes: impl Fn(&K, &V) -> usize + Send + Sync + 'static,
+) -> moka::sync::CacheBuilder<K, V, Cache<K, V>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let floor = (max_bytes / max_entries.max(1)).max(1);
+    Cache::builder()
+        // The entry written last is the one to keep (a live machine's
+        // newest state), not one read often: least recently used goes.
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .max_capacity(max_bytes.max(1))
+        .weigher(move |k: &K, v: &V| {
+            let b = u64::try_from(bytes(k, v)).unwrap_or(u64::MAX).max(floor);
+            u32::try_from(b).unwrap_or(u32::MAX)
+        })
+}
+
+/// Bytes of a cached JSON history answer: its four arrays of `points`.
+fn history_bytes(answer: &HistoryAnswer) -> u64 {
+    let points = answer["points"].as_u64().unwrap_or(0);
+    256u64.saturating_add(points.saturating_mul(4 * 24))
+}
+
 impl Shared {
     pub fn new(config: GatewayConfig, nats: async_nats::Client, pool: PgPool) -> Self {
         let js = async_nats::jetstream::new(nats.clone());
         let (updates, _) = broadcast::channel(16 * 1024);
-        let ttl = Duration::from_secs(config.history_cache_ttl_s.max(1));
+        // moka refuses a time to live of a thousand years or more.
+        let ttl = Duration::from_secs(config.history_cache_ttl_s.clamp(1, 86_400));
+        let max_bytes = config.cache_max_bytes;
         Self {
             js,
             nats,
             pool,
-            latest: Cache::new(MAX_MACHINES),
-            info: Cache::new(MAX_MACHINES),
-            alerts: Cache::new(MAX_MACHINES),
+            latest: weighed(max_bytes, MAX_MACHINES, |k: &String, l: &Arc<Latest>| {
+                k.len() + l.summary_frame.len() + 2 * l.detail_frame.len() + 512
+            })
+            .build(),
+            info: weighed(
+                max_bytes,
+                MAX_MACHINES,
+                |k: &String, i: &Arc<(Info, Arc<str>)>| k.len() + 2 * i.1.len() + 256,
+            )
+            .build(),
+            alerts: weighed(
+                max_bytes,
+                MAX_MACHINES,
+                |k: &String, a: &Arc<(Alert, Arc<str>)>| k.len() + 2 * a.1.len() + 256,
+            )
+            .build(),
             history: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(max_bytes.max(1))
+                .weigher(move |_k: &HistoryKey, v: &HistoryAnswer| {
+                    let floor = (max_bytes / MAX_HISTORY_ANSWERS).max(1);
+                    u32::try_from(history_bytes(v).max(floor)).unwrap_or(u32::MAX)
+                })
                 .time_to_live(ttl)
                 .build(),
             updates,
             counters: Counters::default(),
             limits: config.limits(),
+            ws_slots: Default::default(),
             config,
         }
     }
@@ -325,6 +383,27 @@ impl Shared {
             &c.ws_bad_client_messages,
             "counter",
         );
+        counter(
+            "ws_subscribes_limited_total",
+            "Client subscribe messages beyond the allowance (deferred; the latest wins).",
+            &c.ws_subscribes_limited,
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sysmon_gateway_ws_refused_total WebSocket upgrades refused for capacity, by reason."
+        );
+        let _ = writeln!(out, "# TYPE sysmon_gateway_ws_refused_total counter");
+        for (reason, v) in [
+            ("clients", &c.ws_refused_clients),
+            ("per_address", &c.ws_refused_per_address),
+        ] {
+            let _ = writeln!(
+                out,
+                "sysmon_gateway_ws_refused_total{{reason=\"{reason}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP sysmon_gateway_rejected_total Messages from JetStream refused by the accept rule, by feed and reason."

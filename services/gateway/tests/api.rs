@@ -361,3 +361,37 @@ async fn the_dashboard_is_served_from_the_binary() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(v["error"].is_string());
 }
+
+/// The caches are bounded by bytes as well as entries: many machines'
+/// snapshots into a small cache keep it within its bytes, and the newest
+/// still answers.
+#[tokio::test]
+async fn the_latest_cache_is_bounded_by_bytes() {
+    let env = env(false).await;
+    let cap = 64 * 1024;
+    let (gw, shared) = env
+        .gateway_with(sysmonstm_gateway::GatewayConfig {
+            cache_max_bytes: cap,
+            ..env.config()
+        })
+        .await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let n = 60;
+    let mut last = None;
+    for i in 0..n {
+        let mut s = a.sample();
+        s.machine_id = format!("m-{i}");
+        publish_snapshot(&env.js, &s).await;
+        last = Some(s);
+    }
+    let last = last.expect("published");
+    wait_latest(&shared, &last.machine_id, last.seq).await;
+    shared.latest.run_pending_tasks();
+    let (entries, bytes) = (shared.latest.entry_count(), shared.latest.weighted_size());
+    eprintln!("{entries} entries, {bytes} bytes weighed, cap {cap}");
+    assert!(bytes <= cap, "{bytes} bytes held, over {cap}");
+    assert!(entries < n, "every one of {n} machines held in {cap} bytes");
+    let (status, v) = get(&app, &format!("/api/machines/{}/metrics", last.machine_id)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}

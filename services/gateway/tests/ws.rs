@@ -31,7 +31,10 @@ async fn next_batch(ws: &mut Ws) -> Vec<Value> {
 
 /// The next batch of updates before `deadline`. Control frames do not extend
 /// the wait: a ping every 20 s must not keep a test waiting for ever.
-async fn next_batch_by(ws: &mut Ws, deadline: tokio::time::Instant, what: &str) -> Vec<Value> {
+async fn next_batch_by<S>(ws: &mut S, deadline: tokio::time::Instant, what: &str) -> Vec<Value>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
@@ -501,4 +504,169 @@ async fn reqwest_body(addr: std::net::SocketAddr, path: &str) -> (String, String
         head.lines().next().unwrap_or("").to_owned(),
         body.to_owned(),
     )
+}
+
+/// The value of an unlabelled counter on `/metrics`.
+async fn counter(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let m = reqwest_like(addr, "/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported:\n{m}"))
+}
+
+fn refused_with(r: Result<impl Sized, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn connections_are_capped_in_total_and_per_address() {
+    let env = env(false).await;
+    let per_address = start(
+        &env,
+        GatewayConfig {
+            ws_max_clients: 10,
+            ws_max_clients_per_address: 2,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", per_address.addr());
+    let a = connect(per_address.addr()).await;
+    let _b = connect(per_address.addr()).await;
+    assert_eq!(
+        refused_with(tokio_tungstenite::connect_async(&url).await),
+        429
+    );
+    // A client that leaves gives its place back.
+    drop(a);
+    sysmonstm_testkit::eventually(WAIT, "a place again after a client left", || async {
+        tokio_tungstenite::connect_async(&url)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let total = start(
+        &env,
+        GatewayConfig {
+            ws_max_clients: 2,
+            ws_max_clients_per_address: 10,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", total.addr());
+    let _c = connect(total.addr()).await;
+    let _d = connect(total.addr()).await;
+    assert_eq!(
+        refused_with(tokio_tungstenite::connect_async(&url).await),
+        503
+    );
+    let m = reqwest_like(total.addr(), "/metrics").await;
+    assert!(
+        m.contains(r#"sysmon_gateway_ws_refused_total{reason="clients"} 1"#),
+        "{m}"
+    );
+    let m = reqwest_like(per_address.addr(), "/metrics").await;
+    assert!(
+        m.contains(r#"sysmon_gateway_ws_refused_total{reason="per_address"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_message_over_4_kib_closes_that_client_only() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut other = connect(addr).await;
+    let mut big = connect(addr).await;
+    // Not understood but within the limit: counted, the client stays.
+    big.send(Message::Text("x".repeat(3 * 1024).into()))
+        .await
+        .expect("send");
+    sysmonstm_testkit::eventually(WAIT, "the odd message counted", || async {
+        (counter(addr, "sysmon_gateway_ws_bad_client_messages_total").await >= 1).then_some(())
+    })
+    .await;
+    big.send(Message::Text("x".repeat(5 * 1024).into()))
+        .await
+        .expect("send");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, big.next()).await {
+            Err(_) => panic!("the client that sent 5 KiB was not closed"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    assert!(counter(addr, "sysmon_gateway_ws_bad_client_messages_total").await >= 2);
+    // The other client still gets live updates.
+    let mut a = Agent::new("web-1").await;
+    let s = a.publish(&env.js).await;
+    until(&mut other, "web-1 live", |u| {
+        is(u, "summary", "web-1", s.seq)
+    })
+    .await;
+}
+
+/// Each `subscribe` refills the client's queue from every cache; a client
+/// sending thousands of them gets its allowance (a burst, then a few a
+/// second) and its latest choice, not thousands of refills.
+#[tokio::test]
+async fn subscribe_floods_are_limited_and_the_latest_view_wins() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut agents = Vec::new();
+    for m in ["m-0", "m-1", "m-2"] {
+        let mut a = Agent::new(m).await;
+        a.publish(&env.js).await;
+        agents.push(a);
+    }
+    let probe = env.gateway().await.1;
+    for a in &agents {
+        wait_latest(&probe, a.id.as_str(), 1).await;
+    }
+    let ws = connect(addr).await;
+    let n = 2000;
+    let msgs = (0..n).map(|i| {
+        let m = ["m-0", "m-1"][i % 2];
+        Ok(Message::Text(
+            format!(r#"{{"type":"subscribe","machine":"{m}"}}"#).into(),
+        ))
+    });
+    let (mut tx, mut rx) = ws.split();
+    let reading = tokio::spawn(async move {
+        let mut details = 0usize;
+        loop {
+            let b =
+                next_batch_by(&mut rx, tokio::time::Instant::now() + WAIT, "m-2 in detail").await;
+            details += b.iter().filter(|u| u["type"] == "snapshot").count();
+            if b.iter()
+                .any(|u| u["type"] == "snapshot" && u["data"]["machine_id"] == "m-2")
+            {
+                return details;
+            }
+        }
+    });
+    tx.send_all(&mut futures::stream::iter(msgs))
+        .await
+        .expect("send");
+    tx.send(Message::Text(
+        r#"{"type":"subscribe","machine":"m-2"}"#.into(),
+    ))
+    .await
+    .expect("send");
+    let details = reading.await.expect("reader");
+    let limited = counter(addr, "sysmon_gateway_ws_subscribes_limited_total").await;
+    eprintln!("{details} detail snapshots sent for {n} subscribes; {limited} over the allowance");
+    assert!(limited >= n as u64 - 20, "only {limited} of {n} limited");
+    assert!(details < 40, "{details} refills for one client");
 }
