@@ -251,7 +251,9 @@ pub async fn alerts(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
         .bind(state)
         .bind(since)
         .bind(machine.as_ref().map(|m| m.as_str()))
-        .bind(s.config.alerts_limit)
+        // A configured value PostgreSQL would refuse (negative) or that
+        // would make one answer unbounded is brought into range.
+        .bind(s.config.alerts_limit.clamp(1, 100_000))
         .fetch_all(&s.pool)
         .await
         .map_err(|e| db_error(e, "state"))?;

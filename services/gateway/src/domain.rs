@@ -472,4 +472,71 @@ mod tests {
             "machine_id"
         );
     }
+
+    use proptest::prelude::*;
+
+    fn subject() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("sysmon.metrics.web-1".to_owned()),
+            Just("sysmon.info.web-1".to_owned()),
+            Just("sysmon.alerts.critical.web-1.cpu".to_owned()),
+            "sysmon\\.(metrics|info|alerts)\\.[A-Za-z0-9_.-]{0,80}",
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes on arbitrary subjects: never a panic; whatever
+        /// is taken names a valid machine and a time within the rule.
+        #[test]
+        fn the_decoders_take_only_what_the_rule_allows(
+            subject in subject(),
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            now_ms in any::<i64>(),
+        ) {
+            let l = Limits::default();
+            let ok_time = |ts: i64| accept::timestamp(ts, now_ms, &l).is_ok();
+            if let Ok(d) = snapshot(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&d.summary.machine_id).is_ok());
+                prop_assert!(ok_time(d.summary.timestamp_ms));
+            }
+            if let Ok(i) = info(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&i.machine_id).is_ok());
+                prop_assert!(ok_time(i.timestamp_ms));
+            }
+            if let Ok(a) = alert(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&a.machine_id).is_ok());
+                prop_assert!(ok_time(a.timestamp_ms));
+            }
+        }
+
+        /// Real snapshots with their fields at any value: taken exactly when
+        /// the rule says so.
+        #[test]
+        fn a_snapshot_is_taken_exactly_when_the_rule_allows_it(
+            machine in prop_oneof![Just("web-1".to_owned()), "[a-zA-Z0-9_-]{0,70}"],
+            ts in prop_oneof![any::<i64>(), NOW - 10_000_000..NOW + 10_000_000],
+            interval in prop_oneof![any::<u32>(), 0u32..2000],
+        ) {
+            let mut s = snap("web-1");
+            s.machine_id = machine.clone();
+            s.timestamp_ms = ts;
+            s.interval_ms = interval;
+            let l = Limits::default();
+            let subject = format!("sysmon.metrics.{machine}");
+            let rule = accept::snapshot(
+                &subject,
+                accept::SnapshotFields { machine_id: &machine, timestamp_ms: ts, interval_ms: interval },
+                NOW,
+                &l,
+            );
+            let got = snapshot(&subject, &s.encode_to_vec(), NOW, &l);
+            prop_assert_eq!(got.is_ok(), rule.is_ok());
+            if let (Err(a), Err(b)) = (got, rule) {
+                prop_assert_eq!(a.reason(), b.reason());
+            }
+        }
+    }
 }
