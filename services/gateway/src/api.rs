@@ -39,7 +39,9 @@ fn counted<T>(shared: &Shared, r: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &r {
         if e.status == StatusCode::BAD_REQUEST {
             Counters::inc(&shared.counters.http_bad_requests);
-            tracing::info!(parameter = ?e.parameter, error = %e.error, "bad request");
+            if shared.logs.bad_requests.allow("bad request") {
+                tracing::info!(parameter = ?e.parameter, error = %e.error, "bad request");
+            }
         } else if e.status == StatusCode::SERVICE_UNAVAILABLE {
             Counters::inc(&shared.counters.http_db_errors);
         }

@@ -303,12 +303,15 @@ fn supersedes(new: &domain::Summary, prev: &domain::Summary) -> bool {
     new.seq > prev.seq || new.timestamp_ms > prev.timestamp_ms
 }
 
-/// Counts a refused message by feed and reason, and logs it (the subject
-/// and error text are bounded by `accept`).
+/// Counts a refused message by feed and reason, and logs it within the
+/// log budget (the subject and error text are bounded).
 fn rejected(shared: &Shared, kind: Kind, subject: &str, e: &Reject) {
     let c = &shared.counters;
     Counters::inc(&c.decode_errors);
     c.rejected.inc(kind.label(), e.reason());
+    if !shared.logs.feed_rejects.allow("message not taken") {
+        return;
+    }
     tracing::warn!(
         feed = kind.label(),
         subject = %subject.chars().take(120).collect::<String>(),

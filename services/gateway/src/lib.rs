@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod budget;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -133,6 +133,8 @@ pub struct Shared {
     pub limits: Limits,
     /// WebSocket clients now, in total and per address.
     pub ws_slots: std::sync::Mutex<crate::ws::Slots>,
+    /// How many lines input may make this process log.
+    pub logs: crate::budget::LogBudgets,
 }
 
 impl std::fmt::Debug for Shared {
@@ -219,6 +221,7 @@ impl Shared {
             counters: Counters::default(),
             limits: config.limits(),
             ws_slots: Default::default(),
+            logs: Default::default(),
             config,
         }
     }

@@ -13,6 +13,12 @@
 //! a slow or stuck client costs the others nothing. A writer drains the map
 //! into the socket; a frame that cannot go out within `ws_send_timeout_s`, or
 //! a client that has not answered pings for three intervals, is closed.
+//!
+//! Nothing a client does grows without bound: clients are capped in total
+//! and per address (refused with 503 / 429 before the upgrade), a client's
+//! message or frame is at most 4 KiB, and `subscribe` (which refills the
+//! client's queue from every cache) has an allowance per client; one beyond
+//! it waits, and a later one replaces it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -230,7 +236,9 @@ pub async fn upgrade(
 ) -> Response {
     if !origin_allowed(&headers, &s.config.allowed_origins) {
         Counters::inc(&s.counters.ws_origin_refused);
-        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
+        if s.logs.ws_refused.allow("WebSocket refused") {
+            tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
+        }
         let mut e = ApiError::bad("Origin", "this Origin may not open the live feed");
         e.status = StatusCode::FORBIDDEN;
         return e.into_response();
@@ -252,7 +260,9 @@ pub async fn upgrade(
                 ),
             };
             Counters::inc(counter);
-            tracing::warn!(?addr, ?full, "WebSocket refused: {what}");
+            if s.logs.ws_refused.allow("WebSocket refused") {
+                tracing::warn!(?addr, ?full, "WebSocket refused: {what}");
+            }
             let mut e = ApiError::unavailable(what);
             e.status = status;
             return e.into_response();
@@ -351,7 +361,9 @@ async fn read_client(
             Some(Err(e)) => {
                 // A message over the size limit, or not WebSocket at all.
                 Counters::inc(&s.counters.ws_bad_client_messages);
-                tracing::info!(error = %e, "WebSocket client broke the protocol; closed");
+                if s.logs.ws_closed.allow("WebSocket client closed") {
+                    tracing::info!(error = %e, "WebSocket client broke the protocol; closed");
+                }
                 return;
             }
             None => return,
@@ -455,7 +467,9 @@ async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
                     Ok(Err(_)) => break,
                     Err(_) => {
                         Counters::inc(&s.counters.ws_closed_stuck);
-                        tracing::info!("WebSocket client stopped reading; closed");
+                        if s.logs.ws_closed.allow("WebSocket client closed") {
+                            tracing::info!("WebSocket client stopped reading; closed");
+                        }
                         break;
                     }
                 }
@@ -463,7 +477,9 @@ async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
             _ = ping.tick() => {
                 if lock(&last_pong).elapsed() > ping_every * 3 {
                     Counters::inc(&s.counters.ws_closed_stuck);
-                    tracing::info!("WebSocket client stopped answering pings; closed");
+                    if s.logs.ws_closed.allow("WebSocket client closed") {
+                        tracing::info!("WebSocket client stopped answering pings; closed");
+                    }
                     break;
                 }
                 let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await;
