@@ -57,6 +57,11 @@ pub struct GatewayConfig {
     /// ... and in a burst. A subscribe beyond them is counted and applied
     /// only when the client's allowance allows (the latest one wins).
     pub ws_subscribe_burst: u32,
+    /// WebSocket connections one address may open per second on average,
+    /// with bursts of four times that (each connect sends the client the
+    /// state of every machine); beyond it, 429. Behind a reverse proxy every
+    /// client has the proxy's address: raise it there.
+    pub ws_connects_per_s: u32,
     pub nats: NatsConfig,
 }
 
@@ -79,6 +84,7 @@ impl Default for GatewayConfig {
             ws_max_clients_per_address: 100,
             ws_subscribes_per_s: 2,
             ws_subscribe_burst: 10,
+            ws_connects_per_s: 5,
             nats: NatsConfig::default(),
         }
     }

@@ -72,6 +72,7 @@ pub struct Counters {
     pub ws_bad_client_messages: AtomicU64,
     pub ws_refused_clients: AtomicU64,
     pub ws_refused_per_address: AtomicU64,
+    pub ws_refused_rate: AtomicU64,
     pub ws_subscribes_limited: AtomicU64,
     pub rejected: Rejected,
 }
@@ -133,6 +134,8 @@ pub struct Shared {
     pub limits: Limits,
     /// WebSocket clients now, in total and per address.
     pub ws_slots: std::sync::Mutex<crate::ws::Slots>,
+    /// The connect allowance of each address seen in the last minute.
+    pub ws_connects: Cache<std::net::IpAddr, Arc<std::sync::Mutex<crate::ws::Allowance>>>,
     /// How many lines input may make this process log.
     pub logs: crate::budget::LogBudgets,
 }
@@ -221,6 +224,10 @@ impl Shared {
             counters: Counters::default(),
             limits: config.limits(),
             ws_slots: Default::default(),
+            ws_connects: Cache::builder()
+                .max_capacity(MAX_MACHINES)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
             logs: Default::default(),
             config,
         }
@@ -400,6 +407,7 @@ impl Shared {
         for (reason, v) in [
             ("clients", &c.ws_refused_clients),
             ("per_address", &c.ws_refused_per_address),
+            ("rate", &c.ws_refused_rate),
         ] {
             let _ = writeln!(
                 out,

@@ -15,10 +15,11 @@
 //! a client that has not answered pings for three intervals, is closed.
 //!
 //! Nothing a client does grows without bound: clients are capped in total
-//! and per address (refused with 503 / 429 before the upgrade), a client's
-//! message or frame is at most 4 KiB, and `subscribe` (which refills the
-//! client's queue from every cache) has an allowance per client; one beyond
-//! it waits, and a later one replaces it.
+//! and per address, and so are an address's connects per second (each one
+//! sends the state of every machine), refused with 503 / 429 before the
+//! upgrade; a client's message or frame is at most 4 KiB; and `subscribe`
+//! (which refills the client's queue from every cache) has an allowance per
+//! client: one beyond it waits, and a later one replaces it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -170,6 +171,16 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
 pub enum Full {
     Clients,
     PerAddress,
+    Rate,
+}
+
+/// Whether `addr` may open a connection now (its connect allowance).
+fn connect_allowed(shared: &Shared, addr: IpAddr) -> bool {
+    let per_s = shared.config.ws_connects_per_s.max(1);
+    let allowance = shared.ws_connects.get_with(addr, || {
+        Arc::new(Mutex::new(Allowance::new(per_s.saturating_mul(4), per_s)))
+    });
+    lock(&allowance).take(Instant::now()).is_ok()
 }
 
 /// The WebSocket clients connected (or connecting) now, in total and per
@@ -244,7 +255,11 @@ pub async fn upgrade(
         return e.into_response();
     }
     let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
-    let slot = match Slot::take(&s, addr) {
+    let taken = match addr {
+        Some(a) if !connect_allowed(&s, a) => Err(Full::Rate),
+        _ => Slot::take(&s, addr),
+    };
+    let slot = match taken {
         Ok(slot) => slot,
         Err(full) => {
             let (counter, status, what) = match full {
@@ -257,6 +272,11 @@ pub async fn upgrade(
                     &s.counters.ws_refused_per_address,
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many live clients from this address (ws_max_clients_per_address)",
+                ),
+                Full::Rate => (
+                    &s.counters.ws_refused_rate,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address in a short time (ws_connects_per_s)",
                 ),
             };
             Counters::inc(counter);
@@ -281,10 +301,11 @@ struct ClientMsg {
     machine: Option<String>,
 }
 
-/// The allowance of `subscribe` messages of one client: a token bucket of
-/// `burst` tokens refilled at `per_s` a second.
+/// A token bucket of `burst` tokens refilled at `per_s` a second: the
+/// allowance of `subscribe` messages of one client, and of connections of
+/// one address.
 #[derive(Debug)]
-struct Allowance {
+pub struct Allowance {
     tokens: f64,
     burst: f64,
     per_s: f64,

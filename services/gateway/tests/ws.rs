@@ -679,3 +679,40 @@ async fn subscribe_floods_are_limited_and_the_latest_view_wins() {
         "{details} refills for one client"
     );
 }
+
+/// Each connect sends the client the state of every machine: an address
+/// that reconnects in a loop gets its allowance (a burst of four times
+/// `ws_connects_per_s`, then that many a second), then 429s.
+#[tokio::test]
+async fn connects_from_one_address_are_rate_limited() {
+    let env = env(false).await;
+    let running = start(
+        &env,
+        GatewayConfig {
+            ws_connects_per_s: 1,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", running.addr());
+    let t0 = Instant::now();
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    for _ in 0..30 {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                assert_eq!(refused_with(Err::<(), _>(e)), 429);
+                refused += 1;
+            }
+        }
+    }
+    let allowed = 4 + t0.elapsed().as_secs() + 1;
+    assert!(
+        (4..=allowed).contains(&accepted),
+        "{accepted} of 30 connects accepted (allowance {allowed})"
+    );
+    let m = reqwest_like(running.addr(), "/metrics").await;
+    let line = format!(r#"sysmon_gateway_ws_refused_total{{reason="rate"}} {refused}"#);
+    assert!(m.contains(&line), "{line} in\n{m}");
+}

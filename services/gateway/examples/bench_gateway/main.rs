@@ -136,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
                 "SYSMON_GATEWAY_WS_MAX_CLIENTS_PER_ADDRESS",
                 (clients + 10).to_string(),
             )
+            .env(
+                "SYSMON_GATEWAY_WS_CONNECTS_PER_S",
+                (clients + 10).to_string(),
+            )
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {gateway_bin:?}"))?,
