@@ -91,6 +91,49 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// Refuses values outside their documented range, naming the key, so a
+    /// typo in a config file is an error at start rather than a gateway that
+    /// refuses every client or every message.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!("{key} = {v} is outside {lo}..={hi}"));
+            }
+            Ok(())
+        }
+        const YEAR_S: u64 = 366 * 86_400;
+        range("silent_after_s", self.silent_after_s, 1, YEAR_S)?;
+        range("history_cache_ttl_s", self.history_cache_ttl_s, 1, 86_400)?;
+        range("history_max_points", self.history_max_points, 1, 100_000)?;
+        range("ws_ping_s", self.ws_ping_s, 1, 3600)?;
+        range("ws_send_timeout_s", self.ws_send_timeout_s, 1, 3600)?;
+        range("alerts_limit", self.alerts_limit, 1, 100_000)?;
+        range(
+            "max_payload_bytes",
+            self.max_payload_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        range("max_future_skew_s", self.max_future_skew_s, 0, YEAR_S)?;
+        range("cache_max_bytes", self.cache_max_bytes, 1 << 16, 1 << 40)?;
+        range("ws_max_clients", self.ws_max_clients, 1, 1_000_000)?;
+        range(
+            "ws_max_clients_per_address",
+            self.ws_max_clients_per_address,
+            1,
+            1_000_000,
+        )?;
+        range("ws_subscribes_per_s", self.ws_subscribes_per_s, 1, 10_000)?;
+        range("ws_subscribe_burst", self.ws_subscribe_burst, 1, 10_000)?;
+        range("ws_connects_per_s", self.ws_connects_per_s, 1, 1_000_000)?;
+        Ok(())
+    }
+
     /// The `schemas::accept` limits the feeds apply.
     pub fn limits(&self) -> accept::Limits {
         accept::Limits {
@@ -98,6 +141,49 @@ impl GatewayConfig {
             max_future_skew_ms: i64::try_from(self.max_future_skew_s)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1000),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_values_out_of_range_are_named() {
+        GatewayConfig::default().validate().expect("defaults");
+        for (cfg, key) in [
+            (
+                GatewayConfig {
+                    ws_ping_s: u64::MAX,
+                    ..Default::default()
+                },
+                "ws_ping_s",
+            ),
+            (
+                GatewayConfig {
+                    alerts_limit: -1,
+                    ..Default::default()
+                },
+                "alerts_limit",
+            ),
+            (
+                GatewayConfig {
+                    ws_max_clients: 0,
+                    ..Default::default()
+                },
+                "ws_max_clients",
+            ),
+            (
+                GatewayConfig {
+                    max_payload_bytes: 0,
+                    ..Default::default()
+                },
+                "max_payload_bytes",
+            ),
+        ] {
+            let e = cfg.validate().expect_err(key);
+            assert!(e.starts_with(key), "{e}");
         }
     }
 }

@@ -67,6 +67,9 @@ impl Gateway {
     /// Connects to NATS (waiting in the background if no server is up yet)
     /// and prepares the database pool, which connects on first use.
     pub async fn connect(config: GatewayConfig) -> anyhow::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let nats = config
             .nats
             .connect("sysmonstm-gateway", true)
