@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod budget;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -66,6 +67,9 @@ impl Gateway {
     /// Connects to NATS (waiting in the background if no server is up yet)
     /// and prepares the database pool, which connects on first use.
     pub async fn connect(config: GatewayConfig) -> anyhow::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let nats = config
             .nats
             .connect("sysmonstm-gateway", true)
@@ -112,9 +116,13 @@ impl Gateway {
             }
         });
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+            // The peer address caps WebSocket clients per address.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
         });
         Ok(Running { addr, task })
     }
