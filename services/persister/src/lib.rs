@@ -94,7 +94,7 @@ impl Persister {
             max_backoff,
             &shutdown,
         )
-        .await
+        .await?
         else {
             return Ok(());
         };
