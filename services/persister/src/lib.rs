@@ -95,7 +95,7 @@ impl Persister {
             max_backoff,
             &shutdown,
         )
-        .await
+        .await?
         else {
             return Ok(());
         };
