@@ -83,6 +83,23 @@ impl Registry {
         g
     }
 
+    /// A fractional gauge by label, values listed in advance.
+    pub fn gauge_vec_f(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(Opts::new(name, help), &[label])
+            .expect("a valid metric name");
+        for v in values {
+            let _ = g.with_label_values(&[*v]);
+        }
+        self.register(g.clone());
+        g
+    }
+
     /// A fractional gauge (ratios, seconds).
     pub fn float_gauge(&self, name: &str, help: &str) -> Gauge {
         let g = Gauge::new(name, help).expect("a valid metric name");

@@ -91,6 +91,14 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// HTTP connections served at once: every WebSocket client may have one,
+    /// and REST requests have room beside them.
+    pub fn http_max_connections(&self) -> usize {
+        usize::try_from(self.ws_max_clients)
+            .unwrap_or(usize::MAX)
+            .saturating_add(256)
+    }
+
     /// Refuses values outside their documented range, naming the key, so a
     /// typo in a config file is an error at start rather than a gateway that
     /// refuses every client or every message.

@@ -3,13 +3,13 @@
 //! answer cache, the fan-out channel of live updates and the counters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
+use sysmonstm_kit::metrics::{Gauge, IntCounter, IntCounterVec, IntGauge, Registry};
 use sysmonstm_schemas::accept::{Limits, Reject};
 
 use crate::config::GatewayConfig;
@@ -44,70 +44,212 @@ pub enum Update {
     },
 }
 
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
+/// What the gateway did, exported on `/metrics` as `sysmonstm_gateway_…`
+/// (through `kit::metrics`).
+#[derive(Debug)]
 pub struct Counters {
-    pub snapshots: AtomicU64,
-    pub snapshots_stale: AtomicU64,
-    pub infos: AtomicU64,
-    pub alerts: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub feed_restarts: AtomicU64,
-    pub http_requests: AtomicU64,
-    pub http_bad_requests: AtomicU64,
-    pub http_db_errors: AtomicU64,
-    pub latest_hits: AtomicU64,
-    pub latest_misses: AtomicU64,
-    pub history_hits: AtomicU64,
-    pub history_misses: AtomicU64,
-    pub rules_bad_values: AtomicU64,
-    pub ws_clients: AtomicU64,
-    pub ws_connections: AtomicU64,
-    pub ws_origin_refused: AtomicU64,
-    pub ws_frames: AtomicU64,
-    pub ws_messages: AtomicU64,
-    pub ws_coalesced: AtomicU64,
-    pub ws_lagged: AtomicU64,
-    pub ws_closed_stuck: AtomicU64,
-    pub ws_bad_client_messages: AtomicU64,
-    pub ws_refused_clients: AtomicU64,
-    pub ws_refused_per_address: AtomicU64,
-    pub ws_refused_rate: AtomicU64,
-    pub ws_subscribes_limited: AtomicU64,
+    registry: Arc<Registry>,
+    pub snapshots: IntCounter,
+    pub snapshots_stale: IntCounter,
+    pub infos: IntCounter,
+    pub alerts: IntCounter,
+    pub decode_errors: IntCounter,
+    pub feed_restarts: IntCounter,
+    pub http_requests: IntCounter,
+    pub http_bad_requests: IntCounter,
+    pub http_db_errors: IntCounter,
+    pub latest_hits: IntCounter,
+    pub latest_misses: IntCounter,
+    pub history_hits: IntCounter,
+    pub history_misses: IntCounter,
+    pub rules_bad_values: IntCounter,
+    pub ws_clients: IntGauge,
+    pub ws_connections: IntCounter,
+    pub ws_origin_refused: IntCounter,
+    pub ws_frames: IntCounter,
+    pub ws_messages: IntCounter,
+    pub ws_coalesced: IntCounter,
+    pub ws_lagged: IntCounter,
+    pub ws_closed_stuck: IntCounter,
+    pub ws_bad_client_messages: IntCounter,
+    pub ws_refused_clients: IntCounter,
+    pub ws_refused_per_address: IntCounter,
+    pub ws_refused_rate: IntCounter,
+    pub ws_subscribes_limited: IntCounter,
     pub rejected: Rejected,
+    http_connections_open: IntGauge,
+    http_connections_refused: IntCounter,
+    cache_hit_ratio_latest: Gauge,
+    cache_hit_ratio_history: Gauge,
+    machines: IntGauge,
 }
 
 /// Messages the feeds refused, by feed and `accept::Reject::reason`: a
-/// fixed set of series, all exported from the start.
-#[derive(Debug, Default)]
+/// fixed set of series, all exported from the start
+/// (`snapshots_rejected_total`, `infos_rejected_total`,
+/// `alert_events_rejected_total`, each by `reason`).
+#[derive(Debug)]
 pub struct Rejected {
-    counts: [[AtomicU64; Reject::REASONS.len()]; Rejected::FEEDS.len()],
+    by_feed: [IntCounterVec; 3],
 }
 
 impl Rejected {
     pub const FEEDS: [&'static str; 3] = ["metrics", "machines", "alerts"];
 
     pub fn inc(&self, feed: &str, reason: &str) {
-        let f = Self::FEEDS.iter().position(|x| *x == feed);
-        let r = Reject::REASONS.iter().position(|x| *x == reason);
-        if let (Some(f), Some(r)) = (f, r) {
-            Counters::inc(&self.counts[f][r]);
+        if let Some(c) = self.counter(feed, reason) {
+            c.inc();
         }
     }
 
     pub fn get(&self, feed: &str, reason: &str) -> u64 {
-        let f = Self::FEEDS.iter().position(|x| *x == feed);
-        let r = Reject::REASONS.iter().position(|x| *x == reason);
-        match (f, r) {
-            (Some(f), Some(r)) => self.counts[f][r].load(Ordering::Relaxed),
-            _ => 0,
+        self.counter(feed, reason).map_or(0, |c| c.get())
+    }
+
+    fn counter(&self, feed: &str, reason: &str) -> Option<IntCounter> {
+        let f = Self::FEEDS.iter().position(|x| *x == feed)?;
+        Reject::REASONS
+            .contains(&reason)
+            .then(|| self.by_feed[f].with_label_values(&[reason]))
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let r = Registry::new("gateway");
+        let c = |name: &str, help: &str| r.counter(name, help);
+        let refused = r.counter_vec(
+            "ws_refused_total",
+            "WebSocket upgrades refused for capacity, by reason.",
+            "reason",
+            &["clients", "per_address", "rate"],
+        );
+        let rejected = |name: &str, what: &str| {
+            r.counter_vec(
+                name,
+                &format!("{what} from JetStream refused by the accept rule, by reason."),
+                "reason",
+                &Reject::REASONS,
+            )
+        };
+        let ratio = r.gauge_vec_f(
+            "cache_hit_ratio",
+            "Share of lookups answered by a cache.",
+            "cache",
+            &["latest", "history"],
+        );
+        Self {
+            snapshots: c("snapshots_received_total", "Snapshots taken from METRICS."),
+            snapshots_stale: c(
+                "snapshots_stale_total",
+                "Snapshots older than the one shown (a replayed spool, a duplicate), not shown.",
+            ),
+            infos: c(
+                "infos_received_total",
+                "MachineInfo messages taken from MACHINES.",
+            ),
+            alerts: c(
+                "alert_events_received_total",
+                "Alert events taken from ALERTS.",
+            ),
+            decode_errors: c(
+                "decode_errors_total",
+                "Messages from JetStream not taken, for any reason (by reason in *_rejected_total).",
+            ),
+            feed_restarts: c(
+                "feed_restarts_total",
+                "Times a JetStream feed was set up again after an error.",
+            ),
+            http_requests: c("http_requests_total", "API requests served."),
+            http_bad_requests: c("http_bad_requests_total", "API requests refused with 400."),
+            http_db_errors: c(
+                "http_database_errors_total",
+                "API requests that failed on the database.",
+            ),
+            latest_hits: c(
+                "latest_cache_hits_total",
+                "Latest-snapshot lookups found in the cache.",
+            ),
+            latest_misses: c(
+                "latest_cache_misses_total",
+                "Latest-snapshot lookups not in the cache.",
+            ),
+            history_hits: c(
+                "history_cache_hits_total",
+                "History answers served from the cache.",
+            ),
+            history_misses: c(
+                "history_cache_misses_total",
+                "History answers computed by PostgreSQL.",
+            ),
+            rules_bad_values: c(
+                "rules_bad_values_total",
+                "Rule KV values that are not JSON (skipped).",
+            ),
+            ws_clients: r.gauge("ws_clients", "WebSocket clients connected now."),
+            ws_connections: c("ws_connections_total", "WebSocket connections accepted."),
+            ws_origin_refused: c(
+                "ws_origin_refused_total",
+                "WebSocket upgrades refused for their Origin.",
+            ),
+            ws_frames: c(
+                "ws_updates_sent_total",
+                "Updates sent to WebSocket clients.",
+            ),
+            ws_messages: c(
+                "ws_messages_sent_total",
+                "WebSocket messages sent (each carries one or more updates).",
+            ),
+            ws_coalesced: c(
+                "ws_coalesced_total",
+                "Updates replaced by a newer one before a slow client took them.",
+            ),
+            ws_lagged: c(
+                "ws_lagged_total",
+                "Times a client's pump fell behind the fan-out and resynchronised.",
+            ),
+            ws_closed_stuck: c(
+                "ws_closed_stuck_total",
+                "Clients closed because they stopped reading or answering pings.",
+            ),
+            ws_bad_client_messages: c(
+                "ws_bad_client_messages_total",
+                "Client WebSocket messages that were not understood or too large.",
+            ),
+            ws_subscribes_limited: c(
+                "ws_subscribes_limited_total",
+                "Subscribe messages beyond a client's allowance (applied later, the last one winning).",
+            ),
+            ws_refused_clients: refused.with_label_values(&["clients"]),
+            ws_refused_per_address: refused.with_label_values(&["per_address"]),
+            ws_refused_rate: refused.with_label_values(&["rate"]),
+            rejected: Rejected {
+                by_feed: [
+                    rejected("snapshots_rejected_total", "Snapshots"),
+                    rejected("infos_rejected_total", "MachineInfo messages"),
+                    rejected("alert_events_rejected_total", "Alert events"),
+                ],
+            },
+            http_connections_open: r.gauge("http_connections_open", "HTTP connections open now."),
+            http_connections_refused: c(
+                "http_connections_refused_total",
+                "HTTP connections closed at accept because the most were open.",
+            ),
+            cache_hit_ratio_latest: ratio.with_label_values(&["latest"]),
+            cache_hit_ratio_history: ratio.with_label_values(&["history"]),
+            machines: r.gauge("machines", "Machines with a latest snapshot."),
+            registry: Arc::new(r),
         }
     }
 }
 
 impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    pub fn inc(c: &IntCounter) {
+        c.inc();
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 }
 
@@ -138,6 +280,8 @@ pub struct Shared {
     pub ws_connects: Cache<std::net::IpAddr, Arc<std::sync::Mutex<crate::ws::Allowance>>>,
     /// How many lines input may make this process log.
     pub logs: crate::budget::LogBudgets,
+    /// What the HTTP server counts (connections open, refused over the cap).
+    pub http: Arc<sysmonstm_kit::http::ServeCounters>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -229,6 +373,7 @@ impl Shared {
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
             logs: Default::default(),
+            http: Default::default(),
             config,
         }
     }
@@ -245,218 +390,26 @@ impl Shared {
         now_ms.saturating_sub(latest.detail.summary.timestamp_ms) <= limit
     }
 
-    /// The Prometheus text exposition of the counters and cache ratios.
+    /// The Prometheus text exposition: the counters, and the gauges read
+    /// at the moment of asking (cache hit ratios, machines held).
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write as _;
         let c = &self.counters;
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: &AtomicU64, kind: &str| {
-            let _ = writeln!(out, "# HELP sysmon_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE sysmon_gateway_{name} {kind}");
-            let _ = writeln!(out, "sysmon_gateway_{name} {}", v.load(Ordering::Relaxed));
-        };
-        counter(
-            "snapshots_total",
-            "Snapshots taken from METRICS.",
-            &c.snapshots,
-            "counter",
-        );
-        counter(
-            "snapshots_stale_total",
-            "Snapshots not shown because a later one of their machine already was (a replayed spool, a duplicate).",
-            &c.snapshots_stale,
-            "counter",
-        );
-        counter(
-            "infos_total",
-            "MachineInfo messages taken from MACHINES.",
-            &c.infos,
-            "counter",
-        );
-        counter(
-            "alert_events_total",
-            "Alert events taken from ALERTS.",
-            &c.alerts,
-            "counter",
-        );
-        counter(
-            "decode_errors_total",
-            "Messages from JetStream not taken, for any reason (by reason in rejected_total).",
-            &c.decode_errors,
-            "counter",
-        );
-        counter(
-            "feed_restarts_total",
-            "Times a JetStream feed was set up again after an error.",
-            &c.feed_restarts,
-            "counter",
-        );
-        counter(
-            "http_requests_total",
-            "API requests served.",
-            &c.http_requests,
-            "counter",
-        );
-        counter(
-            "http_bad_requests_total",
-            "API requests refused with 400.",
-            &c.http_bad_requests,
-            "counter",
-        );
-        counter(
-            "http_db_errors_total",
-            "API requests that failed on the database.",
-            &c.http_db_errors,
-            "counter",
-        );
-        counter(
-            "latest_cache_hits_total",
-            "Latest-snapshot lookups found in the cache.",
-            &c.latest_hits,
-            "counter",
-        );
-        counter(
-            "latest_cache_misses_total",
-            "Latest-snapshot lookups not in the cache.",
-            &c.latest_misses,
-            "counter",
-        );
-        counter(
-            "history_cache_hits_total",
-            "History answers served from the cache.",
-            &c.history_hits,
-            "counter",
-        );
-        counter(
-            "history_cache_misses_total",
-            "History answers computed by PostgreSQL.",
-            &c.history_misses,
-            "counter",
-        );
-        counter(
-            "rules_bad_values_total",
-            "Rule KV values that are not JSON (skipped).",
-            &c.rules_bad_values,
-            "counter",
-        );
-        counter(
-            "ws_clients",
-            "WebSocket clients connected now.",
-            &c.ws_clients,
-            "gauge",
-        );
-        counter(
-            "ws_connections_total",
-            "WebSocket connections accepted.",
-            &c.ws_connections,
-            "counter",
-        );
-        counter(
-            "ws_origin_refused_total",
-            "WebSocket upgrades refused for their Origin.",
-            &c.ws_origin_refused,
-            "counter",
-        );
-        counter(
-            "ws_frames_total",
-            "Updates sent to WebSocket clients.",
-            &c.ws_frames,
-            "counter",
-        );
-        counter(
-            "ws_messages_total",
-            "WebSocket messages sent (each carries one or more updates).",
-            &c.ws_messages,
-            "counter",
-        );
-        counter(
-            "ws_coalesced_total",
-            "Updates replaced by a newer one before a slow client took them.",
-            &c.ws_coalesced,
-            "counter",
-        );
-        counter(
-            "ws_lagged_total",
-            "Times a client's pump fell behind the fan-out and resynchronised.",
-            &c.ws_lagged,
-            "counter",
-        );
-        counter(
-            "ws_closed_stuck_total",
-            "Clients closed because they stopped reading or answering pings.",
-            &c.ws_closed_stuck,
-            "counter",
-        );
-        counter(
-            "ws_bad_client_messages_total",
-            "Client WebSocket messages that were not understood.",
-            &c.ws_bad_client_messages,
-            "counter",
-        );
-        counter(
-            "ws_subscribes_limited_total",
-            "Client subscribe messages beyond the allowance (deferred; the latest wins).",
-            &c.ws_subscribes_limited,
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_ws_refused_total WebSocket upgrades refused for capacity, by reason."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_ws_refused_total counter");
-        for (reason, v) in [
-            ("clients", &c.ws_refused_clients),
-            ("per_address", &c.ws_refused_per_address),
-            ("rate", &c.ws_refused_rate),
-        ] {
-            let _ = writeln!(
-                out,
-                "sysmon_gateway_ws_refused_total{{reason=\"{reason}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_rejected_total Messages from JetStream refused by the accept rule, by feed and reason."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_rejected_total counter");
-        for feed in Rejected::FEEDS {
-            for reason in Reject::REASONS {
-                let _ = writeln!(
-                    out,
-                    "sysmon_gateway_rejected_total{{feed=\"{feed}\",reason=\"{reason}\"}} {}",
-                    c.rejected.get(feed, reason)
-                );
-            }
-        }
-        let ratio = |h: &AtomicU64, m: &AtomicU64| {
-            let (h, m) = (
-                h.load(Ordering::Relaxed) as f64,
-                m.load(Ordering::Relaxed) as f64,
-            );
+        let ratio = |h: &IntCounter, m: &IntCounter| {
+            let (h, m) = (h.get() as f64, m.get() as f64);
             if h + m > 0.0 { h / (h + m) } else { 0.0 }
         };
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_cache_hit_ratio Share of lookups answered by a cache."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_cache_hit_ratio gauge");
-        let _ = writeln!(
-            out,
-            "sysmon_gateway_cache_hit_ratio{{cache=\"latest\"}} {}",
-            ratio(&c.latest_hits, &c.latest_misses)
-        );
-        let _ = writeln!(
-            out,
-            "sysmon_gateway_cache_hit_ratio{{cache=\"history\"}} {}",
-            ratio(&c.history_hits, &c.history_misses)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_machines Machines with a latest snapshot."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_machines gauge");
-        let _ = writeln!(out, "sysmon_gateway_machines {}", self.latest.entry_count());
-        out
+        c.cache_hit_ratio_latest
+            .set(ratio(&c.latest_hits, &c.latest_misses));
+        c.cache_hit_ratio_history
+            .set(ratio(&c.history_hits, &c.history_misses));
+        c.machines
+            .set(i64::try_from(self.latest.entry_count()).unwrap_or(i64::MAX));
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        c.http_connections_open
+            .set(i64::try_from(load(&self.http.open_connections)).unwrap_or(i64::MAX));
+        let refused = load(&self.http.refused_connections);
+        c.http_connections_refused
+            .inc_by(refused.saturating_sub(c.http_connections_refused.get()));
+        c.registry.render()
     }
 }

@@ -433,9 +433,7 @@ async fn read_client(
 async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
     let _slot = slot;
     Counters::inc(&s.counters.ws_connections);
-    s.counters
-        .ws_clients
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.counters.ws_clients.inc();
     // Subscribe before filling so no update falls between the two.
     let rx = s.updates.subscribe();
     let pending = Arc::new(Mutex::new(Pending {
@@ -482,7 +480,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
                 let text = batch(&frames);
                 match tokio::time::timeout(send_timeout, sink.send(Message::Text(text))).await {
                     Ok(Ok(())) => {
-                        s.counters.ws_frames.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        s.counters.ws_frames.inc_by(n);
                         Counters::inc(&s.counters.ws_messages);
                     }
                     Ok(Err(_)) => break,
@@ -511,9 +509,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
     }
     pump.abort();
     reader.abort();
-    s.counters
-        .ws_clients
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    s.counters.ws_clients.dec();
 }
 
 /// Moves live updates into the client's pending map. It never waits on the

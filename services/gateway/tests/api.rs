@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -106,9 +104,9 @@ async fn machines_their_facts_and_latest_snapshot() {
     bad(&app, "/api/machines/Bad.Id", "id").await;
     bad(&app, "/api/machines/Bad.Id/metrics", "id").await;
     bad(&app, "/api/machines?limit=3", "limit").await;
-    assert!(shared.counters.http_bad_requests.load(Ordering::Relaxed) >= 3);
-    assert_eq!(shared.counters.latest_hits.load(Ordering::Relaxed), 1);
-    assert_eq!(shared.counters.latest_misses.load(Ordering::Relaxed), 1);
+    assert!(shared.counters.http_bad_requests.get() >= 3);
+    assert_eq!(shared.counters.latest_hits.get(), 1);
+    assert_eq!(shared.counters.latest_misses.get(), 1);
 }
 
 #[tokio::test]
@@ -215,7 +213,7 @@ async fn rules_are_the_bucket_values_as_an_array() {
         .filter_map(|r| r["name"].as_str())
         .collect();
     assert_eq!(names, ["cpu_high", "disk_full"]);
-    assert_eq!(shared.counters.rules_bad_values.load(Ordering::Relaxed), 1);
+    assert_eq!(shared.counters.rules_bad_values.get(), 1);
 }
 
 #[tokio::test]
@@ -249,11 +247,11 @@ async fn health_ready_and_metrics() {
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).expect("text");
     assert!(
-        text.contains("sysmon_gateway_http_bad_requests_total 1"),
+        text.contains("sysmonstm_gateway_http_bad_requests_total 1"),
         "{text}"
     );
     assert!(
-        text.contains("sysmon_gateway_cache_hit_ratio{cache=\"history\"}"),
+        text.contains("sysmonstm_gateway_cache_hit_ratio{cache=\"history\"}"),
         "{text}"
     );
 }
@@ -287,7 +285,7 @@ async fn garbage_on_the_feed_is_counted_and_skipped() {
         .expect("acked");
     let next = a.publish(&env.js).await;
     wait_latest(&shared, "web-1", next.seq).await;
-    assert_eq!(shared.counters.decode_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(shared.counters.decode_errors.get(), 2);
     assert!(shared.latest.get("db-9").is_none());
     // An older snapshot (a replayed spool: lower seq, older time) does not
     // replace the latest.
@@ -296,7 +294,7 @@ async fn garbage_on_the_feed_is_counted_and_skipped() {
     old.timestamp_ms = next.timestamp_ms - 60_000;
     publish_snapshot(&env.js, &old).await;
     sysmonstm_testkit::eventually(WAIT, "the replayed snapshot counted as stale", || async {
-        (shared.counters.snapshots_stale.load(Ordering::Relaxed) >= 1).then_some(())
+        (shared.counters.snapshots_stale.get() >= 1).then_some(())
     })
     .await;
     let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
@@ -334,7 +332,7 @@ async fn a_later_seq_is_shown_in_the_same_millisecond_and_after_a_clock_step_bac
     publish_snapshot(&env.js, &stepped_back).await;
     let fresh = a.publish(&env.js).await;
     wait_latest(&shared, "web-1", fresh.seq).await;
-    assert_eq!(shared.counters.snapshots_stale.load(Ordering::Relaxed), 1);
+    assert_eq!(shared.counters.snapshots_stale.get(), 1);
 }
 
 #[tokio::test]

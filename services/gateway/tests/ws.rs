@@ -261,7 +261,7 @@ async fn a_client_that_never_reads_does_not_delay_another() {
     let metrics = reqwest_like(running.addr(), "/metrics").await;
     let coalesced: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("sysmon_gateway_ws_coalesced_total "))
+        .find_map(|l| l.strip_prefix("sysmonstm_gateway_ws_coalesced_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("counter exported");
     assert!(
@@ -297,7 +297,7 @@ async fn a_client_that_stops_answering_pings_is_closed() {
     let metric = || async {
         let m = reqwest_like(running.addr(), "/metrics").await;
         m.lines()
-            .find_map(|l| l.strip_prefix("sysmon_gateway_ws_closed_stuck_total "))
+            .find_map(|l| l.strip_prefix("sysmonstm_gateway_ws_closed_stuck_total "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|v| *v >= 1)
     };
@@ -354,7 +354,7 @@ async fn a_foreign_origin_is_refused() {
         .expect("a configured origin is allowed");
     let metrics = reqwest_like(addr, "/metrics").await;
     assert!(
-        metrics.contains("sysmon_gateway_ws_origin_refused_total 1"),
+        metrics.contains("sysmonstm_gateway_ws_origin_refused_total 1"),
         "{metrics}"
     );
 }
@@ -480,14 +480,16 @@ async fn refused_messages_reach_no_cache_no_client_and_move_no_clock() {
     // Every refusal counted by feed and reason (MACHINES is its own feed,
     // so its count may come a moment later).
     let expected: Vec<String> = [
-        (r#"feed="metrics",reason="future""#, 2),
-        (r#"feed="metrics",reason="machine_id""#, 2),
-        (r#"feed="machines",reason="machine_id""#, 2),
-        (r#"feed="metrics",reason="oversized""#, 1),
+        ("snapshots", "future", 2),
+        ("snapshots", "machine_id", 2),
+        ("infos", "machine_id", 2),
+        ("snapshots", "oversized", 1),
     ]
     .iter()
-    .map(|(series, n)| format!("sysmon_gateway_rejected_total{{{series}}} {n}"))
-    .chain(["sysmon_gateway_decode_errors_total 7".to_owned()])
+    .map(|(what, reason, n)| {
+        format!("sysmonstm_gateway_{what}_rejected_total{{reason=\"{reason}\"}} {n}")
+    })
+    .chain(["sysmonstm_gateway_decode_errors_total 7".to_owned()])
     .collect();
     sysmonstm_testkit::eventually(WAIT, "every refusal counted", || async {
         let metrics = reqwest_like(addr, "/metrics").await;
@@ -544,7 +546,7 @@ async fn connections_are_capped_in_total_and_per_address() {
     );
     let m = reqwest_like(per_address.addr(), "/metrics").await;
     assert!(
-        m.contains(r#"sysmon_gateway_ws_refused_total{reason="per_address"} 1"#),
+        m.contains(r#"sysmonstm_gateway_ws_refused_total{reason="per_address"} 1"#),
         "{m}"
     );
     // A client that leaves gives its place back.
@@ -575,7 +577,7 @@ async fn connections_are_capped_in_total_and_per_address() {
     );
     let m = reqwest_like(total.addr(), "/metrics").await;
     assert!(
-        m.contains(r#"sysmon_gateway_ws_refused_total{reason="clients"} 1"#),
+        m.contains(r#"sysmonstm_gateway_ws_refused_total{reason="clients"} 1"#),
         "{m}"
     );
 }
@@ -592,7 +594,7 @@ async fn a_client_message_over_4_kib_closes_that_client_only() {
         .await
         .expect("send");
     sysmonstm_testkit::eventually(WAIT, "the odd message counted", || async {
-        (counter(addr, "sysmon_gateway_ws_bad_client_messages_total").await >= 1).then_some(())
+        (counter(addr, "sysmonstm_gateway_ws_bad_client_messages_total").await >= 1).then_some(())
     })
     .await;
     big.send(Message::Text("x".repeat(5 * 1024).into()))
@@ -606,7 +608,7 @@ async fn a_client_message_over_4_kib_closes_that_client_only() {
             Ok(Some(Ok(_))) => {}
         }
     }
-    assert!(counter(addr, "sysmon_gateway_ws_bad_client_messages_total").await >= 2);
+    assert!(counter(addr, "sysmonstm_gateway_ws_bad_client_messages_total").await >= 2);
     // The other client still gets live updates.
     let mut a = Agent::new("web-1").await;
     let s = a.publish(&env.js).await;
@@ -668,7 +670,7 @@ async fn subscribe_floods_are_limited_and_the_latest_view_wins() {
     .await
     .expect("send");
     let details = reading.await.expect("reader");
-    let limited = counter(addr, "sysmon_gateway_ws_subscribes_limited_total").await;
+    let limited = counter(addr, "sysmonstm_gateway_ws_subscribes_limited_total").await;
     eprintln!("{details} detail snapshots sent for {n} subscribes; {limited} over the allowance");
     assert!(
         limited >= n as u64 - allowed,
@@ -713,6 +715,6 @@ async fn connects_from_one_address_are_rate_limited() {
         "{accepted} of 30 connects accepted (allowance {allowed})"
     );
     let m = reqwest_like(running.addr(), "/metrics").await;
-    let line = format!(r#"sysmon_gateway_ws_refused_total{{reason="rate"}} {refused}"#);
+    let line = format!(r#"sysmonstm_gateway_ws_refused_total{{reason="rate"}} {refused}"#);
     assert!(m.contains(&line), "{line} in\n{m}");
 }
