@@ -49,8 +49,8 @@ set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null 2>&1 || true
 fi
-echo "sysmonstm-agent installed. Put this machine's credentials in /etc/sysmonstm/agent.creds,"
-echo "set creds_file and servers in /etc/sysmonstm/agent.toml, then: systemctl enable --now sysmonstm-agent"
+echo "sysmonstm-agent installed. Put this machine's credentials in /etc/sysmonstm/agent.creds (root, 0600),"
+echo "its machine id and the hub in /etc/sysmonstm/agent.toml, then: systemctl enable --now sysmonstm-agent"
 EOF
 chmod 0755 "$stage/DEBIAN/postinst"
 
