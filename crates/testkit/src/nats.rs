@@ -82,7 +82,10 @@ impl NatsServer {
             let mut in_jetstream = false;
             for line in shipped.lines() {
                 let t = line.trim_start();
-                if ["listen", "http", "store_dir"]
+                // The addresses and the store are the test's own; so is
+                // authentication (the shipped hub includes the development
+                // credentials `just up` makes; a bench measures JetStream).
+                if ["listen", "http", "store_dir", "include"]
                     .iter()
                     .any(|k| t.starts_with(k))
                 {
