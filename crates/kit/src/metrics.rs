@@ -18,6 +18,23 @@ pub use prometheus::{
     IntGaugeVec, Opts,
 };
 
+/// A counter or a gauge, read as a whole number (tests and log lines).
+pub trait Value {
+    fn value(&self) -> u64;
+}
+
+impl Value for IntCounter {
+    fn value(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Value for IntGauge {
+    fn value(&self) -> u64 {
+        u64::try_from(self.get()).unwrap_or(0)
+    }
+}
+
 /// One service's metrics.
 #[derive(Clone, Debug)]
 pub struct Registry {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use sysmonstm_kit::metrics::Value;
 use sysmonstm_kit::metrics::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 use sysmonstm_schemas::accept::Reject;
 
@@ -48,23 +49,6 @@ pub struct Counters {
     /// Delivered, not yet acknowledged.
     pub consumer_ack_pending: IntGauge,
     batch_seconds: Histogram,
-}
-
-/// A counter or a gauge, read as a whole number.
-pub trait Value {
-    fn value(&self) -> u64;
-}
-
-impl Value for IntCounter {
-    fn value(&self) -> u64 {
-        self.get()
-    }
-}
-
-impl Value for IntGauge {
-    fn value(&self) -> u64 {
-        u64::try_from(self.get()).unwrap_or(0)
-    }
 }
 
 impl Default for Counters {
