@@ -140,10 +140,12 @@ impl Role {
                     &[subjects::METRICS_ALL, subjects::FORGET_ALL],
                 ])),
             ),
+            // The gateway answers forget requests too.
             Self::Gateway => (
                 allow(&join(&[
                     JS_READ,
                     &["$JS.API.STREAM.CREATE.*", "$KV.sysmon_rules.>"],
+                    &inbox,
                 ])),
                 allow(&join(&[
                     &inbox,
