@@ -94,7 +94,7 @@ up() {
     log "made the edge's development credentials in .data/creds-edge (operator, edge-admin, edge-gateway)"
   fi
   if [ ! -f "$creds/leaf-remote.conf" ]; then
-    "$cli" creds leaf --dir "$ecreds" --hub-dir "$creds" >/dev/null 2>&1
+    "$cli" creds leaf --dir "$ecreds" --hub-dir "$creds" >/dev/null
     log "made the hub's leaf link to the edge (.data/creds/leaf-remote.conf)"
   fi
 
@@ -103,12 +103,6 @@ up() {
   wait_for "the edge" 20 http_ok http://127.0.0.1:8223/healthz
   start nats-hub "$NATS_SERVER_BIN" -c nats/hub.conf
   wait_for "the hub" 20 http_ok http://127.0.0.1:8222/healthz
-  # The edge's streams source the hub's: made once the link is up (a
-  # source's first request sent while it is down costs 30 s).
-  wait_for "the hub's leaf link to the edge" 20 leaf_up
-  NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-admin.creds" \
-    "$cli" edge setup >/dev/null
-  log "edge streams METRICS, ALERTS, MACHINES source the hub (24 h window)"
 
   # PostgreSQL of its own under .data/pg, on 5432 unless something else has it.
   local pgdir="$data/pg" port
@@ -140,6 +134,16 @@ up() {
   wait_for "the persister" 60 http_ok http://127.0.0.1:9102/health
   NATS_CREDS="$users/alerter.creds" start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
   wait_for "the alerter" 30 http_ok http://127.0.0.1:9103/health
+  # The edge's streams source the hub's, which the persister and the alerter
+  # have made by now; made once the link is up (a source's request sent
+  # while the link is down, or before its hub stream exists, is asked again
+  # only after a wait of 30 s or more).
+  wait_for "the hub's leaf link to the edge" 20 leaf_up
+  NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-admin.creds" \
+    "$cli" edge setup >/dev/null
+  log "edge streams METRICS, ALERTS, MACHINES source the hub (24 h window)"
+  # (The edge gateway, on 127.0.0.1:8081 with $ecreds/users/edge-gateway.creds,
+  # starts here once it exists.)
   NATS_CREDS="$users/gateway.creds" start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
   wait_for "the gateway" 30 http_ok http://127.0.0.1:8080/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \
