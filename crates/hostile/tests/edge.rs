@@ -581,8 +581,32 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Deletes namespaces this test left behind in a run that was killed
+/// before its `Drop` (named after a process that no longer exists).
+fn sweep_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix("sysmon-") else {
+            continue;
+        };
+        let Some((pid, role)) = rest.split_once('-') else {
+            continue;
+        };
+        if (role == "hub" || role == "edge")
+            && pid.parse::<u32>().is_ok()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
 impl Netns {
     fn new() -> Result<Self, String> {
+        sweep_stale_namespaces();
         let pid = std::process::id();
         let me = Self {
             hub: format!("sysmon-{pid}-hub"),
