@@ -36,6 +36,11 @@ pub enum CredsError {
     #[error("{0}")]
     Jwt(#[from] jwt::JwtError),
     #[error(
+        "{0:?} is not a leaf URL: nats-leaf://, tls://, nats://, ws:// or wss://, a host and a port, \
+         nothing else"
+    )]
+    BadUrl(String),
+    #[error(
         "the {role} credential is issued by the {wants} authority, and {dir} holds the {is} one"
     )]
     WrongDomain {
@@ -279,6 +284,26 @@ pub struct Issued {
     pub issued_at: i64,
     #[serde(default)]
     pub revoked_at: Option<i64>,
+}
+
+/// A leaf URL as `leafnodes.remotes` takes it: a scheme nats-server dials
+/// (`nats-leaf://`, `tls://`, `nats://`, `ws://`, `wss://`), then a host
+/// and a port and nothing that could end the quoted string in the config.
+pub fn check_leaf_url(url: &str) -> Result<(), CredsError> {
+    let ok = ["nats-leaf://", "tls://", "nats://", "ws://", "wss://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(CredsError::BadUrl(url.to_owned()))
+    }
 }
 
 /// The authority, loaded from its directory.
@@ -551,6 +576,7 @@ impl Authority {
                 dir: self.dir.clone(),
             });
         }
+        check_leaf_url(url)?;
         let creds = std::path::absolute(leaf_creds)
             .map_err(|e| CredsError::Io(leaf_creds.to_owned(), e))?;
         Ok(format!(
@@ -690,6 +716,22 @@ mod tests {
         assert!(remote.contains(&hub.account_public_key()), "{remote}");
         assert!(remote.contains("nats-leaf://127.0.0.1:7422"), "{remote}");
         assert!(edge.leaf_remote_conf("x", &leaf).is_err());
+        for bad in [
+            "",
+            "127.0.0.1:7422",
+            "nats-leaf://",
+            "nats-leaf://a\"\ninclude \"/etc/x",
+            "http://edge:7422",
+        ] {
+            assert!(
+                matches!(hub.leaf_remote_conf(bad, &leaf), Err(CredsError::BadUrl(_))),
+                "{bad:?}"
+            );
+        }
+        hub.leaf_remote_conf("tls://edge.example.com:7422", &leaf)
+            .expect("tls");
+        hub.leaf_remote_conf("nats-leaf://[::1]:7422", &leaf)
+            .expect("ipv6");
     }
 
     #[test]

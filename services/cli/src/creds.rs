@@ -91,7 +91,8 @@ fn input(e: CredsError) -> anyhow::Error {
         CredsError::Exists(_)
         | CredsError::Missing(_)
         | CredsError::Unknown(_)
-        | CredsError::WrongDomain { .. } => InvalidInput(e.to_string()).into(),
+        | CredsError::WrongDomain { .. }
+        | CredsError::BadUrl(_) => InvalidInput(e.to_string()).into(),
         e => e.into(),
     }
 }
@@ -121,6 +122,7 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
             }
         }
         CredsCommand::Leaf { dir, hub_dir, url } => {
+            sysmonstm_kit::creds::check_leaf_url(&url).map_err(input)?;
             let hub = Authority::open(&hub_dir).map_err(input)?;
             if hub.domain() != Domain::Hub {
                 return Err(InvalidInput(format!(

@@ -85,7 +85,27 @@ async fn just_up_s_edge_commands_link_an_edge_to_the_hub() {
         &sysmonstm(&["creds", "leaf", "--dir", e, "--hub-dir", e], None),
         "edge authority",
     );
+    refused(
+        &sysmonstm(
+            &[
+                "creds",
+                "leaf",
+                "--dir",
+                e,
+                "--hub-dir",
+                h,
+                "--url",
+                "edge:7422",
+            ],
+            None,
+        ),
+        "not a leaf URL",
+    );
     assert!(!hub_dir.join("leaf-remote.conf").exists());
+    assert!(
+        !edge_dir.join("users/leaf.creds").exists(),
+        "nothing issued"
+    );
     assert!(!edge_dir.join("leaf-remote.conf").exists());
 
     let leaf_port = free_port();
