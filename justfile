@@ -13,13 +13,15 @@ deps:
 test:
     #!/usr/bin/env bash
     set -euo pipefail
-    eval "$(scripts/install-deps.sh)"
+    # Assigned first: `eval "$(…)"` alone would ignore the script's failure.
+    deps="$(scripts/install-deps.sh)"
+    eval "$deps"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     pgdir="$(mktemp -d -t sysmonstm-test-pg-XXXXXX)"
     trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 55432)"
-    export SYSMON_TEST_DATABASE_URL="$(SYSMON_PG_FAST=1 scripts/pg.sh start "$pgdir" "$port")"
+    SYSMON_TEST_DATABASE_URL="$(SYSMON_PG_FAST=1 scripts/pg.sh start "$pgdir")"
+    export SYSMON_TEST_DATABASE_URL
     echo "test PostgreSQL: $SYSMON_TEST_DATABASE_URL"
     cargo test --workspace
     # The hostile suite attacks the binaries as shipped (panic = abort), built
@@ -27,6 +29,19 @@ test:
     cargo build --profile hostile --bins
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test hostile -- --ignored
+    # The agent's package installs, its unit passes systemd's own check, and
+    # it is removed again.
+    deb="$(scripts/package.sh)"
+    sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_ dpkg -i "$deb" >/dev/null
+    systemd-analyze verify /lib/systemd/system/sysmonstm-agent.service
+    /usr/bin/sysmonstm-agent --version
+    sudo_ dpkg -r sysmonstm-agent >/dev/null
+    echo "package: $deb installed, verified and removed"
+
+# The agent's Debian package (agent binary, systemd unit, example config).
+package:
+    @scripts/package.sh
 
 # Build every binary (release).
 build:

@@ -14,11 +14,10 @@ cargo build --release -q -p sysmonstm-gateway --example bench_gateway
 target="${CARGO_TARGET_DIR:-target}/release"
 if [ -z "${SYSMON_BENCH_DATABASE_URL:-}" ]; then
   pgdir="${BENCH_PG_DIR:-/var/tmp/sysmonstm-bench-pg}"
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   trap 'scripts/pg.sh stop "$pgdir"' EXIT
-  admin="$(scripts/pg.sh start "$pgdir" "$port")"
+  admin="$(scripts/pg.sh start "$pgdir")"
   "$PG_BIN/psql" "$admin" -qtAc "SELECT 1 FROM pg_database WHERE datname='bench'" | grep -q 1 \
     || "$PG_BIN/psql" "$admin" -qc "CREATE DATABASE bench"
-  export SYSMON_BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$port/bench"
+  export SYSMON_BENCH_DATABASE_URL="${admin%/postgres}/bench"
 fi
 "$target/examples/bench_gateway" "$target/sysmonstm-gateway"

@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 which="${1:?ingest|query}"
 pgdir="$(mktemp -d -t sysmonstm-bench-pg-XXXXXX)"
 trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 # Durable settings (fsync on): the figures are what a real install gets.
-export SYSMON_TEST_DATABASE_URL="$(scripts/pg.sh start "$pgdir" "$port")"
+SYSMON_TEST_DATABASE_URL="$(scripts/pg.sh start "$pgdir")"
+export SYSMON_TEST_DATABASE_URL
 cargo build --release -q -p sysmonstm-persister --example "bench_$which"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
 "${CARGO_TARGET_DIR:-target}/release/examples/bench_$which"

@@ -11,8 +11,10 @@
 #     (the 2.10 line ended without them), so anything older is refused;
 #   - iproute2 (`ip netns`: the edge's network-cut test);
 #   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
-#     (tests only; plain PostgreSQL is used otherwise);
-#   - Node.js/npm (the dashboard build) and chromium (its browser test).
+#     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
+#     a failed install fails this script);
+#   - Node.js/npm (the dashboard build) and chromium (its browser test);
+#   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's.
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
@@ -80,9 +82,16 @@ vendor="$here/../shared/vendor/timescaledb"
 TIMESCALEDB=0
 if ls "$(dirname "$PG_BIN")"/lib/timescaledb.so >/dev/null 2>&1; then
   TIMESCALEDB=1
-elif [ -x "$vendor/install-timescaledb.sh" ]; then
+elif [ -d "$vendor" ]; then
+  # Vendored (as in CI) means the TimescaleDB path must be tested: a failed
+  # install is a failure, not a quiet fall-back to plain PostgreSQL (the
+  # storage tests fail too when it is missing then).
   log "installing TimescaleDB from $vendor"
-  if as_root "$vendor/install-timescaledb.sh" >&2; then TIMESCALEDB=1; else log "TimescaleDB install failed; plain PostgreSQL only"; fi
+  as_root "$vendor/install-timescaledb.sh" >&2 \
+    || { log "TimescaleDB install from $vendor failed; the tests need it where it is vendored"; exit 1; }
+  ls "$(dirname "$PG_BIN")"/lib/timescaledb.so >/dev/null 2>&1 \
+    || { log "TimescaleDB installed from $vendor, but $(dirname "$PG_BIN")/lib/timescaledb.so is missing"; exit 1; }
+  TIMESCALEDB=1
 fi
 
 # --- Node.js/npm and chromium (the gateway's dashboard build and browser test)
@@ -98,6 +107,17 @@ if [ -z "$CHROMIUM_BIN" ]; then
   CHROMIUM_BIN="$(command -v chromium || true)"
 fi
 [ -n "$CHROMIUM_BIN" ] || { log "chromium was not found after installing"; exit 1; }
+
+# --- The checks `just test` makes besides cargo's: promtool (Debian's
+# `prometheus` package) reads every service's /metrics; systemd-analyze
+# verifies the agent's unit; dpkg-deb builds its package.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
+  # The package starts a Prometheus server where systemd runs; none is wanted.
+  if [ -d /run/systemd/system ]; then as_root systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
 
 echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"

@@ -35,7 +35,7 @@ const NORMAL: &str = "normal-1";
 /// Resident memory each service may have after the attack. A service holds
 /// per machine a few KiB at most and its caches are bounded; these leave
 /// room for the allocator and the runtime, not for growth with input.
-const RSS_BOUND_MIB: [(&str, u64); 3] = [("persister", 256), ("alerter", 192), ("gateway", 256)];
+const RSS_BOUND_MIB: [(&str, u64); 3] = [("persister", 128), ("alerter", 64), ("gateway", 128)];
 
 fn bin_dir() -> PathBuf {
     PathBuf::from(std::env::var_os("SYSMON_BIN_DIR").unwrap_or_else(|| {

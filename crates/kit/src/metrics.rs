@@ -18,6 +18,23 @@ pub use prometheus::{
     IntGaugeVec, Opts,
 };
 
+/// A counter or a gauge, read as a whole number (tests and log lines).
+pub trait Value {
+    fn value(&self) -> u64;
+}
+
+impl Value for IntCounter {
+    fn value(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Value for IntGauge {
+    fn value(&self) -> u64 {
+        u64::try_from(self.get()).unwrap_or(0)
+    }
+}
+
 /// One service's metrics.
 #[derive(Clone, Debug)]
 pub struct Registry {
@@ -76,6 +93,23 @@ impl Registry {
     /// A gauge by label, values listed in advance as for [`Self::counter_vec`].
     pub fn gauge_vec(&self, name: &str, help: &str, label: &str, values: &[&str]) -> IntGaugeVec {
         let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric name");
+        for v in values {
+            let _ = g.with_label_values(&[*v]);
+        }
+        self.register(g.clone());
+        g
+    }
+
+    /// A fractional gauge by label, values listed in advance.
+    pub fn gauge_vec_f(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(Opts::new(name, help), &[label])
+            .expect("a valid metric name");
         for v in values {
             let _ = g.with_label_values(&[*v]);
         }

@@ -1,31 +1,27 @@
 //! Real servers for tests, never stand-ins.
 //!
 //! * [`NatsServer`]: a `nats-server` per test with JetStream on, a temp store
-//!   dir and a free port; killed and cleaned on drop; it can be stopped and
-//!   started again on the same port and store (links cut, hubs restarted).
+//!   dir and a port it picks itself; killed and cleaned on drop; it can be
+//!   stopped and started again on the same port and store (links cut, hubs
+//!   restarted).
 //! * [`TestDb`]: a fresh database per test on the PostgreSQL server that
 //!   `just test` starts (`SYSMON_TEST_DATABASE_URL`), dropped afterwards.
 //! * [`PgCluster`]: a PostgreSQL server of a test's own, for tests that stop
 //!   and start the database itself.
 //! * [`eventually`]: wait for a condition instead of sleeping.
+//! * [`free_port`], [`PortHold`]: ports no other process can take in between
+//!   (`port`).
 
 mod nats;
 mod pg;
+mod port;
 
 pub use nats::NatsServer;
 pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb};
+pub use port::{PortHold, free_port};
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the OS gives out a free port")
-}
 
 /// Polls `check` every 25 ms until it returns `Some`, or panics with `what`
 /// after `timeout`.

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
+
+use crate::port::PortHold;
 
 /// The environment variable naming the shared test server's admin URL.
 pub const TEST_DATABASE_URL: &str = "SYSMON_TEST_DATABASE_URL";
@@ -125,13 +127,19 @@ pub fn pg_bin() -> PathBuf {
     dirs.pop().map(|(_, p)| p).unwrap_or_default()
 }
 
-/// A PostgreSQL server of a test's own, in a temp dir on a free port; it can
-/// be stopped and started again (the database "going away"). Removed on drop.
+/// A PostgreSQL server of a test's own, in a temp dir on a port of its own; it
+/// can be stopped and started again on the same port (the database "going
+/// away"), held from the first start to the drop (`port::PortHold`). Removed on
+/// drop.
 pub struct PgCluster {
     dir: TempDir,
     port: u16,
     running: bool,
+    hold: Option<PortHold>,
 }
+
+/// How long a start on a port someone else has just taken is retried.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 impl PgCluster {
     pub fn start() -> Self {
@@ -159,11 +167,26 @@ impl PgCluster {
             .arg(&data));
         let mut c = Self {
             dir,
-            port: crate::free_port(),
+            port: 0,
             running: false,
+            hold: None,
         };
-        c.start_again();
-        c
+        // PostgreSQL cannot pick its own port: take a free one and hold it
+        // (PostgreSQL sets SO_REUSEADDR, so it can listen on it held), and
+        // another if it is gone by the time it is held.
+        for _ in 0..20 {
+            c.port = crate::free_port();
+            c.hold = PortHold::on(c.port).ok();
+            if c.hold.is_none() {
+                continue;
+            }
+            match c.try_start() {
+                Ok(()) => return c,
+                Err(Some(why)) => panic!("{why}"),
+                Err(None) => {}
+            }
+        }
+        panic!("PostgreSQL found 20 free ports taken by the time it bound them");
     }
 
     pub fn port(&self) -> u16 {
@@ -179,7 +202,8 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
-    /// Stops the server (fast shutdown: open connections are cut).
+    /// Stops the server (fast shutdown: open connections are cut); its port
+    /// stays held for [`start_again`](Self::start_again).
     pub fn stop(&mut self) {
         if self.running {
             run(pg_command("pg_ctl")
@@ -191,18 +215,60 @@ impl PgCluster {
 
     /// Starts the server again on the same port and data.
     pub fn start_again(&mut self) {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(Some(why)) => panic!("{why}"),
+                // Held, the port can only be taken by a program that asked
+                // for this very port with SO_REUSEADDR: a real conflict. It
+                // may let go again; wait a while.
+                Err(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(None) => panic!(
+                    "PostgreSQL cannot listen on port {} again: another process has held it for \
+                     {RETRY_FOR:?}",
+                    self.port
+                ),
+            }
+        }
+    }
+
+    /// One start on `self.port`: `Err(None)` when the port is taken,
+    /// `Err(Some(why))` on any other failure.
+    fn try_start(&mut self) -> Result<(), Option<String>> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
              -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
-        run(pg_command("pg_ctl")
-            .args(["start", "-w", "-t", "60", "-o", &opts, "-l"])
-            .arg(self.dir.path().join("server.log"))
+        let log = self.dir.path().join("server.log");
+        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let mut cmd = pg_command("pg_ctl");
+        cmd.args(["start", "-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(&log)
             .arg("-D")
-            .arg(self.data()));
-        self.running = true;
+            .arg(self.data());
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        if out.status.success() {
+            self.running = true;
+            return Ok(());
+        }
+        let text = std::fs::read(&log).unwrap_or_default();
+        let from = usize::try_from(log_start).unwrap_or(0).min(text.len());
+        let text = String::from_utf8_lossy(&text[from..]);
+        if text.contains("Address already in use") {
+            return Err(None);
+        }
+        Err(Some(format!(
+            "{cmd:?} failed: {}\n{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
     }
 
     pub fn log(&self) -> String {

@@ -62,6 +62,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     // Its credentials let an agent subscribe to its own inbox prefix only
     // (`_INBOX_<machine>`), where JetStream's acks come back.
     let mut nats = config.nats.clone();
+    // Under systemd the credentials come through `LoadCredential=`, readable
+    // by the agent's dynamic user only: `$CREDENTIALS_DIRECTORY/agent.creds`.
+    if nats.creds_file.is_none()
+        && let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+    {
+        let file = std::path::Path::new(&dir).join("agent.creds");
+        if file.is_file() {
+            nats.creds_file = Some(file);
+        }
+    }
     if nats.inbox_prefix.is_none() {
         nats.inbox_prefix = Some(subjects::agent_inbox_prefix(&machine));
     }

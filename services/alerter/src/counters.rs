@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+pub use sysmonstm_kit::metrics::Value;
 use sysmonstm_kit::metrics::{IntCounter, IntCounterVec, IntGauge, Registry};
 use sysmonstm_schemas::accept::Reject;
 
@@ -30,23 +31,6 @@ pub struct Counters {
     pub machines: IntGauge,
     /// Times evaluation waited for room in the full confirm queue.
     pub confirm_queue_full: IntCounter,
-}
-
-/// A counter or a gauge, read as a whole number.
-pub trait Value {
-    fn value(&self) -> u64;
-}
-
-impl Value for IntCounter {
-    fn value(&self) -> u64 {
-        self.get()
-    }
-}
-
-impl Value for IntGauge {
-    fn value(&self) -> u64 {
-        u64::try_from(self.get()).unwrap_or(0)
-    }
 }
 
 impl Default for Counters {

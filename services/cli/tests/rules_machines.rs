@@ -165,8 +165,10 @@ async fn machines_lists_facts_last_seen_and_headline_values() {
 
 #[tokio::test]
 async fn no_server_is_a_clear_error_with_exit_code_1() {
-    let port = sysmonstm_testkit::free_port();
-    let (code, _, err) = run(&format!("nats://127.0.0.1:{port}"), &["rules", "list"]).await;
+    // Held for the test: connections are refused and no server can appear.
+    let nothing = sysmonstm_testkit::PortHold::refusing();
+    let url = format!("nats://127.0.0.1:{}", nothing.port());
+    let (code, _, err) = run(&url, &["rules", "list"]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }

@@ -39,7 +39,9 @@ fn counted<T>(shared: &Shared, r: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &r {
         if e.status == StatusCode::BAD_REQUEST {
             Counters::inc(&shared.counters.http_bad_requests);
-            tracing::info!(parameter = ?e.parameter, error = %e.error, "bad request");
+            if shared.logs.bad_requests.allow("bad request") {
+                tracing::info!(parameter = ?e.parameter, error = %e.error, "bad request");
+            }
         } else if e.status == StatusCode::SERVICE_UNAVAILABLE {
             Counters::inc(&shared.counters.http_db_errors);
         }
@@ -177,7 +179,7 @@ async fn query_history(
     let step = PgInterval {
         months: 0,
         days: 0,
-        microseconds: hq.step_s * 1_000_000,
+        microseconds: hq.step_s.saturating_mul(1_000_000),
     };
     let rows = sqlx::query("SELECT * FROM sysmon_history($1,$2,$3,$4,$5)")
         .bind(machine)
@@ -251,7 +253,9 @@ pub async fn alerts(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
         .bind(state)
         .bind(since)
         .bind(machine.as_ref().map(|m| m.as_str()))
-        .bind(s.config.alerts_limit)
+        // A configured value PostgreSQL would refuse (negative) or that
+        // would make one answer unbounded is brought into range.
+        .bind(s.config.alerts_limit.clamp(1, 100_000))
         .fetch_all(&s.pool)
         .await
         .map_err(|e| db_error(e, "state"))?;

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::accept;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +34,34 @@ pub struct GatewayConfig {
     pub ws_send_timeout_s: u64,
     /// Most rows `/api/alerts` returns.
     pub alerts_limit: i64,
+    /// Largest message the feeds take (bytes); a larger one is refused and
+    /// counted (`reason="oversized"`).
+    pub max_payload_bytes: usize,
+    /// How far ahead of this clock a snapshot, fact or alert event may be
+    /// dated (seconds); a later one is refused (`reason="future"`).
+    pub max_future_skew_s: u64,
+    /// Most bytes each cache holds (latest snapshots, facts, alert events,
+    /// history answers; each is also bounded by entries). A full cache
+    /// evicts the entries least used; a live machine's comes back with its
+    /// next snapshot.
+    pub cache_max_bytes: u64,
+    /// Most WebSocket clients at once; more are refused with 503.
+    pub ws_max_clients: u32,
+    /// Most WebSocket clients from one address at once; more are refused
+    /// with 429. Behind a reverse proxy every client has the proxy's
+    /// address: raise it there (or cap per client at the proxy).
+    pub ws_max_clients_per_address: u32,
+    /// `subscribe` messages a client may send per second on average (each
+    /// refills its queue from the caches) ...
+    pub ws_subscribes_per_s: u32,
+    /// ... and in a burst. A subscribe beyond them is counted and applied
+    /// only when the client's allowance allows (the latest one wins).
+    pub ws_subscribe_burst: u32,
+    /// WebSocket connections one address may open per second on average,
+    /// with bursts of four times that (each connect sends the client the
+    /// state of every machine); beyond it, 429. Behind a reverse proxy every
+    /// client has the proxy's address: raise it there.
+    pub ws_connects_per_s: u32,
     pub nats: NatsConfig,
 }
 
@@ -48,7 +77,121 @@ impl Default for GatewayConfig {
             ws_ping_s: 20,
             ws_send_timeout_s: 10,
             alerts_limit: 500,
+            max_payload_bytes: accept::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_future_skew_s: (accept::DEFAULT_MAX_FUTURE_SKEW_MS / 1000) as u64,
+            cache_max_bytes: 256 * 1024 * 1024,
+            ws_max_clients: 1000,
+            ws_max_clients_per_address: 100,
+            ws_subscribes_per_s: 2,
+            ws_subscribe_burst: 10,
+            ws_connects_per_s: 5,
             nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// HTTP connections served at once: every WebSocket client may have one,
+    /// and REST requests have room beside them.
+    pub fn http_max_connections(&self) -> usize {
+        usize::try_from(self.ws_max_clients)
+            .unwrap_or(usize::MAX)
+            .saturating_add(256)
+    }
+
+    /// Refuses values outside their documented range, naming the key, so a
+    /// typo in a config file is an error at start rather than a gateway that
+    /// refuses every client or every message.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!("{key} = {v} is outside {lo}..={hi}"));
+            }
+            Ok(())
+        }
+        const YEAR_S: u64 = 366 * 86_400;
+        range("silent_after_s", self.silent_after_s, 1, YEAR_S)?;
+        range("history_cache_ttl_s", self.history_cache_ttl_s, 1, 86_400)?;
+        range("history_max_points", self.history_max_points, 1, 100_000)?;
+        range("ws_ping_s", self.ws_ping_s, 1, 3600)?;
+        range("ws_send_timeout_s", self.ws_send_timeout_s, 1, 3600)?;
+        range("alerts_limit", self.alerts_limit, 1, 100_000)?;
+        range(
+            "max_payload_bytes",
+            self.max_payload_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        range("max_future_skew_s", self.max_future_skew_s, 0, YEAR_S)?;
+        range("cache_max_bytes", self.cache_max_bytes, 1 << 16, 1 << 40)?;
+        range("ws_max_clients", self.ws_max_clients, 1, 1_000_000)?;
+        range(
+            "ws_max_clients_per_address",
+            self.ws_max_clients_per_address,
+            1,
+            1_000_000,
+        )?;
+        range("ws_subscribes_per_s", self.ws_subscribes_per_s, 1, 10_000)?;
+        range("ws_subscribe_burst", self.ws_subscribe_burst, 1, 10_000)?;
+        range("ws_connects_per_s", self.ws_connects_per_s, 1, 1_000_000)?;
+        Ok(())
+    }
+
+    /// The `schemas::accept` limits the feeds apply.
+    pub fn limits(&self) -> accept::Limits {
+        accept::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future_skew_ms: i64::try_from(self.max_future_skew_s)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_values_out_of_range_are_named() {
+        GatewayConfig::default().validate().expect("defaults");
+        for (cfg, key) in [
+            (
+                GatewayConfig {
+                    ws_ping_s: u64::MAX,
+                    ..Default::default()
+                },
+                "ws_ping_s",
+            ),
+            (
+                GatewayConfig {
+                    alerts_limit: -1,
+                    ..Default::default()
+                },
+                "alerts_limit",
+            ),
+            (
+                GatewayConfig {
+                    ws_max_clients: 0,
+                    ..Default::default()
+                },
+                "ws_max_clients",
+            ),
+            (
+                GatewayConfig {
+                    max_payload_bytes: 0,
+                    ..Default::default()
+                },
+                "max_payload_bytes",
+            ),
+        ] {
+            let e = cfg.validate().expect_err(key);
+            assert!(e.starts_with(key), "{e}");
         }
     }
 }

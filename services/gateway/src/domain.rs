@@ -1,21 +1,16 @@
 //! The edge where protobuf ends: snapshots, machine facts and alert events
 //! from JetStream become the JSON shapes the API and the dashboard use.
 //! Nothing past this module sees prost types.
+//!
+//! Every message passes `schemas::accept` first (the rule every consumer
+//! applies): bounded payload, machine id from the subject and the same one
+//! in the payload, a timestamp within the allowed skew, a bounded interval.
+//! What fails is a [`Reject`], counted by its reason; it never reaches a
+//! cache, a client or the "latest" order of a machine.
 
-use prost::Message as _;
 use serde::Serialize;
-use sysmonstm_schemas::{subjects, v1};
-
-/// Why a message from JetStream is not shown (counted and logged).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("payload is not a {what}: {reason}")]
-    Proto { what: &'static str, reason: String },
-    #[error("subject {0:?} does not name a machine")]
-    Subject(String),
-    #[error("payload says machine {payload:?} but came on the subject of {subject:?}")]
-    MachineMismatch { subject: String, payload: String },
-}
+use sysmonstm_schemas::accept::{self, Limits, Reject};
+use sysmonstm_schemas::{MachineId, subjects, v1};
 
 /// The headline values of one machine: what an overview card shows.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -143,33 +138,29 @@ fn percent(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 * 100.0 / whole as f64)
 }
 
-fn check_machine<'a>(
-    subject_machine: Option<&'a str>,
-    payload: &str,
-    subject: &str,
-) -> Result<&'a str, DecodeError> {
-    let m = subject_machine.ok_or_else(|| DecodeError::Subject(subject.to_owned()))?;
-    // The subject is what the server's permissions vouch for; a payload that
-    // claims another machine is not trusted.
-    if m != payload {
-        return Err(DecodeError::MachineMismatch {
-            subject: m.to_owned(),
-            payload: payload.to_owned(),
-        });
-    }
-    Ok(m)
+fn decode<T: prost::Message + Default>(payload: &[u8], limits: &Limits) -> Result<T, Reject> {
+    accept::payload_size(payload.len(), limits)?;
+    T::decode(payload).map_err(|e| Reject::Decode(e.to_string()))
 }
 
-/// A snapshot from `sysmon.metrics.<machine>`.
-pub fn snapshot(subject: &str, payload: &[u8]) -> Result<Detail, DecodeError> {
-    let s = v1::Snapshot::decode(payload).map_err(|e| DecodeError::Proto {
-        what: "Snapshot",
-        reason: e.to_string(),
-    })?;
-    check_machine(
-        subjects::machine_of_metrics(subject),
-        &s.machine_id,
+/// A snapshot from `sysmon.metrics.<machine>`, checked against the clock
+/// `now_ms`.
+pub fn snapshot(
+    subject: &str,
+    payload: &[u8],
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<Detail, Reject> {
+    let s: v1::Snapshot = decode(payload, limits)?;
+    accept::snapshot(
         subject,
+        accept::SnapshotFields {
+            machine_id: &s.machine_id,
+            timestamp_ms: s.timestamp_ms,
+            interval_ms: s.interval_ms,
+        },
+        now_ms,
+        limits,
     )?;
     let mem = s.memory.unwrap_or_default();
     let has_mem = s.memory.is_some();
@@ -290,16 +281,14 @@ pub fn snapshot(subject: &str, payload: &[u8]) -> Result<Detail, DecodeError> {
     })
 }
 
-/// Machine facts from `sysmon.info.<machine>`.
-pub fn info(subject: &str, payload: &[u8]) -> Result<Info, DecodeError> {
-    let i = v1::MachineInfo::decode(payload).map_err(|e| DecodeError::Proto {
-        what: "MachineInfo",
-        reason: e.to_string(),
-    })?;
-    let subject_machine = subject
-        .strip_prefix("sysmon.info.")
-        .filter(|m| !m.contains('.'));
-    check_machine(subject_machine, &i.machine_id, subject)?;
+/// Machine facts from `sysmon.info.<machine>`. MACHINES keeps the last
+/// facts of a machine for ever, so an old timestamp is fine; one from before
+/// 2000 or beyond the skew is not a real agent's.
+pub fn info(subject: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Result<Info, Reject> {
+    let machine = accept::info_subject(subject)?;
+    let i: v1::MachineInfo = decode(payload, limits)?;
+    accept::same_machine(&machine, &i.machine_id)?;
+    accept::timestamp(i.timestamp_ms, now_ms, limits)?;
     Ok(Info {
         machine_id: i.machine_id,
         hostname: i.hostname,
@@ -316,14 +305,16 @@ pub fn info(subject: &str, payload: &[u8]) -> Result<Info, DecodeError> {
     })
 }
 
-/// An alert event from `sysmon.alerts.<severity>.<machine>.<rule>`.
-pub fn alert(subject: &str, payload: &[u8]) -> Result<Alert, DecodeError> {
-    let a = v1::AlertEvent::decode(payload).map_err(|e| DecodeError::Proto {
-        what: "AlertEvent",
-        reason: e.to_string(),
-    })?;
-    let subject_machine = subjects::parse_alert(subject).map(|(_, m, _)| m);
-    check_machine(subject_machine, &a.machine_id, subject)?;
+/// An alert event from `sysmon.alerts.<severity>.<machine>.<rule>`. Its
+/// time orders the events of one `machine:rule`, so it is bounded like a
+/// snapshot's.
+pub fn alert(subject: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Result<Alert, Reject> {
+    let (_, token, _) =
+        subjects::parse_alert(subject).ok_or_else(|| Reject::Subject(short(subject)))?;
+    let machine = MachineId::parse(token).map_err(|_| Reject::MachineId(short(token)))?;
+    let a: v1::AlertEvent = decode(payload, limits)?;
+    accept::same_machine(&machine, &a.machine_id)?;
+    accept::timestamp(a.timestamp_ms, now_ms, limits)?;
     let severity = match a.severity() {
         v1::Severity::Info => "info",
         v1::Severity::Warning => "warning",
@@ -351,9 +342,15 @@ pub fn alert(subject: &str, payload: &[u8]) -> Result<Alert, DecodeError> {
     })
 }
 
+/// A subject or token cut for an error message (and so a log line).
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn snap(machine: &str) -> v1::Snapshot {
         v1::Snapshot {
@@ -397,9 +394,16 @@ mod tests {
         }
     }
 
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn decode_snap(subject: &str, payload: &[u8]) -> Result<Detail, Reject> {
+        snapshot(subject, payload, NOW, &Limits::default())
+    }
+
     #[test]
     fn headline_values_follow_the_contract() {
-        let d = snapshot("sysmon.metrics.web-1", &snap("web-1").encode_to_vec()).expect("decodes");
+        let d =
+            decode_snap("sysmon.metrics.web-1", &snap("web-1").encode_to_vec()).expect("decodes");
         assert_eq!(d.summary.memory, Some(25.0));
         assert_eq!(d.summary.swap, Some(0.0), "no swap is 0 %");
         assert_eq!(d.summary.net_rx, 10.0, "loopback is not counted");
@@ -407,11 +411,132 @@ mod tests {
     }
 
     #[test]
-    fn a_payload_for_another_machine_is_refused() {
-        let err =
-            snapshot("sysmon.metrics.web-2", &snap("web-1").encode_to_vec()).expect_err("refused");
-        assert!(matches!(err, DecodeError::MachineMismatch { .. }), "{err}");
-        let err = snapshot("sysmon.metrics.web-1", b"\xff\xff\xff").expect_err("garbage");
-        assert!(matches!(err, DecodeError::Proto { .. }), "{err}");
+    fn what_the_contract_refuses_is_a_reject_with_its_reason() {
+        let good = snap("web-1").encode_to_vec();
+        let reason = |subject: &str, payload: &[u8]| {
+            decode_snap(subject, payload).expect_err(subject).reason()
+        };
+        assert_eq!(reason("sysmon.metrics.web-2", &good), "machine_mismatch");
+        assert_eq!(reason("sysmon.metrics.web-1", b"\xff\xff\xff"), "decode");
+        assert_eq!(reason("sysmon.metrics.Web-1", &good), "machine_id");
+        let long = format!("sysmon.metrics.{}", "a".repeat(300));
+        assert_eq!(reason(&long, &good), "machine_id");
+        let mut future = snap("web-1");
+        future.timestamp_ms = i64::MAX;
+        assert_eq!(
+            reason("sysmon.metrics.web-1", &future.encode_to_vec()),
+            "future"
+        );
+        let big = vec![0u8; Limits::default().max_payload_bytes + 1];
+        assert_eq!(reason("sysmon.metrics.web-1", &big), "oversized");
+
+        let facts = v1::MachineInfo {
+            machine_id: "web-1".into(),
+            timestamp_ms: NOW,
+            ..Default::default()
+        };
+        let l = Limits::default();
+        info("sysmon.info.web-1", &facts.encode_to_vec(), NOW, &l).expect("facts");
+        assert_eq!(
+            info("sysmon.info.WEB", &facts.encode_to_vec(), NOW, &l)
+                .expect_err("upper case")
+                .reason(),
+            "machine_id"
+        );
+        let alert_event = v1::AlertEvent {
+            machine_id: "web-1".into(),
+            rule: "cpu".into(),
+            timestamp_ms: 8_000 * 365 * 86_400_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            alert(
+                "sysmon.alerts.critical.web-1.cpu",
+                &alert_event.encode_to_vec(),
+                NOW,
+                &l
+            )
+            .expect_err("year ~8000")
+            .reason(),
+            "future"
+        );
+        assert_eq!(
+            alert(
+                "sysmon.alerts.critical.Web-1.cpu",
+                &alert_event.encode_to_vec(),
+                NOW,
+                &l
+            )
+            .expect_err("bad id")
+            .reason(),
+            "machine_id"
+        );
+    }
+
+    use proptest::prelude::*;
+
+    fn subject() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("sysmon.metrics.web-1".to_owned()),
+            Just("sysmon.info.web-1".to_owned()),
+            Just("sysmon.alerts.critical.web-1.cpu".to_owned()),
+            "sysmon\\.(metrics|info|alerts)\\.[A-Za-z0-9_.-]{0,80}",
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes on arbitrary subjects: never a panic; whatever
+        /// is taken names a valid machine and a time within the rule.
+        #[test]
+        fn the_decoders_take_only_what_the_rule_allows(
+            subject in subject(),
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            now_ms in any::<i64>(),
+        ) {
+            let l = Limits::default();
+            let ok_time = |ts: i64| accept::timestamp(ts, now_ms, &l).is_ok();
+            if let Ok(d) = snapshot(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&d.summary.machine_id).is_ok());
+                prop_assert!(ok_time(d.summary.timestamp_ms));
+            }
+            if let Ok(i) = info(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&i.machine_id).is_ok());
+                prop_assert!(ok_time(i.timestamp_ms));
+            }
+            if let Ok(a) = alert(&subject, &payload, now_ms, &l) {
+                prop_assert!(MachineId::parse(&a.machine_id).is_ok());
+                prop_assert!(ok_time(a.timestamp_ms));
+            }
+        }
+
+        /// Real snapshots with their fields at any value: taken exactly when
+        /// the rule says so.
+        #[test]
+        fn a_snapshot_is_taken_exactly_when_the_rule_allows_it(
+            machine in prop_oneof![Just("web-1".to_owned()), "[a-zA-Z0-9_-]{0,70}"],
+            ts in prop_oneof![any::<i64>(), NOW - 10_000_000..NOW + 10_000_000],
+            interval in prop_oneof![any::<u32>(), 0u32..2000],
+        ) {
+            let mut s = snap("web-1");
+            s.machine_id = machine.clone();
+            s.timestamp_ms = ts;
+            s.interval_ms = interval;
+            let l = Limits::default();
+            let subject = format!("sysmon.metrics.{machine}");
+            let rule = accept::snapshot(
+                &subject,
+                accept::SnapshotFields { machine_id: &machine, timestamp_ms: ts, interval_ms: interval },
+                NOW,
+                &l,
+            );
+            let got = snapshot(&subject, &s.encode_to_vec(), NOW, &l);
+            prop_assert_eq!(got.is_ok(), rule.is_ok());
+            if let (Err(a), Err(b)) = (got, rule) {
+                prop_assert_eq!(a.reason(), b.reason());
+            }
+        }
     }
 }

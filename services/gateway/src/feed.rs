@@ -2,9 +2,11 @@
 //! with the last message of every subject (the latest snapshot / facts /
 //! alert of every machine), read by an ordered consumer, and then follows
 //! new messages: MACHINES and ALERTS through that consumer, METRICS through
-//! a plain subscription (see [`follow_metrics`]). Each message is decoded at
-//! the edge, stored in the moka caches and fanned out to the WebSocket
-//! clients, its frames encoded once.
+//! a plain subscription (see [`follow_metrics`]). Each message is checked
+//! and decoded at the edge (`domain`, by the `schemas::accept` rule), stored
+//! in the moka caches and fanned out to the WebSocket clients, its frames
+//! encoded once. A refused message is counted by feed and reason and logged;
+//! it touches no cache and no client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
+use sysmonstm_schemas::accept::Reject;
 use sysmonstm_schemas::{streams, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +29,17 @@ enum Kind {
     Metrics,
     Machines,
     Alerts,
+}
+
+impl Kind {
+    /// The `feed` label of the reject counter.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Machines => "machines",
+            Self::Alerts => "alerts",
+        }
+    }
 }
 
 /// Starts the three feeds; they run until `shutdown`.
@@ -195,25 +209,25 @@ fn send(shared: &Shared, batch: Vec<Update>) {
 /// if any.
 fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<Update> {
     let c = &shared.counters;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let limits = &shared.limits;
     let update = match kind {
-        Kind::Metrics => match domain::snapshot(subject, payload) {
+        Kind::Metrics => match domain::snapshot(subject, payload, now_ms, limits) {
             Ok(detail) => {
                 Counters::inc(&c.snapshots);
                 let machine = detail.summary.machine_id.clone();
-                // An agent replaying its spool after an outage sends older
-                // snapshots; they belong to history, not to "latest".
-                // The same snapshot may also come twice: from the stream and
-                // from the subscription.
-                let newer = shared.latest.get(&machine).is_some_and(|prev| {
-                    prev.detail.summary.timestamp_ms >= detail.summary.timestamp_ms
-                });
-                if newer {
+                let stale = shared
+                    .latest
+                    .get(&machine)
+                    .is_some_and(|prev| !supersedes(&detail.summary, &prev.detail.summary));
+                if stale {
+                    Counters::inc(&c.snapshots_stale);
                     return None;
                 }
                 let latest = Latest {
                     summary_frame: frame("summary", &detail.summary),
                     detail_frame: frame("snapshot", &detail),
-                    received_ms: chrono::Utc::now().timestamp_millis(),
+                    received_ms: now_ms,
                     detail,
                 };
                 let update = Update::Snapshot {
@@ -225,11 +239,11 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 update
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
-        Kind::Machines => match domain::info(subject, payload) {
+        Kind::Machines => match domain::info(subject, payload, now_ms, limits) {
             Ok(info) => {
                 Counters::inc(&c.infos);
                 let machine = info.machine_id.clone();
@@ -240,11 +254,11 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 Update::Info { machine, frame: f }
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
-        Kind::Alerts => match domain::alert(subject, payload) {
+        Kind::Alerts => match domain::alert(subject, payload, now_ms, limits) {
             Ok(alert) => {
                 Counters::inc(&c.alerts);
                 let key = format!("{}:{}", alert.machine_id, alert.rule);
@@ -264,7 +278,7 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                 Update::Alert { key, frame: f }
             }
             Err(e) => {
-                rejected(shared, subject, &e);
+                rejected(shared, kind, subject, &e);
                 return None;
             }
         },
@@ -272,7 +286,37 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
     Some(update)
 }
 
-fn rejected(shared: &Shared, subject: &str, e: &domain::DecodeError) {
-    Counters::inc(&shared.counters.decode_errors);
-    tracing::warn!(subject, error = %e, "message not shown");
+/// Whether `new` is a later snapshot of its machine than `prev`, the one
+/// shown. An agent replaying its spool after an outage sends older snapshots
+/// (a lower seq and an older time): they belong to history, not to "latest".
+/// The same snapshot may also come twice, from the stream and from the
+/// subscription. Anything else is later: a higher seq (the agent's seq only
+/// grows, across restarts too) even in the same millisecond or after the
+/// agent's clock stepped back, or a later time with a lower seq (an agent
+/// that lost its state dir and counts from 1 again). Ordering by time alone
+/// dropped the second of two snapshots taken in one millisecond and froze
+/// the view of a machine whose clock stepped back until it caught up. The
+/// price: right after a clock step back, a duplicate of a snapshot from
+/// before the step (an agent's retry) is shown again until the next one, a
+/// flicker of one interval rather than a freeze.
+fn supersedes(new: &domain::Summary, prev: &domain::Summary) -> bool {
+    new.seq > prev.seq || new.timestamp_ms > prev.timestamp_ms
+}
+
+/// Counts a refused message by feed and reason, and logs it within the
+/// log budget (the subject and error text are bounded).
+fn rejected(shared: &Shared, kind: Kind, subject: &str, e: &Reject) {
+    let c = &shared.counters;
+    Counters::inc(&c.decode_errors);
+    c.rejected.inc(kind.label(), e.reason());
+    if !shared.logs.feed_rejects.allow("message not taken") {
+        return;
+    }
+    tracing::warn!(
+        feed = kind.label(),
+        subject = %subject.chars().take(120).collect::<String>(),
+        reason = e.reason(),
+        error = %e,
+        "message not taken"
+    );
 }

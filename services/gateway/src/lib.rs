@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod budget;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ pub struct Gateway {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -55,10 +55,7 @@ impl Running {
 
     /// Waits until the server has stopped (after `shutdown`).
     pub async fn join(self) -> anyhow::Result<()> {
-        self.task
-            .await
-            .context("server task")?
-            .context("HTTP server")
+        self.task.await.context("server task")
     }
 }
 
@@ -66,6 +63,9 @@ impl Gateway {
     /// Connects to NATS (waiting in the background if no server is up yet)
     /// and prepares the database pool, which connects on first use.
     pub async fn connect(config: GatewayConfig) -> anyhow::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let nats = config
             .nats
             .connect("sysmonstm-gateway", true)
@@ -103,19 +103,22 @@ impl Gateway {
         let addr = listener.local_addr().context("bound address")?;
         self.start_feeds(&shutdown);
         let app = self.router();
-        tracing::info!(%addr, "gateway listening");
-        // Live updates are small writes: without TCP_NODELAY, Nagle holds one
-        // back until the client's delayed ACK (up to 40 ms).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        });
+        sysmonstm_kit::http::bound("gateway", addr);
+        // kit::http gives each connection a header timeout, caps how many
+        // are open, sets TCP_NODELAY (live updates are small writes; Nagle
+        // would hold one back until the client's delayed ACK) and passes the
+        // peer address, which caps WebSocket clients per address.
+        let opts = sysmonstm_kit::http::ServeOptions {
+            max_connections: self.shared.config.http_max_connections(),
+            ..Default::default()
+        };
+        let task = tokio::spawn(sysmonstm_kit::http::serve(
+            listener,
+            app,
+            shutdown,
+            opts,
+            Arc::clone(&self.shared.http),
+        ));
         Ok(Running { addr, task })
     }
 }

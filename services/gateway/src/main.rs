@@ -54,6 +54,10 @@ async fn main() -> ExitCode {
     if args.creds.is_some() {
         cfg.nats.creds_file = args.creds;
     }
+    if let Err(e) = cfg.validate() {
+        eprintln!("sysmonstm-gateway: configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     sysmonstm_kit::telemetry::init("sysmonstm-gateway");
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match sysmonstm_gateway::run(cfg, shutdown).await {

@@ -3,12 +3,14 @@
 //! answer cache, the fan-out channel of live updates and the counters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
+
+use sysmonstm_kit::metrics::{Gauge, IntCounter, IntCounterVec, IntGauge, Registry};
+use sysmonstm_schemas::accept::{Limits, Reject};
 
 use crate::config::GatewayConfig;
 use crate::domain::{Alert, Detail, Info};
@@ -42,36 +44,212 @@ pub enum Update {
     },
 }
 
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
+/// What the gateway did, exported on `/metrics` as `sysmonstm_gateway_…`
+/// (through `kit::metrics`).
+#[derive(Debug)]
 pub struct Counters {
-    pub snapshots: AtomicU64,
-    pub infos: AtomicU64,
-    pub alerts: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub feed_restarts: AtomicU64,
-    pub http_requests: AtomicU64,
-    pub http_bad_requests: AtomicU64,
-    pub http_db_errors: AtomicU64,
-    pub latest_hits: AtomicU64,
-    pub latest_misses: AtomicU64,
-    pub history_hits: AtomicU64,
-    pub history_misses: AtomicU64,
-    pub rules_bad_values: AtomicU64,
-    pub ws_clients: AtomicU64,
-    pub ws_connections: AtomicU64,
-    pub ws_origin_refused: AtomicU64,
-    pub ws_frames: AtomicU64,
-    pub ws_messages: AtomicU64,
-    pub ws_coalesced: AtomicU64,
-    pub ws_lagged: AtomicU64,
-    pub ws_closed_stuck: AtomicU64,
-    pub ws_bad_client_messages: AtomicU64,
+    registry: Arc<Registry>,
+    pub snapshots: IntCounter,
+    pub snapshots_stale: IntCounter,
+    pub infos: IntCounter,
+    pub alerts: IntCounter,
+    pub decode_errors: IntCounter,
+    pub feed_restarts: IntCounter,
+    pub http_requests: IntCounter,
+    pub http_bad_requests: IntCounter,
+    pub http_db_errors: IntCounter,
+    pub latest_hits: IntCounter,
+    pub latest_misses: IntCounter,
+    pub history_hits: IntCounter,
+    pub history_misses: IntCounter,
+    pub rules_bad_values: IntCounter,
+    pub ws_clients: IntGauge,
+    pub ws_connections: IntCounter,
+    pub ws_origin_refused: IntCounter,
+    pub ws_frames: IntCounter,
+    pub ws_messages: IntCounter,
+    pub ws_coalesced: IntCounter,
+    pub ws_lagged: IntCounter,
+    pub ws_closed_stuck: IntCounter,
+    pub ws_bad_client_messages: IntCounter,
+    pub ws_refused_clients: IntCounter,
+    pub ws_refused_per_address: IntCounter,
+    pub ws_refused_rate: IntCounter,
+    pub ws_subscribes_limited: IntCounter,
+    pub rejected: Rejected,
+    http_connections_open: IntGauge,
+    http_connections_refused: IntCounter,
+    cache_hit_ratio_latest: Gauge,
+    cache_hit_ratio_history: Gauge,
+    machines: IntGauge,
+}
+
+/// Messages the feeds refused, by feed and `accept::Reject::reason`: a
+/// fixed set of series, all exported from the start
+/// (`snapshots_rejected_total`, `infos_rejected_total`,
+/// `alert_events_rejected_total`, each by `reason`).
+#[derive(Debug)]
+pub struct Rejected {
+    by_feed: [IntCounterVec; 3],
+}
+
+impl Rejected {
+    pub const FEEDS: [&'static str; 3] = ["metrics", "machines", "alerts"];
+
+    pub fn inc(&self, feed: &str, reason: &str) {
+        if let Some(c) = self.counter(feed, reason) {
+            c.inc();
+        }
+    }
+
+    pub fn get(&self, feed: &str, reason: &str) -> u64 {
+        self.counter(feed, reason).map_or(0, |c| c.get())
+    }
+
+    fn counter(&self, feed: &str, reason: &str) -> Option<IntCounter> {
+        let f = Self::FEEDS.iter().position(|x| *x == feed)?;
+        Reject::REASONS
+            .contains(&reason)
+            .then(|| self.by_feed[f].with_label_values(&[reason]))
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let r = Registry::new("gateway");
+        let c = |name: &str, help: &str| r.counter(name, help);
+        let refused = r.counter_vec(
+            "ws_refused_total",
+            "WebSocket upgrades refused for capacity, by reason.",
+            "reason",
+            &["clients", "per_address", "rate"],
+        );
+        let rejected = |name: &str, what: &str| {
+            r.counter_vec(
+                name,
+                &format!("{what} from JetStream refused by the accept rule, by reason."),
+                "reason",
+                &Reject::REASONS,
+            )
+        };
+        let ratio = r.gauge_vec_f(
+            "cache_hit_ratio",
+            "Share of lookups answered by a cache.",
+            "cache",
+            &["latest", "history"],
+        );
+        Self {
+            snapshots: c("snapshots_received_total", "Snapshots taken from METRICS."),
+            snapshots_stale: c(
+                "snapshots_stale_total",
+                "Snapshots older than the one shown (a replayed spool, a duplicate), not shown.",
+            ),
+            infos: c(
+                "infos_received_total",
+                "MachineInfo messages taken from MACHINES.",
+            ),
+            alerts: c(
+                "alert_events_received_total",
+                "Alert events taken from ALERTS.",
+            ),
+            decode_errors: c(
+                "decode_errors_total",
+                "Messages from JetStream not taken, for any reason (by reason in *_rejected_total).",
+            ),
+            feed_restarts: c(
+                "feed_restarts_total",
+                "Times a JetStream feed was set up again after an error.",
+            ),
+            http_requests: c("http_requests_total", "API requests served."),
+            http_bad_requests: c("http_bad_requests_total", "API requests refused with 400."),
+            http_db_errors: c(
+                "http_database_errors_total",
+                "API requests that failed on the database.",
+            ),
+            latest_hits: c(
+                "latest_cache_hits_total",
+                "Latest-snapshot lookups found in the cache.",
+            ),
+            latest_misses: c(
+                "latest_cache_misses_total",
+                "Latest-snapshot lookups not in the cache.",
+            ),
+            history_hits: c(
+                "history_cache_hits_total",
+                "History answers served from the cache.",
+            ),
+            history_misses: c(
+                "history_cache_misses_total",
+                "History answers computed by PostgreSQL.",
+            ),
+            rules_bad_values: c(
+                "rules_bad_values_total",
+                "Rule KV values that are not JSON (skipped).",
+            ),
+            ws_clients: r.gauge("ws_clients", "WebSocket clients connected now."),
+            ws_connections: c("ws_connections_total", "WebSocket connections accepted."),
+            ws_origin_refused: c(
+                "ws_origin_refused_total",
+                "WebSocket upgrades refused for their Origin.",
+            ),
+            ws_frames: c(
+                "ws_updates_sent_total",
+                "Updates sent to WebSocket clients.",
+            ),
+            ws_messages: c(
+                "ws_messages_sent_total",
+                "WebSocket messages sent (each carries one or more updates).",
+            ),
+            ws_coalesced: c(
+                "ws_coalesced_total",
+                "Updates replaced by a newer one before a slow client took them.",
+            ),
+            ws_lagged: c(
+                "ws_lagged_total",
+                "Times a client's pump fell behind the fan-out and resynchronised.",
+            ),
+            ws_closed_stuck: c(
+                "ws_closed_stuck_total",
+                "Clients closed because they stopped reading or answering pings.",
+            ),
+            ws_bad_client_messages: c(
+                "ws_bad_client_messages_total",
+                "Client WebSocket messages that were not understood or too large.",
+            ),
+            ws_subscribes_limited: c(
+                "ws_subscribes_limited_total",
+                "Subscribe messages beyond a client's allowance (applied later, the last one winning).",
+            ),
+            ws_refused_clients: refused.with_label_values(&["clients"]),
+            ws_refused_per_address: refused.with_label_values(&["per_address"]),
+            ws_refused_rate: refused.with_label_values(&["rate"]),
+            rejected: Rejected {
+                by_feed: [
+                    rejected("snapshots_rejected_total", "Snapshots"),
+                    rejected("infos_rejected_total", "MachineInfo messages"),
+                    rejected("alert_events_rejected_total", "Alert events"),
+                ],
+            },
+            http_connections_open: r.gauge("http_connections_open", "HTTP connections open now."),
+            http_connections_refused: c(
+                "http_connections_refused_total",
+                "HTTP connections closed at accept because the most were open.",
+            ),
+            cache_hit_ratio_latest: ratio.with_label_values(&["latest"]),
+            cache_hit_ratio_history: ratio.with_label_values(&["history"]),
+            machines: r.gauge("machines", "Machines with a latest snapshot."),
+            registry: Arc::new(r),
+        }
+    }
 }
 
 impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    pub fn inc(c: &IntCounter) {
+        c.inc();
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 }
 
@@ -94,6 +272,16 @@ pub struct Shared {
     /// Batches of updates, in order of arrival.
     pub updates: broadcast::Sender<Arc<[Update]>>,
     pub counters: Counters,
+    /// What the feeds accept (`schemas::accept`), from the configuration.
+    pub limits: Limits,
+    /// WebSocket clients now, in total and per address.
+    pub ws_slots: std::sync::Mutex<crate::ws::Slots>,
+    /// The connect allowance of each address seen in the last minute.
+    pub ws_connects: Cache<std::net::IpAddr, Arc<std::sync::Mutex<crate::ws::Allowance>>>,
+    /// How many lines input may make this process log.
+    pub logs: crate::budget::LogBudgets,
+    /// What the HTTP server counts (connections open, refused over the cap).
+    pub http: Arc<sysmonstm_kit::http::ServeCounters>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -108,205 +296,120 @@ impl std::fmt::Debug for Shared {
 /// flood of bogus subjects cannot grow memory without bound.
 const MAX_MACHINES: u64 = 200_000;
 
+/// Most history answers held.
+const MAX_HISTORY_ANSWERS: u64 = 10_000;
+
+/// A cache bounded both by bytes (`max_bytes`, the sum of what `bytes`
+/// says of each entry) and by entries (`max_entries`): each entry weighs at
+/// least `max_bytes / max_entries`, so no more than `max_entries` fit.
+fn weighed<K, V>(
+    max_bytes: u64,
+    max_entries: u64,
+    bytes: impl Fn(&K, &V) -> usize + Send + Sync + 'static,
+) -> moka::sync::CacheBuilder<K, V, Cache<K, V>>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let floor = (max_bytes / max_entries.max(1)).max(1);
+    Cache::builder()
+        // The entry written last is the one to keep (a live machine's
+        // newest state), not one read often: least recently used goes.
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
+        .max_capacity(max_bytes.max(1))
+        .weigher(move |k: &K, v: &V| {
+            let b = u64::try_from(bytes(k, v)).unwrap_or(u64::MAX).max(floor);
+            u32::try_from(b).unwrap_or(u32::MAX)
+        })
+}
+
+/// Bytes of a cached JSON history answer: its four arrays of `points`.
+fn history_bytes(answer: &HistoryAnswer) -> u64 {
+    let points = answer["points"].as_u64().unwrap_or(0);
+    256u64.saturating_add(points.saturating_mul(4 * 24))
+}
+
 impl Shared {
     pub fn new(config: GatewayConfig, nats: async_nats::Client, pool: PgPool) -> Self {
         let js = async_nats::jetstream::new(nats.clone());
         let (updates, _) = broadcast::channel(16 * 1024);
-        let ttl = Duration::from_secs(config.history_cache_ttl_s.max(1));
+        // moka refuses a time to live of a thousand years or more.
+        let ttl = Duration::from_secs(config.history_cache_ttl_s.clamp(1, 86_400));
+        let max_bytes = config.cache_max_bytes;
         Self {
             js,
             nats,
             pool,
-            latest: Cache::new(MAX_MACHINES),
-            info: Cache::new(MAX_MACHINES),
-            alerts: Cache::new(MAX_MACHINES),
+            latest: weighed(max_bytes, MAX_MACHINES, |k: &String, l: &Arc<Latest>| {
+                k.len() + l.summary_frame.len() + 2 * l.detail_frame.len() + 512
+            })
+            .build(),
+            info: weighed(
+                max_bytes,
+                MAX_MACHINES,
+                |k: &String, i: &Arc<(Info, Arc<str>)>| k.len() + 2 * i.1.len() + 256,
+            )
+            .build(),
+            alerts: weighed(
+                max_bytes,
+                MAX_MACHINES,
+                |k: &String, a: &Arc<(Alert, Arc<str>)>| k.len() + 2 * a.1.len() + 256,
+            )
+            .build(),
             history: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(max_bytes.max(1))
+                .weigher(move |_k: &HistoryKey, v: &HistoryAnswer| {
+                    let floor = (max_bytes / MAX_HISTORY_ANSWERS).max(1);
+                    u32::try_from(history_bytes(v).max(floor)).unwrap_or(u32::MAX)
+                })
                 .time_to_live(ttl)
                 .build(),
             updates,
             counters: Counters::default(),
+            limits: config.limits(),
+            ws_slots: Default::default(),
+            ws_connects: Cache::builder()
+                .max_capacity(MAX_MACHINES)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+            logs: Default::default(),
+            http: Default::default(),
             config,
         }
     }
 
-    /// True when the machine's last snapshot is recent enough.
+    /// True when the machine's last snapshot is recent enough. Saturating
+    /// arithmetic: a timestamp or a configured value at the end of its range
+    /// is an answer, not an overflow.
     pub fn online(&self, latest: &Latest, now_ms: i64) -> bool {
         let interval = i64::from(latest.detail.summary.interval_ms).max(1000);
-        let limit = (self.config.silent_after_s as i64 * 1000).max(3 * interval);
-        now_ms - latest.detail.summary.timestamp_ms <= limit
+        let limit = i64::try_from(self.config.silent_after_s)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+            .max(interval.saturating_mul(3));
+        now_ms.saturating_sub(latest.detail.summary.timestamp_ms) <= limit
     }
 
-    /// The Prometheus text exposition of the counters and cache ratios.
+    /// The Prometheus text exposition: the counters, and the gauges read
+    /// at the moment of asking (cache hit ratios, machines held).
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write as _;
         let c = &self.counters;
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: &AtomicU64, kind: &str| {
-            let _ = writeln!(out, "# HELP sysmon_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE sysmon_gateway_{name} {kind}");
-            let _ = writeln!(out, "sysmon_gateway_{name} {}", v.load(Ordering::Relaxed));
-        };
-        counter(
-            "snapshots_total",
-            "Snapshots taken from METRICS.",
-            &c.snapshots,
-            "counter",
-        );
-        counter(
-            "infos_total",
-            "MachineInfo messages taken from MACHINES.",
-            &c.infos,
-            "counter",
-        );
-        counter(
-            "alert_events_total",
-            "Alert events taken from ALERTS.",
-            &c.alerts,
-            "counter",
-        );
-        counter(
-            "decode_errors_total",
-            "Messages from JetStream that could not be decoded.",
-            &c.decode_errors,
-            "counter",
-        );
-        counter(
-            "feed_restarts_total",
-            "Times a JetStream feed was set up again after an error.",
-            &c.feed_restarts,
-            "counter",
-        );
-        counter(
-            "http_requests_total",
-            "API requests served.",
-            &c.http_requests,
-            "counter",
-        );
-        counter(
-            "http_bad_requests_total",
-            "API requests refused with 400.",
-            &c.http_bad_requests,
-            "counter",
-        );
-        counter(
-            "http_db_errors_total",
-            "API requests that failed on the database.",
-            &c.http_db_errors,
-            "counter",
-        );
-        counter(
-            "latest_cache_hits_total",
-            "Latest-snapshot lookups found in the cache.",
-            &c.latest_hits,
-            "counter",
-        );
-        counter(
-            "latest_cache_misses_total",
-            "Latest-snapshot lookups not in the cache.",
-            &c.latest_misses,
-            "counter",
-        );
-        counter(
-            "history_cache_hits_total",
-            "History answers served from the cache.",
-            &c.history_hits,
-            "counter",
-        );
-        counter(
-            "history_cache_misses_total",
-            "History answers computed by PostgreSQL.",
-            &c.history_misses,
-            "counter",
-        );
-        counter(
-            "rules_bad_values_total",
-            "Rule KV values that are not JSON (skipped).",
-            &c.rules_bad_values,
-            "counter",
-        );
-        counter(
-            "ws_clients",
-            "WebSocket clients connected now.",
-            &c.ws_clients,
-            "gauge",
-        );
-        counter(
-            "ws_connections_total",
-            "WebSocket connections accepted.",
-            &c.ws_connections,
-            "counter",
-        );
-        counter(
-            "ws_origin_refused_total",
-            "WebSocket upgrades refused for their Origin.",
-            &c.ws_origin_refused,
-            "counter",
-        );
-        counter(
-            "ws_frames_total",
-            "Updates sent to WebSocket clients.",
-            &c.ws_frames,
-            "counter",
-        );
-        counter(
-            "ws_messages_total",
-            "WebSocket messages sent (each carries one or more updates).",
-            &c.ws_messages,
-            "counter",
-        );
-        counter(
-            "ws_coalesced_total",
-            "Updates replaced by a newer one before a slow client took them.",
-            &c.ws_coalesced,
-            "counter",
-        );
-        counter(
-            "ws_lagged_total",
-            "Times a client's pump fell behind the fan-out and resynchronised.",
-            &c.ws_lagged,
-            "counter",
-        );
-        counter(
-            "ws_closed_stuck_total",
-            "Clients closed because they stopped reading or answering pings.",
-            &c.ws_closed_stuck,
-            "counter",
-        );
-        counter(
-            "ws_bad_client_messages_total",
-            "Client WebSocket messages that were not understood.",
-            &c.ws_bad_client_messages,
-            "counter",
-        );
-        let ratio = |h: &AtomicU64, m: &AtomicU64| {
-            let (h, m) = (
-                h.load(Ordering::Relaxed) as f64,
-                m.load(Ordering::Relaxed) as f64,
-            );
+        let ratio = |h: &IntCounter, m: &IntCounter| {
+            let (h, m) = (h.get() as f64, m.get() as f64);
             if h + m > 0.0 { h / (h + m) } else { 0.0 }
         };
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_cache_hit_ratio Share of lookups answered by a cache."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_cache_hit_ratio gauge");
-        let _ = writeln!(
-            out,
-            "sysmon_gateway_cache_hit_ratio{{cache=\"latest\"}} {}",
-            ratio(&c.latest_hits, &c.latest_misses)
-        );
-        let _ = writeln!(
-            out,
-            "sysmon_gateway_cache_hit_ratio{{cache=\"history\"}} {}",
-            ratio(&c.history_hits, &c.history_misses)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sysmon_gateway_machines Machines with a latest snapshot."
-        );
-        let _ = writeln!(out, "# TYPE sysmon_gateway_machines gauge");
-        let _ = writeln!(out, "sysmon_gateway_machines {}", self.latest.entry_count());
-        out
+        c.cache_hit_ratio_latest
+            .set(ratio(&c.latest_hits, &c.latest_misses));
+        c.cache_hit_ratio_history
+            .set(ratio(&c.history_hits, &c.history_misses));
+        c.machines
+            .set(i64::try_from(self.latest.entry_count()).unwrap_or(i64::MAX));
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        c.http_connections_open
+            .set(i64::try_from(load(&self.http.open_connections)).unwrap_or(i64::MAX));
+        let refused = load(&self.http.refused_connections);
+        c.http_connections_refused
+            .inc_by(refused.saturating_sub(c.http_connections_refused.get()));
+        c.registry.render()
     }
 }

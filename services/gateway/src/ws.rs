@@ -13,13 +13,22 @@
 //! a slow or stuck client costs the others nothing. A writer drains the map
 //! into the socket; a frame that cannot go out within `ws_send_timeout_s`, or
 //! a client that has not answered pings for three intervals, is closed.
+//!
+//! Nothing a client does grows without bound: clients are capped in total
+//! and per address, and so are an address's connects per second (each one
+//! sends the state of every machine), refused with 503 / 429 before the
+//! upgrade; a client's message or frame is at most 4 KiB; and `subscribe`
+//! (which refills the client's queue from every cache) has an allowance per
+//! client: one beyond it waits, and a later one replaces it.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::Extension;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
@@ -152,19 +161,136 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// Largest message (and frame) a client may send: its messages are small
+/// JSON commands; axum's default of 64 MiB would let one client make the
+/// gateway buffer that much.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
+
+/// Why a WebSocket upgrade was refused for capacity (the counter's label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    Clients,
+    PerAddress,
+    Rate,
+}
+
+/// Whether `addr` may open a connection now (its connect allowance).
+fn connect_allowed(shared: &Shared, addr: IpAddr) -> bool {
+    let per_s = shared.config.ws_connects_per_s.max(1);
+    let allowance = shared.ws_connects.get_with(addr, || {
+        Arc::new(Mutex::new(Allowance::new(per_s.saturating_mul(4), per_s)))
+    });
+    lock(&allowance).take(Instant::now()).is_ok()
+}
+
+/// The WebSocket clients connected (or connecting) now, in total and per
+/// address: the map holds only addresses with a client, so it is bounded by
+/// `ws_max_clients`.
+#[derive(Debug, Default)]
+pub struct Slots {
+    total: u32,
+    per_address: HashMap<IpAddr, u32>,
+}
+
+/// One client's place; given back when dropped (the client ended, or the
+/// upgrade never completed).
+struct Slot {
+    shared: Arc<Shared>,
+    addr: Option<IpAddr>,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, addr: Option<IpAddr>) -> Result<Self, Full> {
+        let c = &shared.config;
+        let mut slots = lock(&shared.ws_slots);
+        if slots.total >= c.ws_max_clients {
+            return Err(Full::Clients);
+        }
+        if let Some(a) = addr {
+            let n = slots.per_address.entry(a).or_default();
+            if *n >= c.ws_max_clients_per_address {
+                if *n == 0 {
+                    slots.per_address.remove(&a);
+                }
+                return Err(Full::PerAddress);
+            }
+            *n += 1;
+        }
+        slots.total += 1;
+        Ok(Self {
+            shared: Arc::clone(shared),
+            addr,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut slots = lock(&self.shared.ws_slots);
+        slots.total = slots.total.saturating_sub(1);
+        if let Some(a) = self.addr
+            && let Some(n) = slots.per_address.get_mut(&a)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.per_address.remove(&a);
+            }
+        }
+    }
+}
+
 pub async fn upgrade(
     State(s): State<Arc<Shared>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&headers, &s.config.allowed_origins) {
         Counters::inc(&s.counters.ws_origin_refused);
-        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
+        if s.logs.ws_refused.allow("WebSocket refused") {
+            tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
+        }
         let mut e = ApiError::bad("Origin", "this Origin may not open the live feed");
         e.status = StatusCode::FORBIDDEN;
         return e.into_response();
     }
-    ws.on_upgrade(move |socket| client(s, socket))
+    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let taken = match addr {
+        Some(a) if !connect_allowed(&s, a) => Err(Full::Rate),
+        _ => Slot::take(&s, addr),
+    };
+    let slot = match taken {
+        Ok(slot) => slot,
+        Err(full) => {
+            let (counter, status, what) = match full {
+                Full::Clients => (
+                    &s.counters.ws_refused_clients,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the gateway has as many live clients as it serves (ws_max_clients)",
+                ),
+                Full::PerAddress => (
+                    &s.counters.ws_refused_per_address,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many live clients from this address (ws_max_clients_per_address)",
+                ),
+                Full::Rate => (
+                    &s.counters.ws_refused_rate,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address in a short time (ws_connects_per_s)",
+                ),
+            };
+            Counters::inc(counter);
+            if s.logs.ws_refused.allow("WebSocket refused") {
+                tracing::warn!(?addr, ?full, "WebSocket refused: {what}");
+            }
+            let mut e = ApiError::unavailable(what);
+            e.status = status;
+            return e.into_response();
+        }
+    };
+    ws.max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+        .on_upgrade(move |socket| client(s, socket, slot))
 }
 
 #[derive(Deserialize)]
@@ -175,11 +301,139 @@ struct ClientMsg {
     machine: Option<String>,
 }
 
-async fn client(s: Arc<Shared>, socket: WebSocket) {
+/// A token bucket of `burst` tokens refilled at `per_s` a second: the
+/// allowance of `subscribe` messages of one client, and of connections of
+/// one address.
+#[derive(Debug)]
+pub struct Allowance {
+    tokens: f64,
+    burst: f64,
+    per_s: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn new(burst: u32, per_s: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            burst,
+            per_s: f64::from(per_s.max(1)),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token now, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_s))
+        }
+    }
+}
+
+/// Reads the client's messages: `subscribe` changes its view (within its
+/// allowance; one beyond it waits, and a later one replaces it), pongs
+/// keep it alive. Returns when the client closes or breaks the protocol.
+async fn read_client(
+    s: Arc<Shared>,
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    pending: Arc<Mutex<Pending>>,
+    wake: Arc<Notify>,
+    last_pong: Arc<Mutex<Instant>>,
+) {
+    let mut allowance = Allowance::new(s.config.ws_subscribe_burst, s.config.ws_subscribes_per_s);
+    let mut deferred: Option<(View, tokio::time::Instant)> = None;
+    let switch = |view: View| {
+        let mut p = lock(&pending);
+        p.view = view;
+        p.frames.clear();
+        p.order.clear();
+        p.fill(&s);
+        drop(p);
+        wake.notify_one();
+    };
+    loop {
+        let due = async {
+            match &deferred {
+                Some((_, at)) => tokio::time::sleep_until(*at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            () = due => {
+                if let Some((view, _)) = deferred.take() {
+                    match allowance.take(Instant::now()) {
+                        Ok(()) => switch(view),
+                        Err(wait) => deferred = Some((view, tokio::time::Instant::now() + wait)),
+                    }
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // A message over the size limit, or not WebSocket at all.
+                Counters::inc(&s.counters.ws_bad_client_messages);
+                if s.logs.ws_closed.allow("WebSocket client closed") {
+                    tracing::info!(error = %e, "WebSocket client broke the protocol; closed");
+                }
+                return;
+            }
+            None => return,
+        };
+        match msg {
+            Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
+                Ok(m) if m.kind == "subscribe" => {
+                    let view = match m.machine {
+                        Some(id) => match sysmonstm_schemas::MachineId::parse(&id) {
+                            Ok(id) => View::Machine(id.as_str().to_owned()),
+                            Err(_) => {
+                                Counters::inc(&s.counters.ws_bad_client_messages);
+                                continue;
+                            }
+                        },
+                        None => View::Summary,
+                    };
+                    if deferred.is_some() {
+                        // Still over the allowance: the latest view wins.
+                        Counters::inc(&s.counters.ws_subscribes_limited);
+                        if let Some(d) = deferred.as_mut() {
+                            d.0 = view;
+                        }
+                        continue;
+                    }
+                    match allowance.take(Instant::now()) {
+                        Ok(()) => switch(view),
+                        Err(wait) => {
+                            Counters::inc(&s.counters.ws_subscribes_limited);
+                            deferred = Some((view, tokio::time::Instant::now() + wait));
+                        }
+                    }
+                }
+                _ => {
+                    Counters::inc(&s.counters.ws_bad_client_messages);
+                    tracing::debug!("WebSocket client message not understood");
+                }
+            },
+            Message::Pong(_) => *lock(&last_pong) = Instant::now(),
+            Message::Close(_) => return,
+            _ => {}
+        }
+    }
+}
+
+async fn client(s: Arc<Shared>, socket: WebSocket, slot: Slot) {
+    let _slot = slot;
     Counters::inc(&s.counters.ws_connections);
-    s.counters
-        .ws_clients
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.counters.ws_clients.inc();
     // Subscribe before filling so no update falls between the two.
     let rx = s.updates.subscribe();
     let pending = Arc::new(Mutex::new(Pending {
@@ -191,7 +445,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
     lock(&pending).fill(&s);
     wake.notify_one();
 
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     let pump = tokio::spawn(pump(
         Arc::clone(&s),
         rx,
@@ -199,51 +453,17 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
         Arc::clone(&wake),
     ));
     let last_pong = Arc::new(Mutex::new(Instant::now()));
-    let mut reader = {
-        let (s, pending, wake, last_pong) = (
-            Arc::clone(&s),
-            Arc::clone(&pending),
-            Arc::clone(&wake),
-            Arc::clone(&last_pong),
-        );
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                match msg {
-                    Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
-                        Ok(m) if m.kind == "subscribe" => {
-                            let view = match m.machine {
-                                Some(id) => match sysmonstm_schemas::MachineId::parse(&id) {
-                                    Ok(id) => View::Machine(id.as_str().to_owned()),
-                                    Err(_) => {
-                                        Counters::inc(&s.counters.ws_bad_client_messages);
-                                        continue;
-                                    }
-                                },
-                                None => View::Summary,
-                            };
-                            let mut p = lock(&pending);
-                            p.view = view;
-                            p.frames.clear();
-                            p.order.clear();
-                            p.fill(&s);
-                            drop(p);
-                            wake.notify_one();
-                        }
-                        _ => {
-                            Counters::inc(&s.counters.ws_bad_client_messages);
-                            tracing::debug!("WebSocket client message not understood");
-                        }
-                    },
-                    Message::Pong(_) => *lock(&last_pong) = Instant::now(),
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-        })
-    };
+    let mut reader = tokio::spawn(read_client(
+        Arc::clone(&s),
+        stream,
+        Arc::clone(&pending),
+        Arc::clone(&wake),
+        Arc::clone(&last_pong),
+    ));
 
-    let ping_every = Duration::from_secs(s.config.ws_ping_s.max(1));
-    let send_timeout = Duration::from_secs(s.config.ws_send_timeout_s.max(1));
+    // Bounded, so that `ping_every * 3` and the timers cannot overflow.
+    let ping_every = Duration::from_secs(s.config.ws_ping_s.clamp(1, 3600));
+    let send_timeout = Duration::from_secs(s.config.ws_send_timeout_s.clamp(1, 3600));
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     loop {
@@ -260,13 +480,15 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
                 let text = batch(&frames);
                 match tokio::time::timeout(send_timeout, sink.send(Message::Text(text))).await {
                     Ok(Ok(())) => {
-                        s.counters.ws_frames.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        s.counters.ws_frames.inc_by(n);
                         Counters::inc(&s.counters.ws_messages);
                     }
                     Ok(Err(_)) => break,
                     Err(_) => {
                         Counters::inc(&s.counters.ws_closed_stuck);
-                        tracing::info!("WebSocket client stopped reading; closed");
+                        if s.logs.ws_closed.allow("WebSocket client closed") {
+                            tracing::info!("WebSocket client stopped reading; closed");
+                        }
                         break;
                     }
                 }
@@ -274,7 +496,9 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
             _ = ping.tick() => {
                 if lock(&last_pong).elapsed() > ping_every * 3 {
                     Counters::inc(&s.counters.ws_closed_stuck);
-                    tracing::info!("WebSocket client stopped answering pings; closed");
+                    if s.logs.ws_closed.allow("WebSocket client closed") {
+                        tracing::info!("WebSocket client stopped answering pings; closed");
+                    }
                     break;
                 }
                 let sent = tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await;
@@ -285,9 +509,7 @@ async fn client(s: Arc<Shared>, socket: WebSocket) {
     }
     pump.abort();
     reader.abort();
-    s.counters
-        .ws_clients
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    s.counters.ws_clients.dec();
 }
 
 /// Moves live updates into the client's pending map. It never waits on the
@@ -338,6 +560,6 @@ fn batch(frames: &[Arc<str>]) -> Utf8Bytes {
 
 /// The maps are only touched briefly, never across an await; a poisoned
 /// lock (a panic elsewhere) still holds usable data.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -106,9 +104,9 @@ async fn machines_their_facts_and_latest_snapshot() {
     bad(&app, "/api/machines/Bad.Id", "id").await;
     bad(&app, "/api/machines/Bad.Id/metrics", "id").await;
     bad(&app, "/api/machines?limit=3", "limit").await;
-    assert!(shared.counters.http_bad_requests.load(Ordering::Relaxed) >= 3);
-    assert_eq!(shared.counters.latest_hits.load(Ordering::Relaxed), 1);
-    assert_eq!(shared.counters.latest_misses.load(Ordering::Relaxed), 1);
+    assert!(shared.counters.http_bad_requests.get() >= 3);
+    assert_eq!(shared.counters.latest_hits.get(), 1);
+    assert_eq!(shared.counters.latest_misses.get(), 1);
 }
 
 #[tokio::test]
@@ -136,6 +134,33 @@ async fn history_and_alerts_refuse_bad_parameters_before_the_database() {
     )
     .await;
     bad(&app, &format!("{h}?metric=cpu&mertic=x"), "mertic").await;
+    // Times at and past the ends of their range (the first one panicked on
+    // `to - 1h`, which aborts a release build).
+    bad(&app, &format!("{h}?metric=cpu&to=-8334601213037969"), "to").await;
+    bad(&app, &format!("{h}?metric=cpu&to={}", i64::MIN), "to").await;
+    let first_hour = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp_millis() + 1000;
+    bad(&app, &format!("{h}?metric=cpu&to={first_hour}"), "to").await;
+    bad(&app, &format!("{h}?metric=cpu&from={}", i64::MAX), "from").await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&from=-262143-01-01T00:00:00Z"),
+        "from",
+    )
+    .await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&to=2100-01-01T00:00:00.001Z"),
+        "to",
+    )
+    .await;
+    bad(
+        &app,
+        &format!("{h}?metric=cpu&to=1999-12-31T23:59:59Z"),
+        "to",
+    )
+    .await;
+    bad(&app, &format!("/api/alerts?since={}", i64::MIN), "since").await;
+    bad(&app, "/api/alerts?since=-262143-01-01T00:00:00Z", "since").await;
     bad(&app, "/api/machines/-x!/history?metric=cpu", "id").await;
     bad(&app, "/api/alerts?state=burning", "state").await;
     bad(&app, "/api/alerts?since=last-week", "since").await;
@@ -188,7 +213,7 @@ async fn rules_are_the_bucket_values_as_an_array() {
         .filter_map(|r| r["name"].as_str())
         .collect();
     assert_eq!(names, ["cpu_high", "disk_full"]);
-    assert_eq!(shared.counters.rules_bad_values.load(Ordering::Relaxed), 1);
+    assert_eq!(shared.counters.rules_bad_values.get(), 1);
 }
 
 #[tokio::test]
@@ -222,11 +247,11 @@ async fn health_ready_and_metrics() {
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).expect("text");
     assert!(
-        text.contains("sysmon_gateway_http_bad_requests_total 1"),
+        text.contains("sysmonstm_gateway_http_bad_requests_total 1"),
         "{text}"
     );
     assert!(
-        text.contains("sysmon_gateway_cache_hit_ratio{cache=\"history\"}"),
+        text.contains("sysmonstm_gateway_cache_hit_ratio{cache=\"history\"}"),
         "{text}"
     );
 }
@@ -260,17 +285,54 @@ async fn garbage_on_the_feed_is_counted_and_skipped() {
         .expect("acked");
     let next = a.publish(&env.js).await;
     wait_latest(&shared, "web-1", next.seq).await;
-    assert_eq!(shared.counters.decode_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(shared.counters.decode_errors.get(), 2);
     assert!(shared.latest.get("db-9").is_none());
-    // An older snapshot (a replayed spool) does not replace the latest.
+    // An older snapshot (a replayed spool: lower seq, older time) does not
+    // replace the latest.
     let mut old = next.clone();
-    old.seq = next.seq + 100;
+    old.seq = first.seq;
     old.timestamp_ms = next.timestamp_ms - 60_000;
     publish_snapshot(&env.js, &old).await;
+    sysmonstm_testkit::eventually(WAIT, "the replayed snapshot counted as stale", || async {
+        (shared.counters.snapshots_stale.get() >= 1).then_some(())
+    })
+    .await;
+    let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(v["seq"], next.seq, "the replay replaced the latest");
     let fresh = a.publish(&env.js).await;
     wait_latest(&shared, "web-1", fresh.seq).await;
     let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
     assert_eq!(v["seq"], fresh.seq);
+}
+
+/// The second of two snapshots taken in one millisecond, and a snapshot
+/// taken after the agent's clock stepped back, are the latest: the agent's
+/// seq says so. (Ordering by time alone dropped both; the WebSocket test
+/// that publishes a probe every millisecond or so then waited in vain.)
+#[tokio::test]
+async fn a_later_seq_is_shown_in_the_same_millisecond_and_after_a_clock_step_back() {
+    let env = env(false).await;
+    let (gw, shared) = env.gateway().await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let first = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", first.seq).await;
+    let mut same_ms = a.sample();
+    same_ms.timestamp_ms = first.timestamp_ms;
+    publish_snapshot(&env.js, &same_ms).await;
+    wait_latest(&shared, "web-1", same_ms.seq).await;
+    let mut stepped_back = a.sample();
+    stepped_back.timestamp_ms = first.timestamp_ms - 60_000;
+    publish_snapshot(&env.js, &stepped_back).await;
+    wait_latest(&shared, "web-1", stepped_back.seq).await;
+    let (_, v) = get(&app, "/api/machines/web-1/metrics").await;
+    assert_eq!(v["seq"], stepped_back.seq);
+    assert_eq!(v["timestamp_ms"], stepped_back.timestamp_ms);
+    // A duplicate of the one shown changes nothing.
+    publish_snapshot(&env.js, &stepped_back).await;
+    let fresh = a.publish(&env.js).await;
+    wait_latest(&shared, "web-1", fresh.seq).await;
+    assert_eq!(shared.counters.snapshots_stale.get(), 1);
 }
 
 #[tokio::test]
@@ -296,4 +358,38 @@ async fn the_dashboard_is_served_from_the_binary() {
     let (status, v) = get(&app, "/api/nothing").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(v["error"].is_string());
+}
+
+/// The caches are bounded by bytes as well as entries: many machines'
+/// snapshots into a small cache keep it within its bytes, and the newest
+/// still answers.
+#[tokio::test]
+async fn the_latest_cache_is_bounded_by_bytes() {
+    let env = env(false).await;
+    let cap = 64 * 1024;
+    let (gw, shared) = env
+        .gateway_with(sysmonstm_gateway::GatewayConfig {
+            cache_max_bytes: cap,
+            ..env.config()
+        })
+        .await;
+    let app = gw.router();
+    let mut a = Agent::new("web-1").await;
+    let n = 60;
+    let mut last = None;
+    for i in 0..n {
+        let mut s = a.sample();
+        s.machine_id = format!("m-{i}");
+        publish_snapshot(&env.js, &s).await;
+        last = Some(s);
+    }
+    let last = last.expect("published");
+    wait_latest(&shared, &last.machine_id, last.seq).await;
+    shared.latest.run_pending_tasks();
+    let (entries, bytes) = (shared.latest.entry_count(), shared.latest.weighted_size());
+    eprintln!("{entries} entries, {bytes} bytes weighed, cap {cap}");
+    assert!(bytes <= cap, "{bytes} bytes held, over {cap}");
+    assert!(entries < n, "every one of {n} machines held in {cap} bytes");
+    let (status, v) = get(&app, &format!("/api/machines/{}/metrics", last.machine_id)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
 }

@@ -26,10 +26,19 @@ async fn connect(addr: std::net::SocketAddr) -> Ws {
 
 /// The next batch of updates (skipping control frames).
 async fn next_batch(ws: &mut Ws) -> Vec<Value> {
+    next_batch_by(ws, tokio::time::Instant::now() + WAIT, "an update").await
+}
+
+/// The next batch of updates before `deadline`. Control frames do not extend
+/// the wait: a ping every 20 s must not keep a test waiting for ever.
+async fn next_batch_by<S>(ws: &mut S, deadline: tokio::time::Instant, what: &str) -> Vec<Value>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .expect("an update within the wait")
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
             .expect("socket open")
             .expect("frame");
         if let Message::Text(t) = msg {
@@ -40,10 +49,13 @@ async fn next_batch(ws: &mut Ws) -> Vec<Value> {
 
 /// Reads until `pred` holds for some update; returns it.
 async fn until(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if let Some(u) = next_batch(ws).await.into_iter().find(|u| pred(u)) {
+        if let Some(u) = next_batch_by(ws, deadline, what)
+            .await
+            .into_iter()
+            .find(|u| pred(u))
+        {
             return u;
         }
     }
@@ -249,7 +261,7 @@ async fn a_client_that_never_reads_does_not_delay_another() {
     let metrics = reqwest_like(running.addr(), "/metrics").await;
     let coalesced: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("sysmon_gateway_ws_coalesced_total "))
+        .find_map(|l| l.strip_prefix("sysmonstm_gateway_ws_coalesced_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("counter exported");
     assert!(
@@ -285,7 +297,7 @@ async fn a_client_that_stops_answering_pings_is_closed() {
     let metric = || async {
         let m = reqwest_like(running.addr(), "/metrics").await;
         m.lines()
-            .find_map(|l| l.strip_prefix("sysmon_gateway_ws_closed_stuck_total "))
+            .find_map(|l| l.strip_prefix("sysmonstm_gateway_ws_closed_stuck_total "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|v| *v >= 1)
     };
@@ -342,7 +354,367 @@ async fn a_foreign_origin_is_refused() {
         .expect("a configured origin is allowed");
     let metrics = reqwest_like(addr, "/metrics").await;
     assert!(
-        metrics.contains("sysmon_gateway_ws_origin_refused_total 1"),
+        metrics.contains("sysmonstm_gateway_ws_origin_refused_total 1"),
         "{metrics}"
     );
+}
+
+/// Publishes raw bytes on `subject` through JetStream.
+async fn publish_raw(env: &common::Env, subject: String, payload: Vec<u8>) {
+    env.js
+        .publish(subject, payload.into())
+        .await
+        .expect("sent")
+        .await
+        .expect("acked");
+}
+
+/// What the accept rule refuses never reaches a cache, a client or the
+/// order of a machine's snapshots: snapshots dated in the year ~8000 and at
+/// `i64::MAX` (with a seq far ahead, so that neither time nor seq may let
+/// them move the clock), ids the contract does not allow (upper case, 300
+/// characters), a payload over the size limit and facts on a bad subject.
+/// The current snapshots that follow are what the API and the WebSocket show.
+#[tokio::test]
+async fn refused_messages_reach_no_cache_no_client_and_move_no_clock() {
+    use prost::Message as _;
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut a = Agent::new("web-1").await;
+    let first = a.publish(&env.js).await;
+    let mut ws = connect(addr).await;
+    until(&mut ws, "the first snapshot", |u| {
+        is(u, "summary", "web-1", first.seq)
+    })
+    .await;
+
+    let year_8000_ms = 6_000 * 365 * 86_400_000 + first.timestamp_ms;
+    for (i, ts) in [year_8000_ms, i64::MAX].into_iter().enumerate() {
+        let mut f = first.clone();
+        f.seq = first.seq + 1_000_000 + i as u64;
+        f.timestamp_ms = ts;
+        publish_snapshot(&env.js, &f).await;
+    }
+    let long = "a".repeat(300);
+    for id in ["UPPER-Case", long.as_str()] {
+        let mut s = first.clone();
+        s.machine_id = id.to_owned();
+        publish_raw(&env, format!("sysmon.metrics.{id}"), s.encode_to_vec()).await;
+        let info = sysmonstm_schemas::v1::MachineInfo {
+            machine_id: id.to_owned(),
+            hostname: "evil".into(),
+            timestamp_ms: first.timestamp_ms,
+            ..Default::default()
+        };
+        publish_raw(&env, format!("sysmon.info.{id}"), info.encode_to_vec()).await;
+    }
+    let mut huge = first.clone();
+    huge.seq = first.seq + 2_000_000;
+    huge.top_cpu = (0..20_000)
+        .map(|pid| sysmonstm_schemas::v1::Process {
+            pid,
+            name: "x".repeat(8),
+            ..Default::default()
+        })
+        .collect();
+    let huge = huge.encode_to_vec();
+    assert!(huge.len() > 64 * 1024 && huge.len() < 1024 * 1024);
+    publish_raw(&env, "sysmon.metrics.web-1".into(), huge).await;
+
+    let mut current = Vec::new();
+    for _ in 0..3 {
+        current.push(a.publish(&env.js).await);
+    }
+    let last = current.last().expect("three").clone();
+    // The live client: every update it got is a current one of web-1.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.iter().any(|u| is(u, "summary", "web-1", last.seq)) {
+        seen.extend(next_batch_by(&mut ws, deadline, "the current snapshots").await);
+    }
+    for u in &seen {
+        assert_eq!(u["data"]["machine_id"], "web-1", "{u}");
+        assert!(u["data"]["seq"].as_u64() <= Some(last.seq), "{u}");
+        assert!(
+            u["data"]["timestamp_ms"].as_i64() <= Some(last.timestamp_ms),
+            "{u}"
+        );
+    }
+
+    let (api, body) = reqwest_body(addr, "/api/machines/web-1/metrics").await;
+    assert!(api.contains(" 200 "), "{api}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["seq"], last.seq);
+    assert_eq!(v["timestamp_ms"], last.timestamp_ms);
+    let (_, body) = reqwest_body(addr, "/api/machines").await;
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    let ids: Vec<&str> = v["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter_map(|m| m["machine_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["web-1"], "{body}");
+    assert_eq!(v["machines"][0]["online"], true);
+
+    // A new client (a dashboard opened now) gets the current state only.
+    let mut fresh = connect(addr).await;
+    let initial = next_batch(&mut fresh).await;
+    let cards: Vec<(&str, Option<u64>)> = initial
+        .iter()
+        .filter(|u| u["type"] == "summary" || u["type"] == "info")
+        .map(|u| {
+            (
+                u["data"]["machine_id"].as_str().unwrap_or(""),
+                u["data"]["seq"].as_u64(),
+            )
+        })
+        .collect();
+    assert!(
+        cards.iter().all(|(m, _)| *m == "web-1"),
+        "only web-1: {cards:?}"
+    );
+    assert!(cards.contains(&("web-1", Some(last.seq))), "{cards:?}");
+
+    // Every refusal counted by feed and reason (MACHINES is its own feed,
+    // so its count may come a moment later).
+    let expected: Vec<String> = [
+        ("snapshots", "future", 2),
+        ("snapshots", "machine_id", 2),
+        ("infos", "machine_id", 2),
+        ("snapshots", "oversized", 1),
+    ]
+    .iter()
+    .map(|(what, reason, n)| {
+        format!("sysmonstm_gateway_{what}_rejected_total{{reason=\"{reason}\"}} {n}")
+    })
+    .chain(["sysmonstm_gateway_decode_errors_total 7".to_owned()])
+    .collect();
+    sysmonstm_testkit::eventually(WAIT, "every refusal counted", || async {
+        let metrics = reqwest_like(addr, "/metrics").await;
+        expected.iter().all(|l| metrics.contains(l)).then_some(())
+    })
+    .await;
+}
+
+/// Status line and body of a GET.
+async fn reqwest_body(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let raw = reqwest_like(addr, path).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of an unlabelled counter on `/metrics`.
+async fn counter(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let m = reqwest_like(addr, "/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not exported:\n{m}"))
+}
+
+fn refused_with(r: Result<impl Sized, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, the upgrade was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn connections_are_capped_in_total_and_per_address() {
+    let env = env(false).await;
+    let per_address = start(
+        &env,
+        GatewayConfig {
+            ws_max_clients: 10,
+            ws_max_clients_per_address: 2,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", per_address.addr());
+    let a = connect(per_address.addr()).await;
+    let _b = connect(per_address.addr()).await;
+    assert_eq!(
+        refused_with(tokio_tungstenite::connect_async(&url).await),
+        429
+    );
+    let m = reqwest_like(per_address.addr(), "/metrics").await;
+    assert!(
+        m.contains(r#"sysmonstm_gateway_ws_refused_total{reason="per_address"} 1"#),
+        "{m}"
+    );
+    // A client that leaves gives its place back.
+    drop(a);
+    sysmonstm_testkit::eventually(WAIT, "a place again after a client left", || async {
+        tokio_tungstenite::connect_async(&url)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let total = start(
+        &env,
+        GatewayConfig {
+            ws_max_clients: 2,
+            ws_max_clients_per_address: 10,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", total.addr());
+    let _c = connect(total.addr()).await;
+    let _d = connect(total.addr()).await;
+    assert_eq!(
+        refused_with(tokio_tungstenite::connect_async(&url).await),
+        503
+    );
+    let m = reqwest_like(total.addr(), "/metrics").await;
+    assert!(
+        m.contains(r#"sysmonstm_gateway_ws_refused_total{reason="clients"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_message_over_4_kib_closes_that_client_only() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut other = connect(addr).await;
+    let mut big = connect(addr).await;
+    // Not understood but within the limit: counted, the client stays.
+    big.send(Message::Text("x".repeat(3 * 1024).into()))
+        .await
+        .expect("send");
+    sysmonstm_testkit::eventually(WAIT, "the odd message counted", || async {
+        (counter(addr, "sysmonstm_gateway_ws_bad_client_messages_total").await >= 1).then_some(())
+    })
+    .await;
+    big.send(Message::Text("x".repeat(5 * 1024).into()))
+        .await
+        .expect("send");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, big.next()).await {
+            Err(_) => panic!("the client that sent 5 KiB was not closed"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    assert!(counter(addr, "sysmonstm_gateway_ws_bad_client_messages_total").await >= 2);
+    // The other client still gets live updates.
+    let mut a = Agent::new("web-1").await;
+    let s = a.publish(&env.js).await;
+    until(&mut other, "web-1 live", |u| {
+        is(u, "summary", "web-1", s.seq)
+    })
+    .await;
+}
+
+/// Each `subscribe` refills the client's queue from every cache; a client
+/// sending thousands of them gets its allowance (a burst, then a few a
+/// second) and its latest choice, not thousands of refills.
+#[tokio::test]
+async fn subscribe_floods_are_limited_and_the_latest_view_wins() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut agents = Vec::new();
+    for m in ["m-0", "m-1", "m-2"] {
+        let mut a = Agent::new(m).await;
+        a.publish(&env.js).await;
+        agents.push(a);
+    }
+    let probe = env.gateway().await.1;
+    for a in &agents {
+        wait_latest(&probe, a.id.as_str(), 1).await;
+    }
+    let ws = connect(addr).await;
+    let n = 2000;
+    let msgs = (0..n).map(|i| {
+        let m = ["m-0", "m-1"][i % 2];
+        Ok(Message::Text(
+            format!(r#"{{"type":"subscribe","machine":"{m}"}}"#).into(),
+        ))
+    });
+    let (mut tx, mut rx) = ws.split();
+    let reading = tokio::spawn(async move {
+        let mut details = 0usize;
+        loop {
+            let b =
+                next_batch_by(&mut rx, tokio::time::Instant::now() + WAIT, "m-2 in detail").await;
+            details += b.iter().filter(|u| u["type"] == "snapshot").count();
+            if b.iter()
+                .any(|u| u["type"] == "snapshot" && u["data"]["machine_id"] == "m-2")
+            {
+                return details;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    tx.send_all(&mut futures::stream::iter(msgs))
+        .await
+        .expect("send");
+    // What the allowance (burst 10, 2 a second) lets through while sending.
+    let allowed = 10 + 2 * t0.elapsed().as_secs() + 2;
+    tx.send(Message::Text(
+        r#"{"type":"subscribe","machine":"m-2"}"#.into(),
+    ))
+    .await
+    .expect("send");
+    let details = reading.await.expect("reader");
+    let limited = counter(addr, "sysmonstm_gateway_ws_subscribes_limited_total").await;
+    eprintln!("{details} detail snapshots sent for {n} subscribes; {limited} over the allowance");
+    assert!(
+        limited >= n as u64 - allowed,
+        "only {limited} of {n} limited"
+    );
+    assert!(
+        details as u64 <= allowed + 1,
+        "{details} refills for one client"
+    );
+}
+
+/// Each connect sends the client the state of every machine: an address
+/// that reconnects in a loop gets its allowance (a burst of four times
+/// `ws_connects_per_s`, then that many a second), then 429s.
+#[tokio::test]
+async fn connects_from_one_address_are_rate_limited() {
+    let env = env(false).await;
+    let running = start(
+        &env,
+        GatewayConfig {
+            ws_connects_per_s: 1,
+            ..env.config()
+        },
+    )
+    .await;
+    let url = format!("ws://{}/ws", running.addr());
+    let t0 = Instant::now();
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    for _ in 0..30 {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                assert_eq!(refused_with(Err::<(), _>(e)), 429);
+                refused += 1;
+            }
+        }
+    }
+    let allowed = 4 + t0.elapsed().as_secs() + 1;
+    assert!(
+        (4..=allowed).contains(&accepted),
+        "{accepted} of 30 connects accepted (allowance {allowed})"
+    );
+    let m = reqwest_like(running.addr(), "/metrics").await;
+    let line = format!(r#"sysmonstm_gateway_ws_refused_total{{reason="rate"}} {refused}"#);
+    assert!(m.contains(&line), "{line} in\n{m}");
 }

@@ -1,14 +1,19 @@
 //! `just bench ingest`: BENCH_SNAPSHOTS (default 1 000 000) realistic
 //! snapshots of BENCH_MACHINES (default 1 000) machines are put into METRICS
-//! first; the database is migrated and its WAL made recyclable (as a
-//! restarting persister finds it); then the persister is timed from its
-//! start to the commit of the last one (plain path: to the last merge of its
-//! rollups), with BENCH_WRITERS (default 2) writers. In the same run, on the
-//! same rows: a raw binary COPY of every stored row into an empty table
-//! without indexes (the physical limit) and the ratio; and the persister's
-//! two write paths batch for batch (binary COPY straight into `metrics`, and
-//! COPY into a staging table + INSERT … ON CONFLICT, taken when a batch holds
-//! a redelivery).
+//! first, on a hub configured as shipped (`nats/hub.conf`: `sync_interval:
+//! always`, so every publish waits for an fsync, as in production); the
+//! database is migrated and its WAL made recyclable (as a restarting
+//! persister finds it); then the persister is timed from its start to the
+//! commit of the last one (plain path: to the last merge of its rollups),
+//! with BENCH_WRITERS (default 2) writers. In the same run, on the same
+//! snapshots: the floor under any writer of them — the persister's own COPY
+//! payloads, batch for batch, each in its transaction, on as many connections
+//! at once as it has writers, into a table with `metrics`' columns and no
+//! index, trigger or partition — measured once before the persister and once
+//! after it (so neither side has the warmer server), and the ratio to the
+//! faster of the two; and the persister's two write paths batch for batch
+//! (binary COPY straight into `metrics`, and COPY into a staging table +
+//! INSERT … ON CONFLICT, taken when a batch holds a redelivery).
 //!
 //! Needs SYSMON_TEST_DATABASE_URL (an admin URL) and nats-server
 //! (scripts/bench-persister.sh sets both up). BENCH_STORAGE: auto | plain |
@@ -171,6 +176,65 @@ fn cpu_per_snapshot(a: Cpu, b: Cpu, n: u64, me: &str) -> String {
     )
 }
 
+/// One measurement of the floor.
+struct Floor {
+    rows_s: f64,
+    cpu: String,
+}
+
+/// `batches` COPYed into a new table `table` with `metrics`' columns and
+/// nothing else, by `writers` connections at once, each batch in its own
+/// transaction, as the persister's writers do.
+async fn copy_floor(
+    db_url: &str,
+    batches: &std::sync::Arc<Vec<Batch>>,
+    writers: usize,
+    table: &str,
+) -> anyhow::Result<Floor> {
+    let mut conn = PgConnection::connect(db_url).await?;
+    conn.execute(format!("CREATE TABLE {table} (LIKE metrics INCLUDING DEFAULTS)").as_str())
+        .await?;
+    let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut conns = Vec::with_capacity(writers);
+    for _ in 0..writers.max(1) {
+        conns.push(PgConnection::connect(db_url).await?);
+    }
+    let cpu0 = cpu_now(None);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut c in conns {
+        let (batches, next, table) = (batches.clone(), next.clone(), table.to_owned());
+        tasks.spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            while let Some(b) = batches.get(next.fetch_add(1, Relaxed)) {
+                let mut tx = c.begin().await?;
+                let mut sink = tx
+                    .copy_in_raw(&format!(
+                        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+                        sysmonstm_persister::copy::COLUMNS
+                    ))
+                    .await?;
+                for part in b.payload() {
+                    sink.send(part).await?;
+                }
+                sink.finish().await?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let took = t.elapsed().as_secs_f64();
+    let cpu1 = cpu_now(None);
+    Ok(Floor {
+        rows_s: rows as f64 / took,
+        cpu: cpu_per_snapshot(cpu0, cpu1, rows, "client"),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: u64 = env("BENCH_SNAPSHOTS", 1_000_000);
@@ -186,7 +250,9 @@ async fn main() -> anyhow::Result<()> {
     let n = per_machine * machines as u64;
     let admin = std::env::var("SYSMON_TEST_DATABASE_URL")?;
     let db = TestDb::on(&admin).await;
-    let nats = NatsServer::start();
+    // The hub as shipped: with nats-server's default (fsync every two
+    // minutes) the load and the pulls would be cheaper than in production.
+    let nats = NatsServer::start_shipped_hub();
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     let cfg = PersisterConfig {
         database_url: db.url().to_owned(),
@@ -266,6 +332,38 @@ async fn main() -> anyhow::Result<()> {
         "database migrated and its WAL warmed in {:.1} s",
         t_warm.elapsed().as_secs_f64()
     );
+
+    // The floor's rows: the persister's own COPY payloads for the same
+    // snapshots, in its batches, encoded before the clock starts.
+    let limits = Limits {
+        max_payload_bytes: 1 << 20,
+        max_future_skew_ms: 3_600_000,
+    };
+    let encode_at = chrono::Utc::now();
+    let floor_batches: Vec<Batch> = {
+        let order: Vec<(usize, u64)> = (1..=per_machine)
+            .flat_map(|seq| (0..machines).map(move |m| (m, seq)))
+            .collect();
+        order
+            .chunks(batch)
+            .map(|chunk| {
+                let mut b = Batch::with_capacity(chunk.len());
+                for &(m, seq) in chunk {
+                    let s = snapshot(m, seq, base_ms);
+                    b.push(
+                        &format!("sysmon.metrics.{}", s.machine_id),
+                        &s.encode_to_vec(),
+                        encode_at,
+                        limits,
+                    )
+                    .expect("valid");
+                }
+                b
+            })
+            .collect()
+    };
+    let floor_batches = std::sync::Arc::new(floor_batches);
+    let floor_before = copy_floor(db.url(), &floor_batches, writers, "floor_before").await?;
 
     // 2. The persister, from start to the last commit.
     let wal_sql = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, \
@@ -405,52 +503,27 @@ async fn main() -> anyhow::Result<()> {
         cpu_per_snapshot(cpu0, cpu1, n, "pullers")
     );
 
-    // 3. Physical limit: the same rows, binary COPY into an empty table
-    //    without indexes.
-    let mut conn = PgConnection::connect(db.url()).await?;
-    let mut chunks = Vec::new();
-    {
-        let mut out = conn
-            .copy_out_raw("COPY (SELECT * FROM metrics) TO STDOUT (FORMAT binary)")
-            .await?;
-        while let Some(c) = out.next().await {
-            chunks.push(c?);
-        }
-    }
-    conn.execute("CREATE TABLE copy_metrics (LIKE metrics)")
-        .await?;
-    let cpu0 = cpu_now(None);
-    let t = Instant::now();
-    let mut sink = conn
-        .copy_in_raw("COPY copy_metrics FROM STDIN (FORMAT binary)")
-        .await?;
-    for c in &chunks {
-        sink.send(c.as_ref()).await?;
-    }
-    sink.finish().await?;
-    let copy_took = t.elapsed().as_secs_f64();
-    let cpu1 = cpu_now(None);
-    drop(chunks);
-    let copy_s = rows as f64 / copy_took;
+    // 3. The floor, again after the persister (order favours neither).
+    let floor_after = copy_floor(db.url(), &floor_batches, writers, "floor_after").await?;
+    drop(floor_batches);
+    let floor = floor_before.rows_s.max(floor_after.rows_s);
     println!(
-        "binary COPY of the same {rows} rows into an empty table without indexes: {copy_took:.1} s = \
-         {copy_s:.0} rows/s (snapshots/s); persister/COPY = {:.2}",
-        snaps_s / copy_s
+        "the floor: the persister's own COPY batches, {writers} connections at once, one \
+         transaction per batch, into a table without index, trigger or partition: before the \
+         persister {:.0} rows/s, after it {:.0} rows/s; persister/floor = {:.2}",
+        floor_before.rows_s,
+        floor_after.rows_s,
+        snaps_s / floor
     );
-    println!(
-        "raw COPY: {}",
-        cpu_per_snapshot(cpu0, cpu1, rows as u64, "client")
-    );
+    for (when, f) in [("before", &floor_before), ("after", &floor_after)] {
+        println!("the floor {when}: {}", f.cpu);
+    }
 
     // 4. The two ways a batch goes in, batch for batch on the same
     //    snapshots, each into a fresh database: binary COPY straight into
     //    `metrics` (the usual case) and COPY into a staging table +
     //    INSERT … ON CONFLICT DO NOTHING (a batch with a redelivery).
     let cmp_seqs = (200_000 / machines as u64).clamp(1, per_machine);
-    let limits = Limits {
-        max_payload_bytes: 1 << 20,
-        max_future_skew_ms: 3_600_000,
-    };
     let now = chrono::Utc::now();
     let snaps: Vec<(usize, u64)> = (1..=cmp_seqs)
         .flat_map(|seq| (0..machines).map(move |m| (m, seq)))

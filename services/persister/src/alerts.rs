@@ -1,6 +1,8 @@
 //! AlertEvents from the ALERTS stream into `alerts`, through the durable
 //! consumer `persister_alerts`: a batch per pull, one statement, acks after
-//! the commit. `msg_id` is unique, so a redelivered event changes nothing.
+//! the commit. `msg_id` is unique, so a redelivered event changes nothing. An
+//! event whose values PostgreSQL refuses is terminated and counted, not
+//! retried for ever.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +56,7 @@ pub fn decode(payload: &[u8], msg_id: Option<&str>) -> Result<AlertRow, String> 
     let at = |ms: i64| {
         Utc.timestamp_millis_opt(ms)
             .single()
-            .filter(|_| ms >= crate::decode::EARLIEST_MS)
+            .filter(|_| ms >= sysmonstm_schemas::accept::EARLIEST_MS)
             .ok_or_else(|| format!("bad time {ms}"))
     };
     let mut msg_id = msg_id.map(str::to_owned).unwrap_or_else(|| {
@@ -184,30 +186,75 @@ pub async fn run(
                 }
             }
         }
-        let mut retry = Duration::from_millis(100);
-        while !rows.is_empty() {
-            match insert(&pool, &rows).await {
-                Ok(new) => {
-                    Counters::add(&counters.alerts_stored, new);
-                    Counters::add(&counters.alerts_duplicates, rows.len() as u64 - new);
-                    break;
+        if rows.is_empty() {
+            continue;
+        }
+        // The batch in one statement; if PostgreSQL refuses its values, one
+        // event at a time, so the one it refuses is terminated and the rest
+        // stored (retrying the batch would stop every later event).
+        let whole = insert_patiently(&pool, &rows, &accepted, &counters, max_backoff, &shutdown);
+        match whole.await {
+            None => return,
+            Some(Ok(())) => {
+                for m in &accepted {
+                    let _ = m.ack().await;
                 }
-                Err(e) => {
-                    Counters::add(&counters.db_errors, 1);
-                    tracing::warn!(error = %e, retry_in = ?retry, "storing alerts failed; retrying");
-                    for m in &accepted {
-                        let _ = m.ack_with(AckKind::Progress).await;
+            }
+            Some(Err(_)) => {
+                for (row, m) in rows.iter().zip(&accepted) {
+                    let one = std::slice::from_ref(row);
+                    let msg = std::slice::from_ref(m);
+                    match insert_patiently(&pool, one, msg, &counters, max_backoff, &shutdown).await
+                    {
+                        None => return,
+                        Some(Ok(())) => {
+                            let _ = m.ack().await;
+                        }
+                        Some(Err(e)) => {
+                            Counters::add(&counters.rejected_alert, 1);
+                            tracing::warn!(subject = %m.subject, error = %e,
+                                "PostgreSQL refused this alert event; terminated");
+                            let _ = m.ack_with(AckKind::Term).await;
+                        }
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    retry = (retry * 2).min(max_backoff);
                 }
             }
         }
-        for m in &accepted {
-            let _ = m.ack().await;
+    }
+}
+
+/// Inserts `rows`, retrying with back-off (progress acks keep `msgs` ours)
+/// while the database cannot take them; `Some(Err)` when PostgreSQL refuses
+/// the values themselves, `None` if shut down meanwhile.
+async fn insert_patiently(
+    pool: &PgPool,
+    rows: &[AlertRow],
+    msgs: &[jetstream::Message],
+    counters: &Counters,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Result<(), sqlx::Error>> {
+    let mut retry = Duration::from_millis(100);
+    loop {
+        match insert(pool, rows).await {
+            Ok(new) => {
+                Counters::add(&counters.alerts_stored, new);
+                Counters::add(&counters.alerts_duplicates, rows.len() as u64 - new);
+                return Some(Ok(()));
+            }
+            Err(e) if crate::store::refuses_the_data(&e) => return Some(Err(e)),
+            Err(e) => {
+                Counters::add(&counters.db_errors, 1);
+                tracing::warn!(error = %e, retry_in = ?retry, "storing alerts failed; retrying");
+                for m in msgs {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                retry = (retry * 2).min(max_backoff);
+            }
         }
     }
 }

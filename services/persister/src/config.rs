@@ -108,6 +108,15 @@ impl Default for PersisterConfig {
 }
 
 impl PersisterConfig {
+    /// The contract's limits (`schemas::accept`) with this persister's
+    /// settings.
+    pub fn limits(&self) -> sysmonstm_schemas::accept::Limits {
+        sysmonstm_schemas::accept::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future_skew_ms: self.max_future_skew_s.saturating_mul(1000),
+        }
+    }
+
     pub fn metrics_limits(&self) -> sysmonstm_schemas::streams::MetricsLimits {
         sysmonstm_schemas::streams::MetricsLimits {
             max_age: std::time::Duration::from_secs(self.stream_max_age_hours.max(1) * 3600),

@@ -1,201 +1,159 @@
-//! What the persister did, in numbers, and their Prometheus text form.
-//! Labels come from a small fixed set (the rejection reasons), never from
-//! data.
+//! What the persister did, in numbers, for `/metrics` (`sysmonstm_persister_…`,
+//! through `kit::metrics`). Labels come from small fixed sets (the rejection
+//! reasons), never from data.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the batch latency histogram.
-const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub use sysmonstm_kit::metrics::Value;
+use sysmonstm_kit::metrics::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use sysmonstm_schemas::accept::Reject;
 
-#[derive(Debug, Default)]
+/// Why a snapshot was refused: the contract's reasons, then the persister's
+/// own (a value the database cannot aggregate, a row PostgreSQL refused).
+pub const SNAPSHOT_REASONS: [&str; 10] = [
+    Reject::REASONS[0],
+    Reject::REASONS[1],
+    Reject::REASONS[2],
+    Reject::REASONS[3],
+    Reject::REASONS[4],
+    Reject::REASONS[5],
+    Reject::REASONS[6],
+    Reject::REASONS[7],
+    "value",
+    "refused_by_database",
+];
+
+#[derive(Debug)]
 pub struct Counters {
-    pub received: AtomicU64,
-    pub stored: AtomicU64,
-    /// Rows written including child rows.
-    pub rows_stored: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub redelivered: AtomicU64,
-    pub batches: AtomicU64,
-    pub db_errors: AtomicU64,
-    pub rejected_decode: AtomicU64,
-    pub rejected_subject: AtomicU64,
-    pub rejected_timestamp: AtomicU64,
-    pub rejected_oversized: AtomicU64,
-    pub rejected_info: AtomicU64,
-    pub rejected_alert: AtomicU64,
-    pub machines_stored: AtomicU64,
-    pub alerts_stored: AtomicU64,
-    pub alerts_duplicates: AtomicU64,
+    registry: Arc<Registry>,
+    pub received: IntCounter,
+    pub stored: IntCounter,
+    /// Values written: one per snapshot plus one per device and top process.
+    pub rows_stored: IntCounter,
+    pub duplicates: IntCounter,
+    pub redelivered: IntCounter,
+    pub batches: IntCounter,
+    pub db_errors: IntCounter,
+    /// Snapshots refused for good, by reason ([`SNAPSHOT_REASONS`]).
+    pub rejected: IntCounterVec,
+    /// Snapshots that passed every check but PostgreSQL refused on their own.
+    pub rejected_refused: IntCounter,
+    pub rejected_info: IntCounter,
+    pub rejected_alert: IntCounter,
+    pub machines_stored: IntCounter,
+    pub alerts_stored: IntCounter,
+    pub alerts_duplicates: IntCounter,
     /// Messages of METRICS not yet delivered to the persister consumer.
-    pub consumer_lag: AtomicU64,
-    /// Acked-pending: delivered, not yet acknowledged.
-    pub consumer_ack_pending: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    pub consumer_lag: IntGauge,
+    /// Delivered, not yet acknowledged.
+    pub consumer_ack_pending: IntGauge,
+    batch_seconds: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let r = Registry::new("persister");
+        let c = |name: &str, help: &str| r.counter(name, help);
+        let rejected = r.counter_vec(
+            "snapshots_rejected_total",
+            "Snapshots refused for good (terminated), by reason.",
+            "reason",
+            &SNAPSHOT_REASONS,
+        );
+        Self {
+            received: c("snapshots_received_total", "Snapshots pulled from METRICS."),
+            stored: c("snapshots_stored_total", "Snapshots newly written."),
+            rows_stored: c(
+                "values_stored_total",
+                "Values written: one per snapshot plus one per filesystem, disk, interface, sensor and top process.",
+            ),
+            duplicates: c(
+                "snapshots_duplicate_total",
+                "Snapshots already stored (redelivered or republished).",
+            ),
+            redelivered: c(
+                "messages_redelivered_total",
+                "Messages JetStream delivered more than once.",
+            ),
+            batches: c("batches_total", "Batches committed."),
+            db_errors: c("database_errors_total", "Failed database writes (retried)."),
+            rejected_refused: rejected.with_label_values(&["refused_by_database"]),
+            rejected,
+            rejected_info: c(
+                "infos_rejected_total",
+                "MachineInfo messages refused (not a machine's own facts, from the future, or refused by PostgreSQL).",
+            ),
+            rejected_alert: c(
+                "alert_events_rejected_total",
+                "Alert events refused (undecodable, or refused by PostgreSQL).",
+            ),
+            machines_stored: c("infos_stored_total", "MachineInfo upserts."),
+            alerts_stored: c("alert_events_stored_total", "Alert events newly written."),
+            alerts_duplicates: c(
+                "alert_events_duplicate_total",
+                "Alert events already stored.",
+            ),
+            consumer_lag: r.gauge(
+                "consumer_pending_messages",
+                "METRICS messages not yet delivered to the persister consumer.",
+            ),
+            consumer_ack_pending: r.gauge(
+                "consumer_ack_pending_messages",
+                "Messages delivered and not yet acknowledged.",
+            ),
+            batch_seconds: r.seconds(
+                "batch_seconds",
+                "From pull to commit of one batch.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            ),
+            registry: Arc::new(r),
+        }
+    }
 }
 
 impl Counters {
+    /// Every snapshot refused, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
-        [
-            &self.rejected_decode,
-            &self.rejected_subject,
-            &self.rejected_timestamp,
-            &self.rejected_oversized,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
+        SNAPSHOT_REASONS
+            .iter()
+            .map(|r| self.rejected.with_label_values(&[*r]).get())
+            .sum()
     }
 
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+    /// Snapshots refused for `reason` (one of [`SNAPSHOT_REASONS`]).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        if SNAPSHOT_REASONS.contains(&reason) {
+            self.rejected.with_label_values(&[reason]).get()
+        } else {
+            0
+        }
     }
 
-    pub(crate) fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+    pub fn get(c: &impl Value) -> u64 {
+        c.value()
     }
 
-    pub(crate) fn set(c: &AtomicU64, n: u64) {
-        c.store(n, Ordering::Relaxed);
+    pub(crate) fn add(c: &IntCounter, n: u64) {
+        c.inc_by(n);
+    }
+
+    pub(crate) fn set(g: &IntGauge, n: u64) {
+        g.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// One batch from pull to commit.
     pub(crate) fn observe_batch(&self, took: Duration) {
-        let s = took.as_secs_f64();
-        for (b, upper) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            if s <= upper {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Self::add(&self.latency_count, 1);
-        Self::add(
-            &self.latency_sum_us,
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-        );
+        self.batch_seconds.observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// The registry behind `/metrics`.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::new();
-        let g = Self::get;
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        one(
-            "sysmon_persister_received_total",
-            "counter",
-            "Snapshots pulled from METRICS.",
-            g(&self.received),
-        );
-        one(
-            "sysmon_persister_stored_total",
-            "counter",
-            "Snapshots newly written.",
-            g(&self.stored),
-        );
-        one(
-            "sysmon_persister_rows_stored_total",
-            "counter",
-            "Values written: one per snapshot plus one per filesystem, disk, interface, sensor and top process.",
-            g(&self.rows_stored),
-        );
-        one(
-            "sysmon_persister_duplicates_total",
-            "counter",
-            "Snapshots already stored (redelivered or republished).",
-            g(&self.duplicates),
-        );
-        one(
-            "sysmon_persister_redelivered_total",
-            "counter",
-            "Messages JetStream delivered more than once.",
-            g(&self.redelivered),
-        );
-        one(
-            "sysmon_persister_batches_total",
-            "counter",
-            "Batches committed.",
-            g(&self.batches),
-        );
-        one(
-            "sysmon_persister_db_errors_total",
-            "counter",
-            "Failed database writes (retried).",
-            g(&self.db_errors),
-        );
-        one(
-            "sysmon_persister_machines_stored_total",
-            "counter",
-            "MachineInfo upserts.",
-            g(&self.machines_stored),
-        );
-        one(
-            "sysmon_persister_alerts_stored_total",
-            "counter",
-            "Alert events newly written.",
-            g(&self.alerts_stored),
-        );
-        one(
-            "sysmon_persister_alerts_duplicates_total",
-            "counter",
-            "Alert events already stored.",
-            g(&self.alerts_duplicates),
-        );
-        one(
-            "sysmon_persister_consumer_lag",
-            "gauge",
-            "METRICS messages not yet delivered to the persister consumer.",
-            g(&self.consumer_lag),
-        );
-        one(
-            "sysmon_persister_consumer_ack_pending",
-            "gauge",
-            "Messages delivered and not yet acknowledged.",
-            g(&self.consumer_ack_pending),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP sysmon_persister_rejected_total Messages refused for good, by reason.\n# TYPE sysmon_persister_rejected_total counter"
-        );
-        for (reason, c) in [
-            ("decode", &self.rejected_decode),
-            ("subject", &self.rejected_subject),
-            ("timestamp", &self.rejected_timestamp),
-            ("oversized", &self.rejected_oversized),
-            ("machine_info", &self.rejected_info),
-            ("alert", &self.rejected_alert),
-        ] {
-            let _ = writeln!(
-                o,
-                "sysmon_persister_rejected_total{{reason=\"{reason}\"}} {}",
-                g(c)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP sysmon_persister_batch_seconds From pull to commit of one batch.\n# TYPE sysmon_persister_batch_seconds histogram"
-        );
-        for (b, upper) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                o,
-                "sysmon_persister_batch_seconds_bucket{{le=\"{upper}\"}} {}",
-                g(b)
-            );
-        }
-        let n = g(&self.latency_count);
-        let _ = writeln!(
-            o,
-            "sysmon_persister_batch_seconds_bucket{{le=\"+Inf\"}} {n}"
-        );
-        let _ = writeln!(
-            o,
-            "sysmon_persister_batch_seconds_sum {}",
-            g(&self.latency_sum_us) as f64 / 1e6
-        );
-        let _ = writeln!(o, "sysmon_persister_batch_seconds_count {n}");
-        o
+        self.registry.render()
     }
 }

@@ -5,7 +5,9 @@
 //! messages only after the rows are committed. A message that can never be
 //! stored (garbage, wrong subject, absurd timestamp) is terminated, counted and
 //! logged; the rest of its batch is stored. A database error acknowledges
-//! nothing: the batch is written again, with back-off, until it goes in.
+//! nothing: the batch is written again, with back-off, until it goes in —
+//! unless PostgreSQL refuses its values, when it is written in halves down to
+//! the snapshot refused, which is terminated and counted like a rejection.
 //!
 //! Beside it run: MachineInfo into `machines`, alert events into `alerts`,
 //! storage maintenance (partitions, retention) and the `/metrics` endpoint.
@@ -15,7 +17,6 @@ pub mod config;
 pub mod copy;
 pub mod counters;
 pub mod decode;
-mod http;
 pub mod machines;
 pub mod maintenance;
 pub mod store;
@@ -68,15 +69,15 @@ impl Persister {
         let cfg = &self.config;
         let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
         if !cfg.metrics_listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(cfg.metrics_listen.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.metrics_listen))?;
-            let _ = self.metrics_addr.set(listener.local_addr()?);
-            tokio::spawn(http::serve(
-                listener,
-                Arc::clone(&self.counters),
+            let addr = sysmonstm_kit::http::serve_ops(
+                "persister",
+                &cfg.metrics_listen,
+                Arc::clone(self.counters.registry()),
                 shutdown.clone(),
-            ));
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.metrics_listen))?;
+            let _ = self.metrics_addr.set(addr);
         }
         let client = cfg.nats.connect("sysmonstm-persister", true).await?;
         let js = jetstream::new(client);
@@ -94,7 +95,7 @@ impl Persister {
             max_backoff,
             &shutdown,
         )
-        .await
+        .await?
         else {
             return Ok(());
         };
@@ -108,10 +109,7 @@ impl Persister {
         let worker = Arc::new(Worker {
             writer: store::Writer::new(pool, mode),
             counters: Arc::clone(&self.counters),
-            limits: Limits {
-                max_payload_bytes: cfg.max_payload_bytes,
-                max_future_skew_ms: cfg.max_future_skew_s.saturating_mul(1000),
-            },
+            limits: cfg.limits(),
             max_backoff,
             batch_size: cfg.batch_size.max(1),
             linger: Duration::from_millis(cfg.linger_ms.max(1)),
@@ -156,7 +154,7 @@ impl Persister {
                 js.clone(),
                 pool.clone(),
                 Arc::clone(&self.counters),
-                cfg.max_future_skew_s.saturating_mul(1000),
+                cfg.limits(),
                 max_backoff,
                 shutdown.clone(),
             )),
@@ -248,7 +246,7 @@ impl Worker {
         rows: &mut Batch,
         shutdown: &CancellationToken,
     ) {
-        let (writer, limits, max_backoff) = (&self.writer, self.limits, self.max_backoff);
+        let limits = self.limits;
         let c = &self.counters;
         let started = Instant::now();
         let now = chrono::Utc::now();
@@ -264,58 +262,114 @@ impl Worker {
             }
         }
 
+        // The batch in one write; only if PostgreSQL refuses its values, its
+        // halves, and theirs, down to the snapshot it refuses, which is
+        // terminated so the rest flows (a retried whole batch would stall
+        // this writer for ever).
+        let mut todo = Vec::with_capacity(16);
+        todo.push(0..accepted.len());
+        let mut done = vec![false; accepted.len()];
+        while let Some(range) = todo.pop() {
+            let part;
+            let batch = if range.len() == rows.len() {
+                &*rows
+            } else {
+                part = rows.part(range.clone());
+                &part
+            };
+            let Some(written) = self
+                .write_patiently(batch, &accepted, &done, shutdown)
+                .await
+            else {
+                // Unacknowledged: JetStream redelivers them later.
+                return;
+            };
+            match written {
+                Ok(()) => {
+                    for m in &accepted[range.clone()] {
+                        if let Err(e) = m.ack().await {
+                            // The row is committed; a lost ack means a
+                            // redelivery that ON CONFLICT turns into nothing.
+                            tracing::debug!(error = %e, "ack not sent");
+                        }
+                    }
+                }
+                Err(e) if range.len() == 1 => self.refused(&accepted[range.start], &e).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshots = range.len(),
+                        "PostgreSQL refused the values of a batch; writing it in halves to find the snapshot it refuses");
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                    continue;
+                }
+            }
+            done[range].fill(true);
+        }
+        c.observe_batch(started.elapsed());
+    }
+
+    /// Writes `batch` and counts it. While the database cannot take it (down,
+    /// unreachable, out of space, a deadlock …) it tries again with back-off,
+    /// keeping the batch's messages (`msgs` not yet `done`) ours with progress
+    /// acks; `Some(Err)` when PostgreSQL refuses the values themselves
+    /// ([`store::refuses_the_data`]), `None` if shut down meanwhile.
+    async fn write_patiently(
+        &self,
+        batch: &Batch,
+        msgs: &[jetstream::Message],
+        done: &[bool],
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), sqlx::Error>> {
+        let c = &self.counters;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match writer.write(rows).await {
+            match self.writer.write(batch).await {
                 Ok(new) => {
                     Counters::add(&c.stored, new);
-                    if new == rows.len() as u64 {
-                        Counters::add(&c.rows_stored, rows.row_count());
+                    if new == batch.len() as u64 {
+                        Counters::add(&c.rows_stored, batch.row_count());
                     }
-                    Counters::add(&c.duplicates, rows.len() as u64 - new);
+                    Counters::add(&c.duplicates, batch.len() as u64 - new);
                     Counters::add(&c.batches, 1);
-                    break;
+                    return Some(Ok(()));
                 }
+                Err(e) if store::refuses_the_data(&e) => return Some(Err(e)),
                 Err(e) => {
-                    let n = c
-                        .db_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
-                    tracing::warn!(error = %e, rows = rows.len(), db_errors_total = n, retry_in = ?backoff,
+                    c.db_errors.inc();
+                    let n = c.db_errors.get();
+                    tracing::warn!(error = %e, rows = batch.len(), db_errors_total = n, retry_in = ?backoff,
                         "database write failed; nothing acknowledged, retrying");
                     // Keep the messages ours while we retry, so they are not
                     // handed to another instance in the meantime.
-                    for m in &accepted {
+                    for (m, _) in msgs.iter().zip(done).filter(|(_, d)| !**d) {
                         let _ = m.ack_with(AckKind::Progress).await;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        // Unacknowledged: JetStream redelivers them later.
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return None,
                     }
-                    backoff = (backoff * 2).min(max_backoff);
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
-        c.observe_batch(started.elapsed());
-        for m in &accepted {
-            if let Err(e) = m.ack().await {
-                // The row is committed; a lost ack means a redelivery that
-                // ON CONFLICT turns into nothing.
-                tracing::debug!(error = %e, "ack not sent");
-            }
+    }
+
+    /// A snapshot that passed every check but that PostgreSQL refuses on its
+    /// own: terminated and counted, as a rejection is.
+    async fn refused(&self, msg: &jetstream::Message, e: &sqlx::Error) {
+        let c = &self.counters;
+        Counters::add(&c.rejected_refused, 1);
+        tracing::warn!(subject = %msg.subject, bytes = msg.payload.len(), error = %e,
+            rejected_total = c.rejected_total(), "PostgreSQL refused this snapshot; terminated");
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "terminating a refused message failed; it will come back");
         }
     }
 
     async fn reject(&self, msg: &jetstream::Message, why: Rejection) {
         let c = &self.counters;
-        let counter = match why {
-            Rejection::Oversized(_) => &c.rejected_oversized,
-            Rejection::Decode(_) => &c.rejected_decode,
-            Rejection::Subject | Rejection::MachineMismatch { .. } => &c.rejected_subject,
-            Rejection::Timestamp(_) => &c.rejected_timestamp,
-        };
-        Counters::add(counter, 1);
+        c.rejected.with_label_values(&[why.reason()]).inc();
         tracing::warn!(subject = %msg.subject, bytes = msg.payload.len(), reason = %why,
             rejected_total = c.rejected_total(), "snapshot rejected and terminated");
         if let Err(e) = msg.ack_with(AckKind::Term).await {

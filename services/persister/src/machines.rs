@@ -11,6 +11,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sqlx::PgPool;
+use sysmonstm_schemas::accept::{self, Limits, Reject};
 use sysmonstm_schemas::{streams, subjects, v1};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
     counters: Arc<Counters>,
-    max_future_skew_ms: i64,
+    limits: Limits,
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
@@ -46,12 +47,7 @@ pub async fn run(
                     anyhow::bail!("MACHINES consumer ended");
                 };
                 let msg = msg?;
-                match decode(
-                    msg.subject.as_str(),
-                    &msg.payload,
-                    Utc::now(),
-                    max_future_skew_ms,
-                ) {
+                match decode(msg.subject.as_str(), &msg.payload, Utc::now(), &limits) {
                     Ok(info) => store(&pool, &info, &counters, max_backoff, &shutdown).await,
                     Err(why) => {
                         Counters::add(&counters.rejected_info, 1);
@@ -73,31 +69,23 @@ pub async fn run(
     }
 }
 
+/// The contract's rule (`schemas::accept`) for MachineInfo: a valid machine
+/// id on the subject, the same in the payload, a believable time. A time of 0
+/// is "not stated" (the upsert takes now).
 fn decode(
     subject: &str,
     payload: &[u8],
     now: DateTime<Utc>,
-    max_future_skew_ms: i64,
-) -> Result<v1::MachineInfo, String> {
-    let machine = subject
-        .strip_prefix(subjects::ROOT)
-        .and_then(|s| s.strip_prefix(".info."))
-        .ok_or("subject is not sysmon.info.<machine>")?;
-    let mut info =
-        v1::MachineInfo::decode(payload).map_err(|e| format!("not a MachineInfo: {e}"))?;
-    if info.machine_id != machine {
-        return Err(format!(
-            "MachineInfo of {:?} on the subject of {machine:?}",
-            info.machine_id
-        ));
-    }
+    limits: &Limits,
+) -> Result<v1::MachineInfo, Reject> {
+    accept::payload_size(payload.len(), limits)?;
+    let machine = accept::info_subject(subject)?;
+    let mut info = v1::MachineInfo::decode(payload).map_err(|e| Reject::Decode(e.to_string()))?;
+    accept::same_machine(&machine, &info.machine_id)?;
     // Facts from the future would stand for ever: older ones never replace
     // newer.
-    if info.timestamp_ms > now.timestamp_millis().saturating_add(max_future_skew_ms) {
-        return Err(format!(
-            "timestamp {} ms is ahead of this clock by more than {max_future_skew_ms} ms",
-            info.timestamp_ms
-        ));
+    if info.timestamp_ms != 0 {
+        accept::timestamp(info.timestamp_ms, now.timestamp_millis(), limits)?;
     }
     for s in [
         &mut info.hostname,
@@ -127,7 +115,7 @@ async fn store(
     let info_at = Utc
         .timestamp_millis_opt(info.timestamp_ms)
         .single()
-        .filter(|_| info.timestamp_ms > 0)
+        .filter(|_| info.timestamp_ms != 0)
         .unwrap_or_else(Utc::now);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -162,6 +150,14 @@ async fn store(
         match r {
             Ok(_) => {
                 Counters::add(&counters.machines_stored, 1);
+                return;
+            }
+            // Values PostgreSQL will never take: retrying would stop every
+            // later MachineInfo.
+            Err(e) if crate::store::refuses_the_data(&e) => {
+                Counters::add(&counters.rejected_info, 1);
+                tracing::warn!(error = %e, machine = %info.machine_id,
+                    "PostgreSQL refused this MachineInfo; skipped");
                 return;
             }
             Err(e) => {

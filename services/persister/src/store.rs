@@ -1,6 +1,6 @@
 //! PostgreSQL: connecting (patiently), migrating, and writing a batch of
 //! snapshots in one transaction: one binary COPY of their rows (detail
-//! included, as arrays); the machines' last_seen follows once a second. A batch holding a
+//! included, as JSON text); the machines' last_seen follows once a second. A batch holding a
 //! snapshot already stored (a redelivery) goes through a staging table and
 //! `INSERT … ON CONFLICT DO NOTHING` instead, so it changes nothing.
 
@@ -18,17 +18,49 @@ use crate::copy::Batch;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Why a database was not migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Made by the migrations before the first release (0001_metrics …
+    /// 0010), which were folded into one baseline: it cannot be upgraded.
+    #[error(
+        "database {0:?} was created by a pre-release schema (migrations 1..10, folded into one \
+         baseline before the first release) and cannot be upgraded; nothing was changed. \
+         Drop it (`DROP DATABASE {0}`) or point DATABASE_URL at a new database, and the \
+         persister creates the schema there"
+    )]
+    PreRelease(String),
+    /// Holds the persister's tables but no record of migrations: not made
+    /// by the persister, so not touched by it.
+    #[error(
+        "database {0:?} holds sysmonstm tables (sysmon_storage) but no _sqlx_migrations table: \
+         it was not created by this persister's migrations, and nothing was changed. Point \
+         DATABASE_URL at a new database, or drop this one"
+    )]
+    Unrecorded(String),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl SchemaError {
+    /// Retrying cannot help: the database must be replaced first.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::PreRelease(_) | Self::Unrecorded(_))
+    }
+}
+
 /// Runs the migrations; a new database gets TimescaleDB when it is available.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+pub async fn migrate(pool: &PgPool) -> Result<(), SchemaError> {
     migrate_with(pool, Storage::Auto).await
 }
 
 /// Runs the migrations; a new database gets the storage path `storage`
-/// (passed to the migration as the session setting `sysmon.storage`).
-pub async fn migrate_with(
-    pool: &PgPool,
-    storage: Storage,
-) -> Result<(), sqlx::migrate::MigrateError> {
+/// (passed to the migration as the session setting `sysmon.storage`). A
+/// database made by the pre-release migrations is refused before anything
+/// runs ([`SchemaError::PreRelease`]).
+pub async fn migrate_with(pool: &PgPool, storage: Storage) -> Result<(), SchemaError> {
     // The setting travels in the startup packet of a connection of its own,
     // so no pooled connection keeps it.
     let opts = (*pool.connect_options())
@@ -38,9 +70,41 @@ pub async fn migrate_with(
         .max_connections(1)
         .connect_with(opts)
         .await?;
-    let r = MIGRATOR.run(&one).await;
+    let r = match check_origin(&one).await {
+        Ok(()) => MIGRATOR.run(&one).await.map_err(SchemaError::from),
+        Err(e) => Err(e),
+    };
     one.close().await;
     r
+}
+
+/// Refuses a database this binary's migrations did not make: one made by
+/// the pre-release chain (its version 1 is `0001_metrics.sql`, where the
+/// baseline's is `0001_baseline.sql`), or one with the persister's tables
+/// and no migration record. sqlx would report the first as "migration 1 was
+/// previously applied but has been modified" and fail the second half-way
+/// into the baseline (which its transaction then undoes).
+async fn check_origin(pool: &PgPool) -> Result<(), SchemaError> {
+    let (db, recorded, tables): (String, bool, bool) = sqlx::query_as(
+        "SELECT current_database()::text, to_regclass('_sqlx_migrations') IS NOT NULL,
+                to_regclass('sysmon_storage') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !recorded && tables {
+        return Err(SchemaError::Unrecorded(db));
+    }
+    if !recorded {
+        return Ok(());
+    }
+    let first: Option<String> =
+        sqlx::query_scalar("SELECT description FROM _sqlx_migrations WHERE version = 1")
+            .fetch_optional(pool)
+            .await?;
+    match first.as_deref() {
+        Some("metrics") => Err(SchemaError::PreRelease(db)),
+        _ => Ok(()),
+    }
 }
 
 /// The storage path of a migrated database.
@@ -62,14 +126,15 @@ pub async fn mode(pool: &PgPool) -> Result<Mode, sqlx::Error> {
 }
 
 /// Connects and runs the migrations, retrying with back-off while the
-/// database is unreachable; `None` only if shut down meanwhile.
+/// database is unreachable; `None` only if shut down meanwhile. A database
+/// that must be replaced first ([`SchemaError::is_permanent`]) is an error.
 pub async fn connect(
     url: &str,
     storage: Storage,
     connections: u32,
     max_backoff: Duration,
     shutdown: &CancellationToken,
-) -> Option<(PgPool, Mode)> {
+) -> Result<Option<(PgPool, Mode)>, SchemaError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
@@ -80,17 +145,18 @@ pub async fn connect(
                 .await?;
             migrate_with(&pool, storage).await?;
             let mode = mode(&pool).await?;
-            Ok::<_, anyhow::Error>((pool, mode))
+            Ok::<_, SchemaError>((pool, mode))
         };
         match attempt.await {
-            Ok(p) => return Some(p),
+            Ok(p) => return Ok(Some(p)),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "database not ready");
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
         }
         backoff = (backoff * 2).min(max_backoff);
     }
@@ -263,6 +329,25 @@ async fn copy_into(
         sink.send(part).await?;
     }
     sink.finish().await
+}
+
+/// Whether PostgreSQL refused a write because of the values in it, so that
+/// the same rows would be refused again however often they are sent: SQLSTATE
+/// class 22 (data exception: out of range, bad encoding, a malformed COPY
+/// field), 23 (integrity constraint: a CHECK, NOT NULL, no partition for the
+/// row), 54 (program limit: a value too large) and P0 (raised by a trigger).
+/// Anything else — the server down or unreachable, a connection lost, out of
+/// disk or memory, a deadlock, a cancelled statement, a permission — may pass
+/// on a retry, and is retried.
+pub fn refuses_the_data(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    d.code().is_some_and(|c| {
+        ["22", "23", "54", "P0"]
+            .iter()
+            .any(|class| c.starts_with(class))
+    })
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {

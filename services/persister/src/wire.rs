@@ -836,4 +836,134 @@ mod tests {
         let deep: Vec<u8> = (0..200).flat_map(|_| key(99, 3)).collect();
         assert!(s.parse(&deep).is_err());
     }
+
+    /// The same comparison with proptest: arbitrary bytes, arbitrary valid
+    /// Snapshots (any strings, any numbers, NaN and infinities included), and
+    /// valid ones damaged at an arbitrary place. Failures shrink to a small
+    /// case.
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn f32s() -> impl Strategy<Value = f32> {
+            prop_oneof![any::<f32>(), Just(f32::NAN), Just(f32::INFINITY), Just(0.0)]
+        }
+
+        fn process() -> impl Strategy<Value = v1::Process> {
+            (any::<u32>(), ".{0,12}", f32s(), any::<u64>()).prop_map(
+                |(pid, name, cpu_percent, rss_bytes)| v1::Process {
+                    pid,
+                    name,
+                    cpu_percent,
+                    rss_bytes,
+                },
+            )
+        }
+
+        prop_compose! {
+            fn cpu()(
+                usage_percent in f32s(),
+                per_core_percent in vec(f32s(), 0..6),
+                user_percent in proptest::option::of(f32s()),
+                system_percent in proptest::option::of(f32s()),
+                iowait_percent in proptest::option::of(f32s()),
+            ) -> v1::Cpu {
+                v1::Cpu { usage_percent, per_core_percent, user_percent, system_percent, iowait_percent }
+            }
+        }
+
+        prop_compose! {
+            fn devices()(
+                filesystems in vec((".{0,8}", ".{0,5}", any::<u64>(), any::<u64>(), any::<u64>())
+                    .prop_map(|(mount, fs_type, total_bytes, used_bytes, free_bytes)| v1::Filesystem {
+                        mount, fs_type, total_bytes, used_bytes, free_bytes,
+                    }), 0..3),
+                disks in vec((".{0,8}", proptest::option::of(f32s()), proptest::option::of(f32s()))
+                    .prop_map(|(name, read_bytes_per_s, write_bytes_per_s)| v1::Disk {
+                        name, read_bytes_per_s, write_bytes_per_s,
+                    }), 0..3),
+                interfaces in vec((".{0,8}", proptest::option::of(f32s()), proptest::option::of(f32s()))
+                    .prop_map(|(name, rx_bytes_per_s, tx_bytes_per_s)| v1::NetInterface {
+                        name, rx_bytes_per_s, tx_bytes_per_s, ..Default::default()
+                    }), 0..3),
+                temperatures in vec((".{0,8}", f32s())
+                    .prop_map(|(label, celsius)| v1::Temperature { label, celsius }), 0..3),
+                top_cpu in vec(process(), 0..3),
+                top_memory in vec(process(), 0..3),
+            ) -> v1::Snapshot {
+                v1::Snapshot { filesystems, disks, interfaces, temperatures, top_cpu, top_memory, ..Default::default() }
+            }
+        }
+
+        prop_compose! {
+            fn snapshot()(
+                machine_id in ".{0,20}",
+                (seq, timestamp_ms, interval_ms, uptime_s, process_count) in
+                    (any::<u64>(), any::<i64>(), any::<u32>(), any::<u64>(), any::<u32>()),
+                cpu in proptest::option::of(cpu()),
+                memory in proptest::option::of(vec(any::<u64>(), 6)),
+                load in proptest::option::of((any::<f64>(), any::<f64>(), any::<f64>())),
+                agent in proptest::option::of((any::<u64>(), any::<u64>())),
+                devices in devices(),
+            ) -> v1::Snapshot {
+                v1::Snapshot {
+                    machine_id, seq, timestamp_ms, interval_ms, uptime_s, process_count, cpu,
+                    memory: memory.map(|m| v1::Memory {
+                        total_bytes: m[0], used_bytes: m[1], available_bytes: m[2],
+                        swap_total_bytes: m[3], swap_used_bytes: m[4], swap_free_bytes: m[5],
+                    }),
+                    load: load.map(|(one, five, fifteen)| v1::Load { one, five, fifteen }),
+                    agent: agent.map(|(spool_pending, spool_dropped)| v1::AgentStatus { spool_pending, spool_dropped }),
+                    ..devices
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes_are_read_as_prost_reads_them(bytes in vec(any::<u8>(), 0..300)) {
+                same_as_prost(&bytes, &mut Snapshot::default());
+            }
+
+            #[test]
+            fn arbitrary_valid_snapshots_read_back_exactly(snap in snapshot()) {
+                let bytes = snap.encode_to_vec();
+                let mut s = Snapshot::default();
+                prop_assert!(s.parse(&bytes).is_ok());
+                // Compared encoded, so a NaN equals itself.
+                prop_assert_eq!(to_prost(&s, &bytes).encode_to_vec(), bytes);
+            }
+
+            #[test]
+            fn damaged_snapshots_are_refused_or_read_as_prost_reads_them(
+                snap in snapshot(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = snap.encode_to_vec();
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                    let end = cut.index(bytes.len() + 1);
+                    same_as_prost(&bytes, &mut Snapshot::default());
+                    same_as_prost(&bytes[..end], &mut Snapshot::default());
+                }
+            }
+
+            /// One reader reused across messages (as the persister does)
+            /// keeps nothing of the previous one.
+            #[test]
+            fn a_reused_reader_forgets_the_previous_snapshot(a in snapshot(), b in snapshot()) {
+                let mut s = Snapshot::default();
+                let (a, b) = (a.encode_to_vec(), b.encode_to_vec());
+                prop_assert!(s.parse(&a).is_ok());
+                prop_assert!(s.parse(&b).is_ok());
+                prop_assert_eq!(to_prost(&s, &b).encode_to_vec(), b);
+            }
+        }
+    }
 }

@@ -1,36 +1,22 @@
-//! The per-device detail, stored as JSON in the snapshot's row (as arrays
-//! before migration 0009), read back
-//! through the views `metrics_fs`, `metrics_disk`, `metrics_net`,
+//! The per-device detail, stored as JSON text in the snapshot's row, read
+//! back through the views `metrics_fs`, `metrics_disk`, `metrics_net`,
 //! `metrics_temp` and `metrics_proc` exactly as sent (values, order, absent
 //! values as NULL); the two write paths (COPY straight in, and the staging
-//! table a redelivery takes); and migration 0003 moving child rows that 0002
-//! stored into the arrays. On a real PostgreSQL, both storage paths where
-//! TimescaleDB is available.
+//! table a redelivery takes). On a real PostgreSQL, both storage paths where
+//! TimescaleDB is available (and required where it must be:
+//! `common::storage_paths`).
 
 mod common;
 
-use chrono::Utc;
 use common::*;
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
 use sysmonstm_persister::store::{self, Writer};
 use sysmonstm_persister::{Mode, Storage, migrate_with};
 use sysmonstm_schemas::v1;
 use sysmonstm_testkit::TestDb;
 
 async fn paths() -> Vec<Storage> {
-    let admin = std::env::var(sysmonstm_testkit::TEST_DATABASE_URL).expect("test database");
-    let pool = PgPool::connect(&admin).await.expect("admin connect");
-    let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
-        .fetch_one(&pool)
-        .await
-        .expect("query");
-    if preload.contains("timescaledb") {
-        vec![Storage::Plain, Storage::Timescaledb]
-    } else {
-        println!("skipped: TimescaleDB path: timescaledb is not preloaded on this server");
-        vec![Storage::Plain]
-    }
+    storage_paths().await
 }
 
 async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
@@ -312,54 +298,5 @@ async fn a_batch_with_redeliveries_stores_only_the_new_snapshots() {
         .await
         .expect("count");
         assert_eq!((rows, distinct, procs), (100, 100, 300), "{storage:?}");
-    }
-}
-
-#[tokio::test]
-async fn migration_0003_moves_stored_child_rows_into_the_arrays() {
-    for storage in paths().await {
-        let db = TestDb::new().await;
-        let pool = db.pool().await;
-        // The database as 0002 left it, with a snapshot and its child rows.
-        let dir = tempfile::tempdir().expect("tempdir");
-        for f in ["0001_metrics.sql", "0002_full_schema.sql"] {
-            std::fs::copy(
-                format!("{}/migrations/{f}", env!("CARGO_MANIFEST_DIR")),
-                dir.path().join(f),
-            )
-            .expect("copy migration");
-        }
-        let upto_2 = Migrator::new(dir.path()).await.expect("0001-0002");
-        let opts = (*pool.connect_options())
-            .clone()
-            .options([("sysmon.storage", storage.as_str())]);
-        let one = PgPool::connect_with(opts).await.expect("connect");
-        upto_2.run(&one).await.expect("0001-0002");
-        one.close().await;
-        // One instant for the row and its children (now() differs per statement).
-        let ts = format!(
-            "'{}'::timestamptz",
-            (Utc::now() - chrono::Duration::hours(1)).to_rfc3339()
-        );
-        for sql in [
-            format!("INSERT INTO metrics (machine_id, ts, seq, interval_ms) VALUES ('old', {ts}, 1, 1000)"),
-            format!("INSERT INTO metrics_fs VALUES ('old', {ts}, '/var', 'xfs', 200, 50, 150, 25),
-                                                   ('old', {ts}, '/', 'ext4', 0, 0, 0, NULL)"),
-            format!("INSERT INTO metrics_disk VALUES ('old', {ts}, 'nvme0n1', NULL, 3.5)"),
-            format!("INSERT INTO metrics_net VALUES ('old', {ts}, 'eth0', 100, 50, 0.5, NULL),
-                                                    ('old', {ts}, 'lo', 7, 7, NULL, NULL)"),
-            format!("INSERT INTO metrics_temp VALUES ('old', {ts}, 'Package id 0', 61.5)"),
-            format!("INSERT INTO metrics_proc VALUES ('old', {ts}, 'memory', 1, 30, 'rustc', 180, 943718400),
-                                                     ('old', {ts}, 'cpu', 2, 31, 'cc1', 20, 41943040),
-                                                     ('old', {ts}, 'cpu', 1, 30, 'rustc', 180, 943718400)"),
-        ] {
-            sqlx::query(&sql).execute(&pool).await.expect(&sql);
-        }
-        migrate_with(&pool, storage).await.expect("0003 and later");
-        // 0002 kept no order; 0003 orders by name (fs, disks, interfaces,
-        // sensors) and by kind and rank (processes).
-        let mut want = EXPECTED.to_vec();
-        want.swap(0, 1);
-        assert_eq!(views(&pool, "old").await, want, "{storage:?}");
     }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::*;
 use futures::StreamExt as _;
@@ -184,7 +183,7 @@ async fn garbage_is_terminated_and_counted_while_valid_snapshots_are_stored() {
 
     wait_rows(&pool, 3).await;
     eventually(WAIT, "both bad payloads rejected", || async {
-        (Counters::get(&persister.counters.rejected_decode) == 2).then_some(())
+        (persister.counters.rejected("decode") == 2).then_some(())
     })
     .await;
 
@@ -292,7 +291,7 @@ async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
     publish(&js, &snapshot("web01", 1)).await;
     wait_rows(&pool, 1).await;
     eventually(WAIT, "impersonation rejected", || async {
-        (Counters::get(&persister.counters.rejected_subject) == 1).then_some(())
+        (persister.counters.rejected("machine_mismatch") == 1).then_some(())
     })
     .await;
     let who: String = sqlx::query_scalar("SELECT machine_id FROM metrics")
@@ -300,7 +299,76 @@ async fn a_snapshot_is_stored_only_after_its_machine_is_checked() {
         .await
         .expect("row");
     assert_eq!(who, "web01");
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    persister.stop().await;
+}
+
+/// One machine-id rule (`schemas::accept`): a subject token that is not a
+/// machine id is refused and counted, for snapshots and for MachineInfo,
+/// even when the payload names the same token; nothing of it is stored.
+#[tokio::test]
+async fn subject_tokens_that_are_not_machine_ids_are_refused_and_counted() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    let stream = ensure_stream(&js).await;
+    js.get_or_create_stream(sysmonstm_schemas::streams::machines())
+        .await
+        .expect("MACHINES");
+    let persister = spawn(config(&nats.url(), db.url()));
+
+    let long = "a".repeat(300);
+    for (i, bad) in ["UPPER-Case", long.as_str()].into_iter().enumerate() {
+        // Raw subjects on purpose: `schemas::subjects` cannot build them.
+        let snap = snapshot(bad, 1);
+        publish_raw(
+            &js,
+            &format!("sysmon.metrics.{bad}"),
+            &format!("bad{i}"),
+            snap.encode_to_vec(),
+        )
+        .await;
+        let info = v1::MachineInfo {
+            machine_id: bad.to_owned(),
+            hostname: "h".into(),
+            timestamp_ms: base_ms(),
+            ..Default::default()
+        };
+        js.publish(format!("sysmon.info.{bad}"), info.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    // A good one after them, to know they have been handled.
+    publish(&js, &snapshot("good-1", 1)).await;
+    eventually(WAIT, "both bad snapshots refused", || async {
+        (persister.counters.rejected("machine_id") == 2).then_some(())
+    })
+    .await;
+    eventually(WAIT, "both bad MachineInfo refused", || async {
+        (Counters::get(&persister.counters.rejected_info) == 2).then_some(())
+    })
+    .await;
+    wait_consumer_drained(&stream).await;
+    assert_eq!(
+        stored_set(&pool).await,
+        [("good-1".to_owned(), 1)].into_iter().collect()
+    );
+    let machines: Vec<String> = sqlx::query_scalar("SELECT machine_id FROM machines")
+        .fetch_all(&pool)
+        .await
+        .expect("machines");
+    assert!(
+        machines.iter().all(|m| m == "good-1"),
+        "only the valid machine: {machines:?}"
+    );
+    assert!(
+        persister
+            .counters
+            .render()
+            .contains("sysmonstm_persister_snapshots_rejected_total{reason=\"machine_id\"} 2\n")
+    );
     persister.stop().await;
 }
 

@@ -2,7 +2,7 @@
 //! same migrations; the full Snapshot, machines and alerts are stored once;
 //! rollups equal the aggregates of the raw rows; retention drops old data.
 //! The TimescaleDB cases print "skipped: <why>" where the extension is not
-//! available.
+//! available, and fail where it must be (`common::storage_paths`).
 
 mod common;
 
@@ -17,26 +17,8 @@ use sysmonstm_persister::{Mode, PersisterConfig, Storage, alerts, maintenance, m
 use sysmonstm_schemas::{MachineId, subjects, v1};
 use sysmonstm_testkit::{NatsServer, TestDb, eventually};
 
-/// The paths this server can serve; TimescaleDB only when available.
 async fn paths() -> Vec<Storage> {
-    let mut out = vec![Storage::Plain];
-    let admin = std::env::var(sysmonstm_testkit::TEST_DATABASE_URL).expect("test database");
-    let pool = PgPool::connect(&admin).await.expect("admin connect");
-    let (avail, preload): (bool, String) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
-                current_setting('shared_preload_libraries')",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("query");
-    if !avail {
-        println!("skipped: TimescaleDB path: the extension is not installed on this server");
-    } else if !preload.contains("timescaledb") {
-        println!("skipped: TimescaleDB path: timescaledb is not in shared_preload_libraries");
-    } else {
-        out.push(Storage::Timescaledb);
-    }
-    out
+    storage_paths().await
 }
 
 async fn db_for(storage: Storage) -> (TestDb, PgPool, Mode) {
@@ -522,21 +504,22 @@ async fn metrics_endpoint_counts_received_stored_duplicates_and_rejections() {
         async move {
             let body = scrape(addr?).await?;
             let v = |name: &str| value(&body, name);
-            (v("sysmon_persister_received_total")? == 8
-                && v("sysmon_persister_stored_total")? + v("sysmon_persister_duplicates_total")?
+            (v("sysmonstm_persister_snapshots_received_total")? == 8
+                && v("sysmonstm_persister_snapshots_stored_total")?
+                    + v("sysmonstm_persister_snapshots_duplicate_total")?
                     == 6)
                 .then_some(body)
         }
     })
     .await;
     for line in [
-        "sysmon_persister_stored_total 5",
-        "sysmon_persister_duplicates_total 1",
-        "sysmon_persister_rejected_total{reason=\"timestamp\"} 1",
-        "sysmon_persister_rejected_total{reason=\"oversized\"} 1",
-        "sysmon_persister_batch_seconds_count",
-        "sysmon_persister_consumer_lag",
-        "sysmon_persister_redelivered_total 0",
+        "sysmonstm_persister_snapshots_stored_total 5",
+        "sysmonstm_persister_snapshots_duplicate_total 1",
+        "sysmonstm_persister_snapshots_rejected_total{reason=\"future\"} 1",
+        "sysmonstm_persister_snapshots_rejected_total{reason=\"oversized\"} 1",
+        "sysmonstm_persister_batch_seconds_count",
+        "sysmonstm_persister_consumer_pending_messages",
+        "sysmonstm_persister_messages_redelivered_total 0",
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }

@@ -38,15 +38,21 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
             .bind(MACHINE)
             .fetch_one(&pool)
             .await?;
-    let fresh = newest.is_some_and(|t| chrono::Utc::now() - t < chrono::Duration::minutes(5));
+    let fresh = newest.is_some_and(|t| {
+        chrono::Utc::now().signed_duration_since(t) < chrono::Duration::minutes(5)
+    });
     if have >= DAYS * 86_400 - 3_600 && fresh {
         return Ok(mode);
     }
-    let after = newest.map_or(chrono::DateTime::<chrono::Utc>::MIN_UTC, |t| {
-        t + chrono::Duration::seconds(1)
-    });
+    // Only what is newer than the newest row; with no row, no lower bound
+    // (NULL: `greatest` ignores it). Binding `DateTime::MIN_UTC` instead
+    // failed on a first run: PostgreSQL holds no timestamp that early.
+    let after = newest.and_then(|t| t.checked_add_signed(chrono::Duration::seconds(1)));
     let t0 = Instant::now();
-    eprintln!("bench: writing {DAYS} days of {MACHINE} at 1 Hz ({mode} storage), from {after} …");
+    eprintln!(
+        "bench: writing {DAYS} days of {MACHINE} at 1 Hz ({mode} storage), {} …",
+        after.map_or_else(|| "from scratch".to_owned(), |t| format!("from {t}"))
+    );
     if mode == "plain" {
         sqlx::query(
             "SELECT sysmon_ensure_partitions(current_date - $1::int - 1, current_date + 1)",
@@ -67,7 +73,7 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
                (50 + 40 * sin(extract(epoch FROM t) / 600))::real, 16e9::bigint, (8e9 + 4e9 * sin(extract(epoch FROM t) / 3600))::bigint, \
                (8e9 - 4e9 * sin(extract(epoch FROM t) / 3600))::bigint, (50 + 25 * sin(extract(epoch FROM t) / 3600))::real, 0, 0, 0, \
                1.5 + sin(extract(epoch FROM t) / 300), 1.2, 1.0, 1000, 200, 1e5 + 5e4 * sin(extract(epoch FROM t) / 60), 2e4, 3e5, 1e5, t \
-             FROM generate_series(greatest($3, date_trunc('second', now()) - make_interval(days => $2 + 1)), \
+             FROM generate_series(greatest($3::timestamptz, date_trunc('second', now()) - make_interval(days => $2 + 1)), \
                                   date_trunc('second', now()) - make_interval(days => $2) - interval '1 second', interval '1 second') t \
              ON CONFLICT DO NOTHING",
         )

@@ -129,6 +129,17 @@ async fn main() -> anyhow::Result<()> {
                 &db,
             ])
             .env("RUST_LOG", "warn")
+            // All the bench's clients come from one address; the default
+            // cap per address (100) is for browsers, not for this.
+            .env("SYSMON_GATEWAY_WS_MAX_CLIENTS", (clients + 10).to_string())
+            .env(
+                "SYSMON_GATEWAY_WS_MAX_CLIENTS_PER_ADDRESS",
+                (clients + 10).to_string(),
+            )
+            .env(
+                "SYSMON_GATEWAY_WS_CONNECTS_PER_S",
+                (clients + 10).to_string(),
+            )
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {gateway_bin:?}"))?,

@@ -17,6 +17,51 @@ use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The storage paths to test on the shared test server: plain always, and
+/// TimescaleDB where it is available. Where it must be — the vendored build
+/// is beside the repository (`../shared/vendor/timescaledb`, as in CI) or
+/// `SYSMON_TIMESCALEDB=1` says it was installed — a server without it fails
+/// the test instead of quietly testing half.
+pub async fn storage_paths() -> Vec<sysmonstm_persister::Storage> {
+    use sysmonstm_persister::Storage;
+    let admin = std::env::var(sysmonstm_testkit::TEST_DATABASE_URL).expect("test database");
+    let pool = PgPool::connect(&admin).await.expect("admin connect");
+    let (avail, preload): (bool, String) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                current_setting('shared_preload_libraries')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("query");
+    pool.close().await;
+    let missing = if !avail {
+        Some("the extension is not installed on this server")
+    } else if !preload.contains("timescaledb") {
+        Some("timescaledb is not in shared_preload_libraries")
+    } else {
+        None
+    };
+    match missing {
+        None => vec![Storage::Plain, Storage::Timescaledb],
+        Some(why) if timescaledb_required() => panic!(
+            "TimescaleDB path: {why}, but it is required here (the vendored build is beside the \
+             repository or SYSMON_TIMESCALEDB=1); `just test` installs and preloads it"
+        ),
+        Some(why) => {
+            eprintln!("skipped: TimescaleDB path: {why}");
+            vec![Storage::Plain]
+        }
+    }
+}
+
+/// True where TimescaleDB must be tested (see [`storage_paths`]).
+pub fn timescaledb_required() -> bool {
+    let vendored = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vendor/timescaledb")
+        .exists();
+    vendored || std::env::var("SYSMON_TIMESCALEDB").is_ok_and(|v| v == "1")
+}
+
 pub fn config(nats_url: &str, db_url: &str) -> PersisterConfig {
     PersisterConfig {
         database_url: db_url.to_owned(),
@@ -168,6 +213,41 @@ pub async fn ensure_stream(js: &jetstream::Context) -> jetstream::stream::Stream
     js.get_or_create_stream(sysmonstm_schemas::streams::metrics(&limits))
         .await
         .expect("METRICS created")
+}
+
+/// The (machine, seq) of every stored snapshot: what to compare with what
+/// was published (a row count cannot see a wrong or missing row that another
+/// row makes up for, and the primary key already rules out duplicates).
+pub async fn stored_set(pool: &PgPool) -> std::collections::BTreeSet<(String, i64)> {
+    sqlx::query_as::<_, (String, i64)>("SELECT machine_id, seq FROM metrics")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// `per_machine` snapshots (seq 1…) of machines `m000`, `m001`, … as
+/// [`stored_set`] lists them.
+pub fn published_set(machines: u64, per_machine: u64) -> std::collections::BTreeSet<(String, i64)> {
+    (0..machines)
+        .flat_map(|m| (1..=per_machine).map(move |s| (format!("m{m:03}"), s as i64)))
+        .collect()
+}
+
+/// Waits until the persister's consumer has nothing undelivered and nothing
+/// unacknowledged: every message, redeliveries included, has been handled
+/// (stored, found stored, or terminated).
+pub async fn wait_consumer_drained(stream: &jetstream::stream::Stream) {
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(sysmonstm_schemas::streams::PERSISTER_CONSUMER)
+        .await
+        .expect("the persister's consumer");
+    sysmonstm_testkit::eventually(WAIT, "nothing pending or unacknowledged", || async {
+        let info = consumer.clone().info().await.ok()?.clone();
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
 }
 
 pub async fn row_count(pool: &PgPool) -> i64 {
