@@ -18,6 +18,20 @@ pub struct GatewayConfig {
     /// `Origin` values a browser WebSocket may come from besides the
     /// gateway's own host (e.g. `https://dash.example.com`).
     pub allowed_origins: Vec<String>,
+    /// `Host` names (or `name:port`) the gateway answers besides the listen
+    /// address's host and `localhost`/`127.0.0.1`/`[::1]` on its port. Any
+    /// other `Host` gets 421: a page on a name rebound to this address (DNS
+    /// rebinding) sends its own name, so it reads nothing. Behind a reverse
+    /// proxy or under a DNS name, list that name here.
+    pub allowed_hosts: Vec<String>,
+    /// File holding the bearer token that rule writes (`PUT`/`DELETE
+    /// /api/rules/{name}`) need; its first line is the token (at least 16
+    /// characters). Without it (or `api_token`), every write is refused.
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// The token itself, normally from `SYSMON_GATEWAY_API_TOKEN` (keep it
+    /// out of config files; `api_token_file` wins when both are set).
+    #[serde(skip_serializing)]
+    pub api_token: Option<Secret>,
     /// A machine whose last snapshot is older than this many seconds is shown
     /// as silent.
     pub silent_after_s: u64,
@@ -65,12 +79,29 @@ pub struct GatewayConfig {
     pub nats: NatsConfig,
 }
 
+/// Shortest API token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// A value that must not appear in logs or `Debug` output.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             database_url: "postgres://postgres@127.0.0.1:5432/sysmon".to_owned(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            api_token_file: None,
+            api_token: None,
             silent_after_s: 10,
             history_cache_ttl_s: 5,
             history_max_points: 1000,
@@ -140,6 +171,32 @@ impl GatewayConfig {
         range("ws_subscribe_burst", self.ws_subscribe_burst, 1, 10_000)?;
         range("ws_connects_per_s", self.ws_connects_per_s, 1, 1_000_000)?;
         Ok(())
+    }
+
+    /// The token rule writes need: the first line of `api_token_file`, else
+    /// `api_token`; `None` when neither is set. A token shorter than
+    /// [`MIN_TOKEN_CHARS`] or a file that cannot be read is an error, so a
+    /// typo is noticed at start rather than as a gateway refusing writes.
+    pub fn load_api_token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.api_token_file, &self.api_token) {
+            (Some(p), _) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("api_token_file {}: {e}", p.display()))?;
+                let first = text.lines().next().unwrap_or("").trim().to_owned();
+                if first.is_empty() {
+                    return Err(format!("api_token_file {}: is empty", p.display()));
+                }
+                first
+            }
+            (None, Some(t)) => t.0.trim().to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(format!(
+                "the API token must be at least {MIN_TOKEN_CHARS} characters"
+            ));
+        }
+        Ok(Some(token))
     }
 
     /// The `schemas::accept` limits the feeds apply.
