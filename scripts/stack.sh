@@ -111,7 +111,10 @@ up() {
   wait_for "the persister" 60 http_ok http://127.0.0.1:9102/health
   NATS_CREDS="$users/alerter.creds" start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
   wait_for "the alerter" 30 http_ok http://127.0.0.1:9103/health
-  NATS_CREDS="$users/gateway.creds" start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
+  # The token the dashboard's rules editor (and curl) writes rules with.
+  [ -s "$data/gateway.token" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$data/gateway.token")
+  SYSMON_GATEWAY_API_TOKEN_FILE="$data/gateway.token" NATS_CREDS="$users/gateway.creds" \
+    start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
   wait_for "the gateway" 30 http_ok http://127.0.0.1:8080/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \
     --machine "$machine" --state-dir "$data/agent"

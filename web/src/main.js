@@ -6,6 +6,7 @@ import { LiveFeed } from "./feed.js";
 import { renderOverview } from "./overview.js";
 import { MachinePage } from "./machine.js";
 import { AlertsPanel } from "./alerts.js";
+import { RulesPage } from "./rules.js";
 
 const state = {
   summaries: new Map(), // machine -> Summary
@@ -17,6 +18,7 @@ const state = {
 const app = document.getElementById("app");
 const conn = document.getElementById("conn");
 let page = null; // MachinePage when on /machine/<id>
+let rulesPage = null; // RulesPage when on /rules
 const alertsPanel = new AlertsPanel();
 
 const feed = new LiveFeed({
@@ -41,7 +43,7 @@ const feed = new LiveFeed({
         alertsChanged = true;
       }
     }
-    if (!page) renderOverview(overviewEl(), state);
+    if (!page && !rulesPage) renderOverview(overviewEl(), state);
     if (alertsChanged) alertsPanel.render(state.alerts, page ? page.id : null);
   },
 });
@@ -53,9 +55,15 @@ function overviewEl() {
 function route() {
   const m = location.pathname.match(/^\/machine\/([a-z0-9_-]+)\/?$/);
   if (page) page.destroy();
+  if (rulesPage) rulesPage.destroy();
   page = null;
+  rulesPage = null;
   app.innerHTML = "";
-  if (m) {
+  if (/^\/rules\/?$/.test(location.pathname)) {
+    rulesPage = new RulesPage(app);
+    app.appendChild(alertsPanel.el);
+    feed.subscribe(null);
+  } else if (m) {
     const id = m[1];
     page = new MachinePage(id, app, state);
     app.appendChild(alertsPanel.el);
@@ -85,8 +93,8 @@ window.addEventListener("popstate", route);
 
 // Online/silent is a matter of time passing: re-evaluate every second.
 setInterval(() => {
-  if (!page) renderOverview(overviewEl(), state);
-  else page.tick();
+  if (page) page.tick();
+  else if (!rulesPage) renderOverview(overviewEl(), state);
 }, 1000);
 
 route();
