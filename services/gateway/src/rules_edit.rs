@@ -188,6 +188,62 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            "[a-z0-9*?/ ]{0,12}".prop_map(Value::String),
+            prop::collection::vec("[a-z*]{0,4}", 0..3).prop_map(|v| json!(v)),
+            prop_oneof![
+                Just("cpu"),
+                Just("disk"),
+                Just("silent"),
+                Just(">="),
+                Just("<"),
+                Just("critical"),
+                Just("5m"),
+                Just("8d")
+            ]
+            .prop_map(|s| json!(s)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever a client sends is a valid rule or a 400 naming a field,
+        /// never a panic.
+        #[test]
+        fn any_body_is_a_valid_rule_or_a_400(
+            fields in prop::collection::btree_map(
+                prop_oneof![
+                    Just("name"), Just("metric"), Just("mount"), Just("op"), Just("threshold"),
+                    Just("clear"), Just("for"), Just("severity"), Just("machines"), Just("exclude"),
+                    Just("repeat"), Just("description"), Just("other"),
+                ],
+                value(),
+                0..10,
+            ),
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let obj: serde_json::Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            let body = serde_json::to_vec(&obj).expect("JSON");
+            for b in [body.as_slice(), raw.as_slice()] {
+                match rule_from("r1", b) {
+                    Ok(r) => prop_assert!(r.validate().is_ok()),
+                    Err(e) => {
+                        prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                        prop_assert!(e.parameter.is_some_and(|p| !p.is_empty()));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_bad_rule_names_its_field_with_the_clis_words() {
