@@ -83,9 +83,36 @@ pub struct GatewayConfig {
 pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// A value that must not appear in logs or `Debug` output.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, PartialEq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+/// The layered config parses an environment value that looks like a number
+/// or a boolean as one; a token is text whatever it looks like.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            U(u64),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Self(match Scalar::deserialize(d)? {
+            Scalar::S(s) => s,
+            Scalar::U(n) => n.to_string(),
+            Scalar::I(n) => n.to_string(),
+            Scalar::F(n) => n.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// The variable the token may come from. Read as it is (not through the
+/// layered config, which would turn a long all-digit token into a number).
+pub const TOKEN_ENV: &str = "SYSMON_GATEWAY_API_TOKEN";
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,8 +215,16 @@ impl GatewayConfig {
                 }
                 first
             }
-            (None, Some(t)) => t.0.trim().to_owned(),
-            (None, None) => return Ok(None),
+            (None, configured) => {
+                match std::env::var(TOKEN_ENV)
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .or_else(|| configured.as_ref().map(|t| t.0.clone()))
+                {
+                    Some(t) => t.trim().to_owned(),
+                    None => return Ok(None),
+                }
+            }
         };
         if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(format!(
@@ -213,6 +248,23 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_that_looks_like_a_number_is_still_a_string() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "api_token = 1234567890123456789\n").expect("write");
+        let cfg = sysmonstm_kit::config::load::<GatewayConfig>(Some(&file), "SYSMON_GWTEST_NONE_")
+            .expect("loads");
+        assert_eq!(
+            cfg.api_token.as_ref().map(|s| s.0.as_str()),
+            Some("1234567890123456789")
+        );
+        assert!(
+            !format!("{cfg:?}").contains("1234567890123456789"),
+            "the token is printed"
+        );
+    }
 
     #[test]
     fn the_defaults_are_valid_and_values_out_of_range_are_named() {
