@@ -1,6 +1,6 @@
 // The sysmonstm dashboard: an overview card per machine and a machine page
 // with live per-second charts, history zoom, processes, filesystems,
-// interfaces and alerts. Live data comes over /ws (arrays of
+// interfaces and alerts; the rules editor at /rules. Live data comes over /ws (arrays of
 // {type, data} updates); history and recent alerts over /api.
 import { LiveFeed } from "./feed.js";
 import { renderOverview } from "./overview.js";
