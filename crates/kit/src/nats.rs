@@ -223,9 +223,11 @@ impl NatsConfig {
             } else if lower.contains("authorization") || lower.contains("authentication") {
                 "the server refused the credentials (creds_file, --creds)"
             } else {
-                "still trying in the background"
+                // A server that is away is normal (the agent spools).
+                tracing::warn!(servers = %self.servers.join(","), error = %text, "cannot connect to NATS yet; still trying in the background");
+                return;
             };
-            tracing::error!(servers = %self.servers.join(","), error = %text, "cannot connect to NATS: {hint}");
+            tracing::error!(servers = %self.servers.join(","), error = %text, "cannot connect to NATS: {hint}; still trying");
         }
     }
 }
