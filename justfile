@@ -18,6 +18,9 @@ test:
     eval "$deps"
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    # Licences and sources of every dependency (deny.toml). Not advisories:
+    # the RustSec database comes from GitHub, unreachable here.
+    cargo deny --offline check licenses sources
     pgdir="$(mktemp -d -t sysmonstm-test-pg-XXXXXX)"
     trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
     SYSMON_TEST_DATABASE_URL="$(SYSMON_PG_FAST=1 scripts/pg.sh start "$pgdir")"

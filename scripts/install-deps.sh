@@ -14,7 +14,8 @@
 #     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
 #     a failed install fails this script);
 #   - Node.js/npm (the dashboard build) and chromium (its browser test);
-#   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's.
+#   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's,
+#     and cargo-deny (licences and sources of the dependencies).
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
@@ -119,9 +120,20 @@ fi
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
 
+# --- cargo-deny: `just test` checks the licences and sources of every
+# dependency (deny.toml). Built from crates.io once into $TOOLS/cargo. Its
+# advisories check is not run: it needs the RustSec database, which is
+# fetched from GitHub, and GitHub is not reachable from CI here.
+DENY_VERSION="0.20.2"
+if ! "$TOOLS/cargo/bin/cargo-deny" --version 2>/dev/null | grep -qF "$DENY_VERSION"; then
+  log "cargo install cargo-deny $DENY_VERSION (once; a few minutes)"
+  CARGO_TARGET_DIR="$TOOLS/cargo-build" cargo install -q cargo-deny --version "$DENY_VERSION" --locked --root "$TOOLS/cargo" >&2
+  rm -rf "$TOOLS/cargo-build"
+fi
+
 echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
 echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
 echo "export CHROMIUM_BIN='$CHROMIUM_BIN'"
-echo "export PATH='$NATS_VENV/bin':\"\$PATH\""
+echo "export PATH='$NATS_VENV/bin:$TOOLS/cargo/bin':\"\$PATH\""
 log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

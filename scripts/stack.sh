@@ -144,7 +144,10 @@ up() {
   log "edge streams METRICS, ALERTS, MACHINES source the hub (24 h window)"
   # (The edge gateway, on 127.0.0.1:8081 with $ecreds/users/edge-gateway.creds,
   # starts here once it exists.)
-  NATS_CREDS="$users/gateway.creds" start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
+  # The token the dashboard's rules editor (and curl) writes rules with.
+  [ -s "$data/gateway.token" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$data/gateway.token")
+  SYSMON_GATEWAY_API_TOKEN_FILE="$data/gateway.token" NATS_CREDS="$users/gateway.creds" \
+    start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
   wait_for "the gateway" 30 http_ok http://127.0.0.1:8080/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \
     --machine "$machine" --state-dir "$data/agent"

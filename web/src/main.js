@@ -1,11 +1,12 @@
 // The sysmonstm dashboard: an overview card per machine and a machine page
 // with live per-second charts, history zoom, processes, filesystems,
-// interfaces and alerts. Live data comes over /ws (arrays of
+// interfaces and alerts; the rules editor at /rules. Live data comes over /ws (arrays of
 // {type, data} updates); history and recent alerts over /api.
 import { LiveFeed } from "./feed.js";
 import { renderOverview } from "./overview.js";
 import { MachinePage } from "./machine.js";
 import { AlertsPanel } from "./alerts.js";
+import { RulesPage } from "./rules.js";
 
 const state = {
   summaries: new Map(), // machine -> Summary
@@ -17,6 +18,7 @@ const state = {
 const app = document.getElementById("app");
 const conn = document.getElementById("conn");
 let page = null; // MachinePage when on /machine/<id>
+let rulesPage = null; // RulesPage when on /rules
 const alertsPanel = new AlertsPanel();
 
 const feed = new LiveFeed({
@@ -49,7 +51,7 @@ const feed = new LiveFeed({
         alertsChanged = true;
       }
     }
-    if (!page) renderOverview(overviewEl(), state);
+    if (!page && !rulesPage) renderOverview(overviewEl(), state);
     if (alertsChanged) alertsPanel.render(state.alerts, page ? page.id : null);
   },
 });
@@ -61,9 +63,15 @@ function overviewEl() {
 function route() {
   const m = location.pathname.match(/^\/machine\/([a-z0-9_-]+)\/?$/);
   if (page) page.destroy();
+  if (rulesPage) rulesPage.destroy();
   page = null;
+  rulesPage = null;
   app.innerHTML = "";
-  if (m) {
+  if (/^\/rules\/?$/.test(location.pathname)) {
+    rulesPage = new RulesPage(app);
+    app.appendChild(alertsPanel.el);
+    feed.subscribe(null);
+  } else if (m) {
     const id = m[1];
     page = new MachinePage(id, app, state);
     app.appendChild(alertsPanel.el);
@@ -93,8 +101,8 @@ window.addEventListener("popstate", route);
 
 // Online/silent is a matter of time passing: re-evaluate every second.
 setInterval(() => {
-  if (!page) renderOverview(overviewEl(), state);
-  else page.tick();
+  if (page) page.tick();
+  else if (!rulesPage) renderOverview(overviewEl(), state);
 }, 1000);
 
 route();

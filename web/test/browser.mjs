@@ -5,7 +5,8 @@
 // script prints "waiting-for-alert" (it answers on stdin).
 //
 // env: BASE_URL, CHROMIUM_BIN, SCREENSHOTS (dir), MACHINES (comma list),
-//      ALERT (machine:rule expected to fire).
+//      ALERT (machine:rule expected to fire), API_TOKEN (the gateway's token,
+//      typed into the rules editor).
 import { chromium } from "playwright-core";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -109,6 +110,51 @@ try {
   for (const r of ["24h", "7d", "30d", "1h"]) await page.click(`button[data-range="${r}"]`);
   await page.waitForFunction(() => document.querySelector(".history-note").textContent.length > 0, null, { timeout: WAIT });
   step("history: " + (await page.$eval(".history-note", (e) => e.textContent)));
+
+  // The rules editor: the token entered once, an invalid rule refused with
+  // its field marked, a rule added, changed and listed, another removed.
+  page.on("dialog", (d) => d.accept());
+  await page.click("a.nav-rules");
+  await page.waitForSelector(".rules-page input[name=api-token]", { timeout: WAIT });
+  const fill = async (rule) => {
+    for (const [k, v] of Object.entries(rule)) {
+      const sel = `.rule-form [name=${k}]`;
+      if ((await page.$eval(sel, (e) => e.tagName)) === "SELECT") await page.selectOption(sel, v);
+      else await page.fill(sel, v);
+    }
+    await page.click(".rule-form button.save");
+  };
+  // Without the token the editor says so and writes nothing.
+  await fill({ name: "disk_full", metric: "disk", threshold: "85", severity: "critical" });
+  await page.waitForSelector(".rule-message.error", { timeout: WAIT });
+  await page.fill(".rules-page input[name=api-token]", process.env.API_TOKEN);
+  await page.click(".rules-page button.use-token");
+  await page.waitForSelector(".rules-page button.forget-token", { timeout: WAIT });
+  await fill({ threshold: "150" });
+  await page.waitForSelector('.rule-form label[data-field="threshold"].invalid', { timeout: WAIT });
+  step("invalid rule refused: " + (await page.$eval(".rule-message", (e) => e.textContent)));
+  await page.screenshot({ path: join(shots, "rules-invalid.png"), fullPage: true });
+  await fill({ threshold: "85", for: "5m", machines: "browser-*" });
+  await page.waitForSelector('table.rules tr[data-rule="disk_full"]', { timeout: WAIT });
+  await fill({ name: "load_high", metric: "load1_per_core", threshold: "2", severity: "warning", machines: "*", for: "1m" });
+  await page.waitForSelector('table.rules tr[data-rule="load_high"]', { timeout: WAIT });
+  await page.click('table.rules tr[data-rule="disk_full"] button.edit');
+  await page.waitForSelector(".rule-form input[name=name][readonly]", { timeout: WAIT });
+  await page.fill(".rule-form [name=threshold]", "80");
+  await page.fill(".rule-form [name=clear]", "75");
+  await page.click(".rule-form button.save");
+  await page.waitForFunction(
+    () => (document.querySelector('table.rules tr[data-rule="disk_full"]')?.textContent || "").includes("disk > 80"),
+    null,
+    { timeout: WAIT }
+  );
+  await page.click('table.rules tr[data-rule="load_high"] button.remove');
+  await page.waitForFunction(() => !document.querySelector('table.rules tr[data-rule="load_high"]'), null, { timeout: WAIT });
+  // Listed from the server, not only from the page's memory.
+  await page.reload({ waitUntil: "load" });
+  await page.waitForSelector('table.rules tr[data-rule="disk_full"]', { timeout: WAIT });
+  step("rules listed: " + (await page.$eval("table.rules tbody", (e) => e.textContent.replace(/\s+/g, " ").trim())));
+  await page.screenshot({ path: join(shots, "rules.png"), fullPage: true });
 
   if (errors.length) throw new Error("errors in the page:\n" + errors.join("\n"));
   console.log("browser test passed; screenshots in " + shots);

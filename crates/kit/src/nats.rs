@@ -159,7 +159,9 @@ impl NatsConfig {
         let addrs = self.server_addrs()?;
         let mut opts = self.options(name).await?;
         if retry_initial {
-            opts = opts.retry_on_initial_connect();
+            opts = opts
+                .retry_on_initial_connect()
+                .event_callback(self.diagnosing_callback(name));
         }
         opts.connect(addrs)
             .await
@@ -167,6 +169,66 @@ impl NatsConfig {
                 servers: self.servers.join(","),
                 source,
             })
+    }
+}
+
+impl NatsConfig {
+    /// The event callback of a client that connects in the background: as
+    /// `log_event`, and on the first failure to connect one more attempt
+    /// whose whole error is logged. async-nats reports such failures only by
+    /// kind ("IO error"), which hides an untrusted certificate or a refused
+    /// TLS handshake behind a retry loop.
+    fn diagnosing_callback(
+        &self,
+        name: &str,
+    ) -> impl Fn(
+        async_nats::Event,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>
+    + Send
+    + Sync
+    + 'static {
+        let cfg = self.clone();
+        let name = name.to_owned();
+        let diagnosed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        move |event| {
+            log_event(&event);
+            let failed = matches!(
+                event,
+                async_nats::Event::ClientError(async_nats::ClientError::Other(_))
+            );
+            if failed && !diagnosed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let (cfg, name) = (cfg.clone(), name.clone());
+                tokio::spawn(async move { cfg.diagnose(&name).await });
+            }
+            Box::pin(async {})
+        }
+    }
+
+    /// One connection attempt without retries, its error logged in full
+    /// with a hint for the usual causes.
+    async fn diagnose(&self, name: &str) {
+        let Ok(addrs) = self.server_addrs() else {
+            return;
+        };
+        let Ok(opts) = self.options(name).await else {
+            return;
+        };
+        if let Err(e) = opts.connect(addrs).await {
+            let text = e.to_string();
+            let lower = text.to_lowercase();
+            let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
+                "the server's TLS certificate is not trusted: give the CA file that signed it (tls_ca, --tlsca)"
+            } else if lower.contains("tls") {
+                "the TLS handshake failed: check that the server and this client agree on TLS (tls_ca, tls_cert/tls_key)"
+            } else if lower.contains("authorization") || lower.contains("authentication") {
+                "the server refused the credentials (creds_file, --creds)"
+            } else {
+                // A server that is away is normal (the agent spools).
+                tracing::warn!(servers = %self.servers.join(","), error = %text, "cannot connect to NATS yet; still trying in the background");
+                return;
+            };
+            tracing::error!(servers = %self.servers.join(","), error = %text, "cannot connect to NATS: {hint}; still trying");
+        }
     }
 }
 

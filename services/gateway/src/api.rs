@@ -35,7 +35,7 @@ fn query(shared: &Shared, q: Q) -> Result<HashMap<String, String>, ApiError> {
 }
 
 /// Counts and logs a 400 on its way out.
-fn counted<T>(shared: &Shared, r: Result<T, ApiError>) -> Result<T, ApiError> {
+pub(crate) fn counted<T>(shared: &Shared, r: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &r {
         if e.status == StatusCode::BAD_REQUEST {
             Counters::inc(&shared.counters.http_bad_requests);

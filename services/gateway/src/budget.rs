@@ -61,6 +61,7 @@ pub struct LogBudgets {
     pub bad_requests: LogBudget,
     pub ws_refused: LogBudget,
     pub ws_closed: LogBudget,
+    pub refused: LogBudget,
 }
 
 #[cfg(test)]

@@ -18,6 +18,20 @@ pub struct GatewayConfig {
     /// `Origin` values a browser WebSocket may come from besides the
     /// gateway's own host (e.g. `https://dash.example.com`).
     pub allowed_origins: Vec<String>,
+    /// `Host` names (or `name:port`) the gateway answers besides the listen
+    /// address's host and `localhost`/`127.0.0.1`/`[::1]` on its port. Any
+    /// other `Host` gets 421: a page on a name rebound to this address (DNS
+    /// rebinding) sends its own name, so it reads nothing. Behind a reverse
+    /// proxy or under a DNS name, list that name here.
+    pub allowed_hosts: Vec<String>,
+    /// File holding the bearer token that rule writes (`PUT`/`DELETE
+    /// /api/rules/{name}`) need; its first line is the token (at least 16
+    /// characters). Without it (or `api_token`), every write is refused.
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// The token itself, normally from `SYSMON_GATEWAY_API_TOKEN` (keep it
+    /// out of config files; `api_token_file` wins when both are set).
+    #[serde(skip_serializing)]
+    pub api_token: Option<Secret>,
     /// A machine whose last snapshot is older than this many seconds is shown
     /// as silent.
     pub silent_after_s: u64,
@@ -65,12 +79,56 @@ pub struct GatewayConfig {
     pub nats: NatsConfig,
 }
 
+/// Shortest API token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// A value that must not appear in logs or `Debug` output.
+#[derive(Clone, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+/// The layered config parses an environment value that looks like a number
+/// or a boolean as one; a token is text whatever it looks like.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            U(u64),
+            I(i64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Self(match Scalar::deserialize(d)? {
+            Scalar::S(s) => s,
+            Scalar::U(n) => n.to_string(),
+            Scalar::I(n) => n.to_string(),
+            Scalar::F(n) => n.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }))
+    }
+}
+
+/// The variable the token may come from. Read as it is (not through the
+/// layered config, which would turn a long all-digit token into a number).
+pub const TOKEN_ENV: &str = "SYSMON_GATEWAY_API_TOKEN";
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".to_owned(),
             database_url: "postgres://postgres@127.0.0.1:5432/sysmon".to_owned(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            api_token_file: None,
+            api_token: None,
             silent_after_s: 10,
             history_cache_ttl_s: 5,
             history_max_points: 1000,
@@ -142,6 +200,40 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// The token rule writes need: the first line of `api_token_file`, else
+    /// `api_token`; `None` when neither is set. A token shorter than
+    /// [`MIN_TOKEN_CHARS`] or a file that cannot be read is an error, so a
+    /// typo is noticed at start rather than as a gateway refusing writes.
+    pub fn load_api_token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.api_token_file, &self.api_token) {
+            (Some(p), _) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("api_token_file {}: {e}", p.display()))?;
+                let first = text.lines().next().unwrap_or("").trim().to_owned();
+                if first.is_empty() {
+                    return Err(format!("api_token_file {}: is empty", p.display()));
+                }
+                first
+            }
+            (None, configured) => {
+                match std::env::var(TOKEN_ENV)
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .or_else(|| configured.as_ref().map(|t| t.0.clone()))
+                {
+                    Some(t) => t.trim().to_owned(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS {
+            return Err(format!(
+                "the API token must be at least {MIN_TOKEN_CHARS} characters"
+            ));
+        }
+        Ok(Some(token))
+    }
+
     /// The `schemas::accept` limits the feeds apply.
     pub fn limits(&self) -> accept::Limits {
         accept::Limits {
@@ -156,6 +248,23 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_that_looks_like_a_number_is_still_a_string() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "api_token = 1234567890123456789\n").expect("write");
+        let cfg = sysmonstm_kit::config::load::<GatewayConfig>(Some(&file), "SYSMON_GWTEST_NONE_")
+            .expect("loads");
+        assert_eq!(
+            cfg.api_token.as_ref().map(|s| s.0.as_str()),
+            Some("1234567890123456789")
+        );
+        assert!(
+            !format!("{cfg:?}").contains("1234567890123456789"),
+            "the token is printed"
+        );
+    }
 
     #[test]
     fn the_defaults_are_valid_and_values_out_of_range_are_named() {

@@ -18,7 +18,9 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod guard;
 pub mod params;
+pub mod rules_edit;
 pub mod state;
 pub mod ws;
 
@@ -27,7 +29,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, put};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -71,13 +74,23 @@ impl Gateway {
             .connect("sysmonstm-gateway", true)
             .await
             .context("NATS")?;
+        let token = config
+            .load_api_token()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        if token.is_none() {
+            tracing::warn!(
+                "no API token configured (api_token_file, SYSMON_GATEWAY_API_TOKEN): rule writes are refused"
+            );
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_lazy(&config.database_url)
             .context("database URL")?;
+        let mut shared = Shared::new(config, nats, pool);
+        shared.api_token = token.as_deref().map(guard::Token::new);
         Ok(Self {
-            shared: Arc::new(Shared::new(config, nats, pool)),
+            shared: Arc::new(shared),
         })
     }
 
@@ -101,6 +114,10 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen on {}", self.shared.config.listen))?;
         let addr = listener.local_addr().context("bound address")?;
+        let cfg = &self.shared.config;
+        if let Ok(mut hosts) = self.shared.hosts.write() {
+            *hosts = guard::Hosts::bound(&cfg.listen, addr, &cfg.allowed_hosts);
+        }
         self.start_feeds(&shutdown);
         let app = self.router();
         sysmonstm_kit::http::bound("gateway", addr);
@@ -142,6 +159,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/alerts", get(api::alerts))
         .route("/api/alerts/live", get(api::alerts_live))
         .route("/api/rules", get(api::rules))
+        .route(
+            "/api/rules/{name}",
+            put(rules_edit::put)
+                .post(rules_edit::put)
+                .delete(rules_edit::delete)
+                .get(api::api_not_found)
+                .layer(DefaultBodyLimit::max(rules_edit::MAX_RULE_BYTES)),
+        )
         .route("/api", get(api::api_not_found))
         .route("/api/{*rest}", get(api::api_not_found))
         .route("/health", get(api::health))
@@ -149,5 +174,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(api::prometheus))
         .route("/ws", get(ws::upgrade))
         .fallback(get(assets::serve))
-        .with_state(shared)
+        .with_state(Arc::clone(&shared))
+        .layer(axum::middleware::from_fn_with_state(shared, guard::hosts))
 }

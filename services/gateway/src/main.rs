@@ -30,6 +30,10 @@ struct Args {
     /// NATS credentials file.
     #[arg(long, env = "NATS_CREDS")]
     creds: Option<PathBuf>,
+    /// File holding the bearer token rule writes need (else
+    /// SYSMON_GATEWAY_API_TOKEN; with neither, writes are refused).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -53,6 +57,9 @@ async fn main() -> ExitCode {
     }
     if args.creds.is_some() {
         cfg.nats.creds_file = args.creds;
+    }
+    if args.api_token_file.is_some() {
+        cfg.api_token_file = args.api_token_file;
     }
     if let Err(e) = cfg.validate() {
         eprintln!("sysmonstm-gateway: configuration: {e}");

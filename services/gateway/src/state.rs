@@ -71,6 +71,10 @@ pub struct Counters {
     pub ws_clients: IntGauge,
     pub ws_connections: IntCounter,
     pub ws_origin_refused: IntCounter,
+    /// Requests refused before their handler, by `guard::Refusal::reason`.
+    pub http_refused: IntCounterVec,
+    pub rules_written: IntCounter,
+    pub rules_deleted: IntCounter,
     pub ws_frames: IntCounter,
     pub ws_messages: IntCounter,
     pub ws_coalesced: IntCounter,
@@ -197,6 +201,20 @@ impl Default for Counters {
                 "ws_origin_refused_total",
                 "WebSocket upgrades refused for their Origin.",
             ),
+            http_refused: r.counter_vec(
+                "http_refused_total",
+                "Requests refused by the Host, Origin or token check, by reason.",
+                "reason",
+                &crate::guard::Refusal::REASONS,
+            ),
+            rules_written: c(
+                "rules_written_total",
+                "Rules stored through PUT /api/rules.",
+            ),
+            rules_deleted: c(
+                "rules_deleted_total",
+                "Rules removed through DELETE /api/rules.",
+            ),
             ws_frames: c(
                 "ws_updates_sent_total",
                 "Updates sent to WebSocket clients.",
@@ -287,6 +305,10 @@ pub struct Shared {
     pub logs: crate::budget::LogBudgets,
     /// What the HTTP server counts (connections open, refused over the cap).
     pub http: Arc<sysmonstm_kit::http::ServeCounters>,
+    /// The bearer token rule writes need (`None`: every write is refused).
+    pub api_token: Option<crate::guard::Token>,
+    /// `Host` values served (see `guard`); filled from the bound address.
+    pub hosts: std::sync::RwLock<crate::guard::Hosts>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -379,6 +401,11 @@ impl Shared {
                 .build(),
             logs: Default::default(),
             http: Default::default(),
+            api_token: None,
+            hosts: std::sync::RwLock::new(crate::guard::Hosts::new(
+                &config.listen,
+                &config.allowed_hosts,
+            )),
             config,
         }
     }

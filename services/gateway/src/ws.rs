@@ -158,23 +158,6 @@ impl Pending {
     }
 }
 
-/// Refuses a browser page from another site (a page elsewhere must not read
-/// this fleet's data through a visitor's browser). Clients that send no
-/// `Origin` (scripts, the CLI) are not browsers and are let in.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if allowed.iter().any(|a| a == origin) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
-}
-
 /// Largest message (and frame) a client may send: its messages are small
 /// JSON commands; axum's default of 64 MiB would let one client make the
 /// gateway buffer that much.
@@ -259,7 +242,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&headers, &s.config.allowed_origins) {
+    if !crate::guard::origin_allowed(&headers, &s.config.allowed_origins) {
         Counters::inc(&s.counters.ws_origin_refused);
         if s.logs.ws_refused.allow("WebSocket refused") {
             tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");

@@ -3,7 +3,8 @@
 //! while three real `sysmonstm-agent` processes publish to a real hub. The
 //! driver (`web/test/browser.mjs`) checks that the cards update, that a
 //! chart draws and that a firing alert, published here as a real
-//! AlertEvent on ALERTS, appears. Screenshots go to `target/screenshots/`.
+//! AlertEvent on ALERTS, appears, and that the rules editor adds, changes
+//! and removes rules in the bucket. Screenshots go to `target/screenshots/`.
 
 mod common;
 
@@ -17,6 +18,7 @@ use prost::Message as _;
 use sysmonstm_schemas::{MachineId, streams, subjects, v1};
 
 const MACHINES: [&str; 3] = ["browser-a", "browser-b", "browser-c"];
+const TOKEN: &str = "browser-test-token-0123456789";
 
 /// Kills a child on drop so a failing test leaves nothing running.
 struct Proc(Child);
@@ -67,6 +69,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
                 &env.nats.url(),
             ])
             .args(["--database-url", "postgres://postgres@127.0.0.1:9/none"])
+            .env("SYSMON_GATEWAY_API_TOKEN", TOKEN)
             .stderr(std::fs::File::create(tmp.path().join("gateway.log")).expect("log"))
             .spawn()
             .expect("gateway starts"),
@@ -106,6 +109,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         .env("SCREENSHOTS", &shots)
         .env("MACHINES", MACHINES.join(","))
         .env("ALERT", format!("{alert_machine}:{rule}"))
+        .env("API_TOKEN", TOKEN)
         .env(
             "CHROMIUM_BIN",
             std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into()),
@@ -146,7 +150,28 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         "browser test failed (screenshots in {shots:?}); gateway log:\n{logs}"
     );
     assert!(published, "the driver never asked for the alert");
-    for f in ["overview.png", "overview-alert.png", "machine.png"] {
+    // The editor wrote through the API into the bucket the alerter watches.
+    let kv = env
+        .js
+        .get_key_value(streams::RULES_BUCKET)
+        .await
+        .expect("rules bucket");
+    let stored = kv
+        .get("disk_full")
+        .await
+        .expect("read")
+        .expect("disk_full stored");
+    let stored: serde_json::Value = serde_json::from_slice(&stored).expect("JSON");
+    assert_eq!(stored["threshold"], 80.0, "{stored}");
+    assert_eq!(stored["clear"], 75.0, "{stored}");
+    assert_eq!(stored["machines"][0], "browser-*", "{stored}");
+    assert!(kv.get("load_high").await.expect("read").is_none());
+    for f in [
+        "overview.png",
+        "overview-alert.png",
+        "machine.png",
+        "rules.png",
+    ] {
         let meta = std::fs::metadata(shots.join(f)).expect("screenshot saved");
         assert!(meta.len() > 10_000, "{f} is almost empty");
     }
