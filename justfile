@@ -17,6 +17,7 @@ test:
     deps="$(scripts/install-deps.sh)"
     eval "$deps"
     cargo fmt --all -- --check
+    scripts/check-compose.sh
     cargo clippy --workspace --all-targets -- -D warnings
     pgdir="$(mktemp -d -t sysmonstm-test-pg-XXXXXX)"
     trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
@@ -50,6 +51,14 @@ build:
 # Run the whole stack natively: hub, PostgreSQL, persister, alerter, gateway and a local agent.
 up:
     @scripts/stack.sh up
+
+# The same stack in containers (compose.yaml), where a Docker engine with the compose plugin runs.
+up-docker:
+    docker compose up -d --build
+
+# Stop the containers of `just up-docker`; the named volumes keep the data.
+down-docker:
+    docker compose down
 
 # Stop everything `just up` started (by pid file); the data stays in .data/.
 down:

@@ -109,6 +109,8 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
+# compose.yaml is checked with Debian's docker-compose (`config` needs no engine).
+command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 
 echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"

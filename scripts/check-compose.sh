@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `just test`: compose.yaml is valid (Debian's docker-compose reads it; no
+# Docker engine is needed) and matches the native stack (scripts/stack.sh):
+# the same parts, published ports and environment names, a health check on
+# every long-running part, and start order on health.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v docker-compose >/dev/null 2>&1 || { echo "check-compose: docker-compose is missing (scripts/install-deps.sh)" >&2; exit 1; }
+docker-compose -f compose.yaml config -q
+docker-compose -f compose.yaml config | python3 -c '
+import sys, yaml
+c = yaml.safe_load(sys.stdin)
+s = c["services"]
+bad = []
+def need(cond, what):
+    if not cond: bad.append(what)
+ports = {"hub": {4222, 8222}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}}
+for name in ["creds", "hub", "postgres", "persister", "alerter", "gateway", "agent"]:
+    need(name in s, f"service {name} is missing")
+for name, want in ports.items():
+    got = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in s.get(name, {}).get("ports", [])}
+    need(want <= got, f"{name} publishes {sorted(got)}, the native stack {sorted(want)}")
+for name in ["hub", "postgres", "persister", "alerter", "gateway"]:
+    need("healthcheck" in s.get(name, {}), f"{name} has no health check")
+for name in ["persister", "alerter", "gateway", "agent"]:
+    env = s.get(name, {}).get("environment", {})
+    need("NATS_URL" in env and "NATS_CREDS" in env, f"{name} lacks NATS_URL/NATS_CREDS")
+    need("OTEL_EXPORTER_OTLP_ENDPOINT" in env, f"{name} lacks OTEL_EXPORTER_OTLP_ENDPOINT")
+    for dep, cond in s.get(name, {}).get("depends_on", {}).items():
+        need(cond.get("condition") == "service_healthy", f"{name} waits for {dep} without its health")
+    need(s.get(name, {}).get("build") is not None, f"{name} is not built from the Dockerfile")
+for name in ["persister", "gateway"]:
+    need("DATABASE_URL" in s.get(name, {}).get("environment", {}), f"{name} lacks DATABASE_URL")
+need(s["persister"]["environment"].get("SYSMON_PERSISTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "persister /metrics not on 0.0.0.0")
+need(s["alerter"]["environment"].get("SYSMON_ALERTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "alerter /metrics not on 0.0.0.0")
+need(s["hub"]["depends_on"]["creds"]["condition"] == "service_completed_successfully", "hub starts before the creds")
+for v in ["creds", "hub-data", "pg-data"]:
+    need(v in c.get("volumes", {}), f"named volume {v} is missing")
+if bad:
+    print("check-compose: compose.yaml does not match the native stack:", *bad, sep="\n  ", file=sys.stderr)
+    sys.exit(1)
+'
+# The Dockerfile names only files that exist in the repository.
+for f in $(awk '$1 == "COPY" && $2 !~ /^--/ {for (i = 2; i < NF; i++) print $i}' Dockerfile); do
+  [ "$f" = . ] || [ -e "$f" ] || { echo "check-compose: the Dockerfile copies $f, which does not exist" >&2; exit 1; }
+done
+if command -v hadolint >/dev/null 2>&1; then hadolint Dockerfile; fi
+echo "compose.yaml: valid, and matches the native stack"
