@@ -30,6 +30,9 @@ test:
     cargo build --profile hostile --bins
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test hostile -- --ignored
+    # One snapshot's trace reaches an in-test OTLP receiver from every service.
+    SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
+      cargo test -p sysmonstm-hostile --test traces -- --ignored
     # The agent's package installs, its unit passes systemd's own check, and
     # it is removed again.
     deb="$(scripts/package.sh)"
