@@ -45,4 +45,27 @@ for f in $(awk '$1 == "COPY" && $2 !~ /^--/ {for (i = 2; i < NF; i++) print $i}'
   [ "$f" = . ] || [ -e "$f" ] || { echo "check-compose: the Dockerfile copies $f, which does not exist" >&2; exit 1; }
 done
 if command -v hadolint >/dev/null 2>&1; then hadolint Dockerfile; fi
+# With the binaries at hand (SYSMON_BIN_DIR, NATS_SERVER_BIN: `just test`
+# after its build): the creds service's script makes the credentials, twice
+# without harm, and the hub's container config is valid against them, laid
+# out as in the container (/srv/nats, /srv/.data/creds).
+if [ -n "${SYSMON_BIN_DIR:-}" ] && [ -x "${NATS_SERVER_BIN:-}" ]; then
+  srv="$(mktemp -d -t sysmonstm-compose-XXXXXX)"
+  trap 'rm -rf "$srv"' EXIT
+  mkdir -p "$srv/.data"
+  cp -r nats "$srv/nats"
+  sed "s#^dir=/creds#dir=$srv/.data/creds#" docker/creds.sh >"$srv/creds.sh"
+  PATH="$SYSMON_BIN_DIR:$PATH" sh "$srv/creds.sh" >/dev/null 2>&1 \
+    || { echo "check-compose: docker/creds.sh failed" >&2; exit 1; }
+  PATH="$SYSMON_BIN_DIR:$PATH" sh "$srv/creds.sh" | grep -q "already" \
+    || { echo "check-compose: docker/creds.sh is not idempotent" >&2; exit 1; }
+  for u in persister alerter gateway cli agent-docker-agent; do
+    [ -f "$srv/.data/creds/users/$u.creds" ] || { echo "check-compose: docker/creds.sh made no $u.creds" >&2; exit 1; }
+  done
+  if ! out="$(cd "$srv" && "$NATS_SERVER_BIN" -t -c "$srv/nats/hub-docker.conf" 2>&1)"; then
+    echo "check-compose: nats/hub-docker.conf is not valid: $out" >&2
+    exit 1
+  fi
+  echo "compose: docker/creds.sh and nats/hub-docker.conf work"
+fi
 echo "compose.yaml: valid, and matches the native stack"
