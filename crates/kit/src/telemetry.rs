@@ -150,12 +150,14 @@ pub fn init_with(service: &str, default_filter: &str) -> Telemetry {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    // RUST_LOG filters the logs only: traces do not depend on the log level.
     let fmt = match LogFormat::from_env() {
-        LogFormat::Human => fmt.boxed(),
+        LogFormat::Human => fmt.with_filter(filter).boxed(),
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_filter(filter)
             .boxed(),
     };
     let endpoint = otlp_endpoint();
@@ -170,13 +172,17 @@ pub fn init_with(service: &str, default_filter: &str) -> Telemetry {
         },
         None => None,
     };
+    // The exported spans are sysmonstm's own (publish, store, evaluate,
+    // fan_out), whatever RUST_LOG says; no log event becomes a span event.
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("sysmonstm"))
             .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.target().starts_with("sysmonstm")
+            }))
     });
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()
