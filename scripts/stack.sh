@@ -6,8 +6,9 @@
 #   scripts/stack.sh down      stop what `up` started (by pid file), keep the data
 #   scripts/stack.sh status    what runs, and where
 #   scripts/stack.sh logs [S]  the last lines of one part's log, or of all
-# Everything lives under .data/ (never committed): creds/, hub/, pg/, agent/, run/
-# (pid files and logs). A second `up` while the stack runs changes nothing and
+# Everything lives under .data/ (never committed): creds/ (the hub's operator),
+# creds-edge/ (the edge's own operator), hub/, edge/, pg/, agent/, run/ (pid
+# files and logs). A second `up` while the stack runs changes nothing and
 # restarts only a part that died.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ root="$PWD"
 data="$root/.data"
 run="$data/run"
 profile="${SYSMON_PROFILE:-release}"
-parts=(nats-hub persister alerter gateway agent)
+parts=(nats-edge nats-hub persister alerter gateway agent)
 
 log() { echo "stack: $*" >&2; }
 
@@ -53,6 +54,10 @@ http_ok() {
   python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
 }
 
+leaf_up() {
+  python3 -c 'import json,sys,urllib.request; sys.exit(0 if json.load(urllib.request.urlopen("http://127.0.0.1:8223/leafz", timeout=2)).get("leafnodes",0) >= 1 else 1)' 2>/dev/null
+}
+
 port_free() {
   python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null
 }
@@ -78,6 +83,24 @@ up() {
   fi
   local users="$creds/users"
 
+  # The edge has an operator of its own (no hub credential works there, and
+  # no edge credential at the hub): its authority, the stream admin's and
+  # the edge gateway's credentials, and the hub's leaf link to it
+  # (.data/creds/leaf-remote.conf, which nats/hub.conf includes).
+  local ecreds="$data/creds-edge"
+  if [ ! -f "$ecreds/operator.nk" ]; then
+    "$cli" creds init "$ecreds" --edge >/dev/null
+    for s in edge-admin edge-gateway; do "$cli" creds service "$s" --dir "$ecreds" >/dev/null; done
+    log "made the edge's development credentials in .data/creds-edge (operator, edge-admin, edge-gateway)"
+  fi
+  if [ ! -f "$creds/leaf-remote.conf" ]; then
+    "$cli" creds leaf --dir "$ecreds" --hub-dir "$creds" >/dev/null
+    log "made the hub's leaf link to the edge (.data/creds/leaf-remote.conf)"
+  fi
+
+  # The edge first, so the hub's leaf link finds it at once.
+  start nats-edge "$NATS_SERVER_BIN" -c nats/edge.conf
+  wait_for "the edge" 20 http_ok http://127.0.0.1:8223/healthz
   start nats-hub "$NATS_SERVER_BIN" -c nats/hub.conf
   wait_for "the hub" 20 http_ok http://127.0.0.1:8222/healthz
 
@@ -111,6 +134,16 @@ up() {
   wait_for "the persister" 60 http_ok http://127.0.0.1:9102/health
   NATS_CREDS="$users/alerter.creds" start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
   wait_for "the alerter" 30 http_ok http://127.0.0.1:9103/health
+  # The edge's streams source the hub's, which the persister and the alerter
+  # have made by now; made once the link is up (a source's request sent
+  # while the link is down, or before its hub stream exists, is asked again
+  # only after a wait of 30 s or more).
+  wait_for "the hub's leaf link to the edge" 20 leaf_up
+  NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-admin.creds" \
+    "$cli" edge setup >/dev/null
+  log "edge streams METRICS, ALERTS, MACHINES source the hub (24 h window)"
+  # (The edge gateway, on 127.0.0.1:8081 with $ecreds/users/edge-gateway.creds,
+  # starts here once it exists.)
   NATS_CREDS="$users/gateway.creds" start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
   wait_for "the gateway" 30 http_ok http://127.0.0.1:8080/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \
@@ -123,6 +156,8 @@ sysmonstm is up.
   dashboard:  http://127.0.0.1:8080/
   alerts:     NATS_CREDS=$users/cli.creds $cli alerts watch --since 1h
   this machine: $machine (credentials in .data/creds; add one: docs/operations.md)
+  edge NATS:  nats://127.0.0.1:4223 (monitoring :8223, leaf link :7422; read with
+              NATS_CREDS=$ecreds/users/edge-gateway.creds)
   PostgreSQL: $DATABASE_URL
   status:     just status     logs: just logs [part]     stop: just down
 EOF

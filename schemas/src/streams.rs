@@ -93,6 +93,133 @@ pub fn alerts() -> stream::Config {
     }
 }
 
+/// The hub's JetStream domain (`nats/hub.conf`).
+pub const HUB_DOMAIN: &str = "hub";
+/// The edge's JetStream domain (`nats/edge.conf`).
+pub const EDGE_DOMAIN: &str = "edge";
+/// The hub streams the edge keeps a copy of, by sourcing across the leaf
+/// link. The edge's streams have the same names in its own domain.
+pub const EDGE_SOURCED: [&str; 3] = [METRICS, ALERTS, MACHINES];
+
+/// How much the edge keeps: a window, not the history (that is the hub's
+/// PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// METRICS and ALERTS at the edge drop what is older (default 24 h).
+    pub max_age: Duration,
+    /// METRICS at the edge drops its oldest beyond this many bytes.
+    pub max_bytes: i64,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The hub's JetStream API as seen from the edge, across the leaf link: the
+/// server maps `$JS.<domain>.API.>` to the domain's `$JS.API.>`.
+pub fn domain_api(domain: &str) -> String {
+    format!("$JS.{domain}.API")
+}
+
+/// The source of an edge stream: the hub stream of the same name, through
+/// the hub domain's API. `external` is set explicitly: async-nats turns a
+/// `domain` into it on create, but not on update, which would silently drop
+/// the hub from an updated stream.
+fn hub_source(name: &str) -> stream::Source {
+    stream::Source {
+        name: name.to_owned(),
+        external: Some(stream::External {
+            api_prefix: domain_api(HUB_DOMAIN),
+            delivery_prefix: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// An edge stream: no subjects of its own (a message published at the edge
+/// is never stored, and a hub message is never stored twice), fed only by
+/// sourcing the hub's stream of the same name. The Msg-Ids travel with the
+/// sourced messages, so a message sourced again after a link cut within the
+/// duplicate window is stored once.
+fn edge_stream(name: &str, description: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        subjects: Vec::new(),
+        sources: Some(vec![hub_source(name)]),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: METRICS_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// METRICS at the edge: the hub's snapshots of the last `max_age`.
+pub fn edge_metrics(limits: &EdgeLimits) -> stream::Config {
+    stream::Config {
+        max_age: limits.max_age,
+        max_bytes: limits.max_bytes,
+        ..edge_stream(METRICS, "sysmonstm snapshots, sourced from the hub")
+    }
+}
+
+/// ALERTS at the edge: the hub's alert events of the last `max_age`.
+pub fn edge_alerts(limits: &EdgeLimits) -> stream::Config {
+    stream::Config {
+        max_age: limits.max_age,
+        ..edge_stream(ALERTS, "sysmonstm alert events, sourced from the hub")
+    }
+}
+
+/// MACHINES at the edge: the latest facts per machine, as at the hub. No
+/// age limit: an agent publishes its facts at start and on change only, so
+/// a 24 h window would lose a machine that has run unchanged for a day.
+pub fn edge_machines() -> stream::Config {
+    stream::Config {
+        max_messages_per_subject: 1,
+        ..edge_stream(MACHINES, "sysmonstm machine facts, sourced from the hub")
+    }
+}
+
+/// Every edge stream, in [`EDGE_SOURCED`] order.
+pub fn edge_streams(limits: &EdgeLimits) -> [stream::Config; 3] {
+    [edge_metrics(limits), edge_alerts(limits), edge_machines()]
+}
+
+/// What the hub may send to the edge over the leaf link (the leaf user's
+/// publish permission, issued at the edge): sourced messages and heartbeats
+/// on their delivery subjects, and the replies to the edge's consumer-create
+/// requests. Plain subjects (`sysmon.>`) do not cross.
+pub fn leaf_hub_to_edge() -> Vec<String> {
+    vec!["$JS.S.>".to_owned(), "$JSC.R.>".to_owned()]
+}
+
+/// What the edge may send to the hub over the leaf link (the leaf user's
+/// subscribe permission: the hub's interest the edge may serve): creating
+/// the sourcing consumers of exactly the sourced streams, and their flow
+/// control answers; nothing published at the edge reaches the hub. The
+/// literal `CREATE` token matters: a wildcard there breaks sourcing
+/// (nats-server #4832).
+pub fn leaf_edge_to_hub() -> Vec<String> {
+    let api = domain_api(HUB_DOMAIN);
+    EDGE_SOURCED
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("{api}.CONSUMER.CREATE.{s}"),
+                format!("{api}.CONSUMER.CREATE.{s}.>"),
+                format!("$JS.FC.{s}.>"),
+            ]
+        })
+        .collect()
+}
+
 /// The persister's consumer on ALERTS: every event, into the `alerts` table.
 pub fn persister_alerts_consumer(ack_wait: Duration) -> consumer::pull::Config {
     consumer::pull::Config {
@@ -190,6 +317,24 @@ mod tests {
         assert!(cfg.duplicate_window >= Duration::from_secs(120));
         assert!(cfg.max_age >= Duration::from_secs(30 * 24 * 3600));
         assert_eq!(cfg.subjects, vec!["sysmon.alerts.*.*.*".to_owned()]);
+    }
+
+    #[test]
+    fn edge_streams_only_source_the_hub() {
+        for cfg in edge_streams(&EdgeLimits::default()) {
+            assert!(cfg.subjects.is_empty(), "{} binds subjects", cfg.name);
+            let src = cfg.sources.as_deref().unwrap_or_default();
+            assert_eq!(src.len(), 1);
+            assert_eq!(src[0].name, cfg.name);
+            let ext = src[0].external.as_ref().expect("external set");
+            assert_eq!(ext.api_prefix, "$JS.hub.API");
+            assert!(cfg.mirror.is_none());
+        }
+        let m = edge_metrics(&EdgeLimits::default());
+        assert_eq!(m.max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(edge_machines().max_messages_per_subject, 1);
+        assert!(leaf_edge_to_hub().iter().all(|s| !s.contains('*')));
+        assert!(leaf_hub_to_edge().iter().all(|s| s.starts_with("$JS")));
     }
 
     #[test]

@@ -39,6 +39,14 @@ const feed = new LiveFeed({
         state.alerts.set(u.data.machine_id + ":" + u.data.rule, u.data);
         alertsPanel.onLive(u.data);
         alertsChanged = true;
+      } else if (u.type === "forget") {
+        // `sysmonstm machines forget`: the machine leaves the view.
+        const id = u.data.machine_id;
+        state.summaries.delete(id);
+        state.details.delete(id);
+        state.infos.delete(id);
+        for (const k of [...state.alerts.keys()]) if (k.startsWith(id + ":")) state.alerts.delete(k);
+        alertsChanged = true;
       }
     }
     if (!page) renderOverview(overviewEl(), state);

@@ -76,6 +76,8 @@ fn allowed(role: &Role, act: Act) -> bool {
             AlertEvent | PutRule | PutAlertState | PurgeStream | ReadAlerts
         ),
         Role::CliReadOnly => matches!(act, ReadAlerts),
+        // Issued by the edge's authority, never by the hub's (tests/edge.rs).
+        Role::Leaf | Role::EdgeAdmin | Role::EdgeGateway => false,
     }
 }
 

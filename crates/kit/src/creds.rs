@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
-use sysmonstm_schemas::{MachineId, subjects};
+use sysmonstm_schemas::{MachineId, streams, subjects};
 
 use crate::jwt::{self, AccountLimits, AccountNats, Claims, OperatorNats, Permission, UserNats};
 
@@ -35,6 +35,56 @@ pub enum CredsError {
     Unknown(String),
     #[error("{0}")]
     Jwt(#[from] jwt::JwtError),
+    #[error(
+        "{0:?} is not a leaf URL: nats-leaf://, tls://, nats://, ws:// or wss://, a host and a port, \
+         nothing else"
+    )]
+    BadUrl(String),
+    #[error(
+        "the {role} credential is issued by the {wants} authority, and {dir} holds the {is} one"
+    )]
+    WrongDomain {
+        role: String,
+        wants: Domain,
+        is: Domain,
+        dir: PathBuf,
+    },
+}
+
+/// Which server an authority's credentials are for. The edge has an
+/// operator of its own: it faces the internet, so nothing issued for it
+/// (the edge gateway's credential, the leaf link's) is accepted by the hub,
+/// and no hub credential is accepted at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Domain {
+    Hub,
+    Edge,
+}
+
+impl std::fmt::Display for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Hub => "hub",
+            Self::Edge => "edge",
+        })
+    }
+}
+
+impl Domain {
+    fn operator_name(self) -> &'static str {
+        match self {
+            Self::Hub => "sysmonstm",
+            Self::Edge => "sysmonstm-edge",
+        }
+    }
+
+    fn account_name(self) -> &'static str {
+        match self {
+            Self::Hub => "SYSMON",
+            Self::Edge => "SYSMON_EDGE",
+        }
+    }
 }
 
 /// Who a user is for, which decides what it may do.
@@ -50,6 +100,12 @@ pub enum Role {
     Cli,
     /// Reads only.
     CliReadOnly,
+    /// Edge: the hub's leaf link (issued at the edge, used by the hub).
+    Leaf,
+    /// Edge: creates and updates the edge streams (`sysmonstm edge setup`).
+    EdgeAdmin,
+    /// Edge: the edge gateway; reads the edge streams and publishes nothing.
+    EdgeGateway,
 }
 
 fn join<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
@@ -66,6 +122,17 @@ impl Role {
             Self::Gateway => "gateway".into(),
             Self::Cli => "cli".into(),
             Self::CliReadOnly => "cli-read-only".into(),
+            Self::Leaf => "leaf".into(),
+            Self::EdgeAdmin => "edge-admin".into(),
+            Self::EdgeGateway => "edge-gateway".into(),
+        }
+    }
+
+    /// The authority that issues it.
+    pub fn domain(&self) -> Domain {
+        match self {
+            Self::Leaf | Self::EdgeAdmin | Self::EdgeGateway => Domain::Edge,
+            _ => Domain::Hub,
         }
     }
 
@@ -91,6 +158,20 @@ impl Role {
             "$JS.API.CONSUMER.MSG.NEXT.>",
             "$JS.ACK.>",
             "$JS.FC.>",
+        ];
+        // Reading the edge's streams: no durable consumers, no deletes, no
+        // flow control (which would cross the leaf link).
+        const EDGE_READ: &[&str] = &[
+            "$JS.API.INFO",
+            "$JS.API.STREAM.INFO.*",
+            "$JS.API.STREAM.NAMES",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.MSG.GET.*",
+            "$JS.API.DIRECT.GET.>",
+            "$JS.API.CONSUMER.CREATE.>",
+            "$JS.API.CONSUMER.INFO.>",
+            "$JS.API.CONSUMER.MSG.NEXT.>",
+            "$JS.ACK.>",
         ];
         // Creating and updating the streams and buckets (only their owners).
         const JS_ADMIN: &[&str] = &["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"];
@@ -140,10 +221,12 @@ impl Role {
                     &[subjects::METRICS_ALL, subjects::FORGET_ALL],
                 ])),
             ),
+            // The gateway answers forget requests too.
             Self::Gateway => (
                 allow(&join(&[
                     JS_READ,
                     &["$JS.API.STREAM.CREATE.*", "$KV.sysmon_rules.>"],
+                    &inbox,
                 ])),
                 allow(&join(&[
                     &inbox,
@@ -164,6 +247,30 @@ impl Role {
                 allow(&inbox),
             ),
             Self::CliReadOnly => (allow(JS_READ), allow(&inbox)),
+            // The leaf user's permissions are the link's, seen from the
+            // edge: publish = what the hub may send in, subscribe = what
+            // the edge may send out (NATS-NOTES; schemas::streams).
+            Self::Leaf => (
+                Permission {
+                    allow: streams::leaf_hub_to_edge(),
+                    deny: Vec::new(),
+                },
+                Permission {
+                    allow: streams::leaf_edge_to_hub(),
+                    deny: Vec::new(),
+                },
+            ),
+            Self::EdgeAdmin => (
+                allow(&join(&[
+                    EDGE_READ,
+                    &["$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"],
+                ])),
+                allow(&inbox),
+            ),
+            // Reading only: pull consumers (the gateway's ordered ones need
+            // no flow control), message gets. No data subject, no stream
+            // change, nothing towards the hub.
+            Self::EdgeGateway => (allow(EDGE_READ), allow(&inbox)),
         }
     }
 }
@@ -181,9 +288,30 @@ pub struct Issued {
     pub revoked_at: Option<i64>,
 }
 
+/// A leaf URL as `leafnodes.remotes` takes it: a scheme nats-server dials
+/// (`nats-leaf://`, `tls://`, `nats://`, `ws://`, `wss://`), then a host
+/// and a port and nothing that could end the quoted string in the config.
+pub fn check_leaf_url(url: &str) -> Result<(), CredsError> {
+    let ok = ["nats-leaf://", "tls://", "nats://", "ws://", "wss://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(CredsError::BadUrl(url.to_owned()))
+    }
+}
+
 /// The authority, loaded from its directory.
 pub struct Authority {
     dir: PathBuf,
+    domain: Domain,
     operator: KeyPair,
     system: KeyPair,
     account: KeyPair,
@@ -195,12 +323,15 @@ impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
             .field("dir", &self.dir)
+            .field("domain", &self.domain)
             .field("account", &self.account.public_key())
             .finish_non_exhaustive()
     }
 }
 
 const SEEDS: [&str; 4] = ["operator.nk", "system.nk", "sysmon.nk", "sysmon-signing.nk"];
+/// Holds `edge` in an edge authority's directory; absent for the hub's.
+const DOMAIN_FILE: &str = "domain";
 
 fn now_s() -> i64 {
     std::time::SystemTime::now()
@@ -237,8 +368,13 @@ fn seed_of(kp: &KeyPair) -> Result<String, CredsError> {
 }
 
 impl Authority {
-    /// Creates a new authority in `dir` (which must not hold one).
+    /// Creates a new hub authority in `dir` (which must not hold one).
     pub fn init(dir: &Path) -> Result<Self, CredsError> {
+        Self::init_for(dir, Domain::Hub)
+    }
+
+    /// Creates a new authority for `domain` in `dir`.
+    pub fn init_for(dir: &Path, domain: Domain) -> Result<Self, CredsError> {
         if dir.join("operator.nk").exists() {
             return Err(CredsError::Exists(dir.to_owned()));
         }
@@ -249,8 +385,12 @@ impl Authority {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
+        if domain == Domain::Edge {
+            write_secret(&dir.join(DOMAIN_FILE), "edge\n")?;
+        }
         let me = Self {
             dir: dir.to_owned(),
+            domain,
             operator: KeyPair::new_operator(),
             system: KeyPair::new_account(),
             account: KeyPair::new_account(),
@@ -292,8 +432,19 @@ impl Authority {
         else {
             return Err(CredsError::Damaged(dir.to_owned(), "missing keys".into()));
         };
+        let domain = match std::fs::read_to_string(dir.join(DOMAIN_FILE)) {
+            Ok(t) if t.trim() == "edge" => Domain::Edge,
+            Ok(t) => {
+                return Err(CredsError::Damaged(
+                    dir.join(DOMAIN_FILE),
+                    format!("unknown domain {:?}", t.trim()),
+                ));
+            }
+            Err(_) => Domain::Hub,
+        };
         Ok(Self {
             dir: dir.to_owned(),
+            domain,
             operator,
             system,
             account,
@@ -313,6 +464,10 @@ impl Authority {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn domain(&self) -> Domain {
+        self.domain
     }
 
     /// The SYSMON account's public key (a leaf remote's `account`).
@@ -335,6 +490,14 @@ impl Authority {
         if let Role::Agent(m) = &role {
             MachineId::parse(m)
                 .map_err(|e| CredsError::Damaged(PathBuf::from(m), e.to_string()))?;
+        }
+        if role.domain() != self.domain {
+            return Err(CredsError::WrongDomain {
+                role: role.name(),
+                wants: role.domain(),
+                is: self.domain,
+                dir: self.dir.clone(),
+            });
         }
         let name = role.name();
         let user = KeyPair::new_user();
@@ -401,6 +564,40 @@ impl Authority {
         format!("include \"{}{}\"", "../".repeat(64), down.display())
     }
 
+    /// The hub's side of the leaf link, for `include` in the hub's config:
+    /// dial `url` (the edge's leaf-node listener), bind the link to this
+    /// (hub) authority's SYSMON account, authenticate with `leaf_creds`
+    /// (the edge authority's `leaf` user). The path is made absolute:
+    /// nats-server reads it relative to its working directory.
+    pub fn leaf_remote_conf(&self, url: &str, leaf_creds: &Path) -> Result<String, CredsError> {
+        if self.domain != Domain::Hub {
+            return Err(CredsError::WrongDomain {
+                role: "leaf remote".into(),
+                wants: Domain::Hub,
+                is: self.domain,
+                dir: self.dir.clone(),
+            });
+        }
+        check_leaf_url(url)?;
+        let creds = std::path::absolute(leaf_creds)
+            .map_err(|e| CredsError::Io(leaf_creds.to_owned(), e))?;
+        Ok(format!(
+            "# The hub's leaf link to the edge: written by `sysmonstm creds leaf`.\n\
+             leafnodes {{\n  remotes = [\n    {{\n      url: {url:?}\n      \
+             account: {acc}\n      credentials: {creds:?}\n    }}\n  ]\n}}\n",
+            acc = self.account.public_key(),
+            creds = creds.display().to_string(),
+        ))
+    }
+
+    /// Writes [`leaf_remote_conf`](Self::leaf_remote_conf) to
+    /// `leaf-remote.conf` in this (hub) authority's directory.
+    pub fn write_leaf_remote(&self, url: &str, leaf_creds: &Path) -> Result<PathBuf, CredsError> {
+        let path = self.dir.join("leaf-remote.conf");
+        write_secret(&path, &self.leaf_remote_conf(url, leaf_creds)?)?;
+        Ok(path)
+    }
+
     fn account_jwt(&self) -> Result<String, CredsError> {
         let revocations: BTreeMap<String, i64> = self
             .issued
@@ -415,7 +612,7 @@ impl Authority {
             jti: String::new(),
             iat: now_s(),
             iss: String::new(),
-            name: "SYSMON".into(),
+            name: self.domain.account_name().into(),
             sub: self.account.public_key(),
             exp: None,
             nats: AccountNats {
@@ -437,7 +634,7 @@ impl Authority {
                 jti: String::new(),
                 iat: now_s(),
                 iss: String::new(),
-                name: "sysmonstm".into(),
+                name: self.domain.operator_name().into(),
                 sub: self.operator.public_key(),
                 exp: None,
                 nats: OperatorNats {
@@ -490,6 +687,54 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_edge_has_an_authority_of_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Authority::init(&dir.path().join("hub")).expect("hub");
+        let mut edge = Authority::init_for(&dir.path().join("edge"), Domain::Edge).expect("edge");
+        assert!(matches!(
+            edge.issue(Role::Persister),
+            Err(CredsError::WrongDomain { .. })
+        ));
+        let leaf = edge.issue(Role::Leaf).expect("leaf");
+        edge.issue(Role::EdgeGateway).expect("edge gateway");
+        let mut hub = hub;
+        assert!(matches!(
+            hub.issue(Role::EdgeGateway),
+            Err(CredsError::WrongDomain { .. })
+        ));
+        let edge = Authority::open(&dir.path().join("edge")).expect("reopen");
+        assert_eq!(edge.domain(), Domain::Edge);
+        assert_eq!(edge.issued().len(), 2);
+        let text = std::fs::read_to_string(&leaf).expect("creds");
+        let claims: Claims<UserNats> =
+            jwt::decode(text.lines().nth(1).expect("jwt")).expect("verifies");
+        assert_eq!(claims.nats.publish.allow, streams::leaf_hub_to_edge());
+        assert_eq!(claims.nats.subscribe.allow, streams::leaf_edge_to_hub());
+        let remote = hub
+            .leaf_remote_conf("nats-leaf://127.0.0.1:7422", &leaf)
+            .expect("remote");
+        assert!(remote.contains(&hub.account_public_key()), "{remote}");
+        assert!(remote.contains("nats-leaf://127.0.0.1:7422"), "{remote}");
+        assert!(edge.leaf_remote_conf("x", &leaf).is_err());
+        for bad in [
+            "",
+            "127.0.0.1:7422",
+            "nats-leaf://",
+            "nats-leaf://a\"\ninclude \"/etc/x",
+            "http://edge:7422",
+        ] {
+            assert!(
+                matches!(hub.leaf_remote_conf(bad, &leaf), Err(CredsError::BadUrl(_))),
+                "{bad:?}"
+            );
+        }
+        hub.leaf_remote_conf("tls://edge.example.com:7422", &leaf)
+            .expect("tls");
+        hub.leaf_remote_conf("nats-leaf://[::1]:7422", &leaf)
+            .expect("ipv6");
+    }
 
     #[test]
     fn init_issue_revoke_and_reopen() {

@@ -56,6 +56,44 @@ pub async fn ensure_alerts(
         })
 }
 
+/// Creates the edge's streams (each sourcing the hub's stream of the same
+/// name), or updates them to `limits`: what starts the edge calls it
+/// (`sysmonstm edge setup`). Idempotent; a stream that exists with other
+/// settings is updated, never recreated (its window would be lost).
+pub async fn ensure_edge_streams(
+    js: &jetstream::Context,
+    limits: &streams::EdgeLimits,
+) -> Result<(), JetStreamError> {
+    for cfg in streams::edge_streams(limits) {
+        let name = cfg.name.clone();
+        let setup = |why: String| JetStreamError::Setup {
+            what: format!("the edge stream {name}"),
+            why,
+        };
+        match js.get_stream(&name).await {
+            Ok(mut s) => {
+                let info = s.info().await.map_err(|e| setup(e.to_string()))?;
+                if !info.config.subjects.is_empty() {
+                    return Err(setup(format!(
+                        "it binds subjects {:?}: an edge stream only sources the hub \
+                         (a message would be stored twice); delete it first",
+                        info.config.subjects
+                    )));
+                }
+                js.update_stream(cfg)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+            }
+            Err(_) => {
+                js.create_stream(cfg)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens a KV bucket, creating it with `config` if it does not exist.
 pub async fn ensure_kv(
     js: &jetstream::Context,

@@ -200,16 +200,15 @@ async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
     for _ in 0..10 {
         web.publish(&js, 60.0).await;
     }
-    // Both copies of all ten handled (one task, in order): every one was
-    // evaluated and whatever it produced was sent.
+    // All ten evaluated (one task, in order; whatever an evaluation produces
+    // is sent by the same task before the next). How many came twice is not
+    // fixed: the durable consumer brings every one, the live subscription
+    // only those published after it was made, which may be after the
+    // consumer `ready` waited for.
     let c = alerter.counters.clone();
     eventually(WAIT, "the ten snapshots evaluated", || {
         let c = c.clone();
-        async move {
-            (Counters::get(&c.snapshots_evaluated) == 10
-                && Counters::get(&c.snapshots_already_seen) == 10)
-                .then_some(())
-        }
+        async move { (Counters::get(&c.snapshots_evaluated) == 10).then_some(()) }
     })
     .await;
     assert_eq!(Counters::get(&c.events_firing), 0, "60 < 99: nothing yet");

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
-use sysmonstm_kit::creds::{Authority, CredsError, Role};
+use sysmonstm_kit::creds::{Authority, CredsError, Domain, Role};
 
 use crate::InvalidInput;
 
@@ -16,6 +16,11 @@ pub enum CredsCommand {
     Init {
         /// Where the keys live (created 0700).
         dir: PathBuf,
+        /// The edge's authority instead: an operator of its own, whose
+        /// credentials (the leaf link's, the edge gateway's) the hub never
+        /// accepts.
+        #[arg(long)]
+        edge: bool,
     },
     /// Credentials for one machine's agent: it may publish only its own
     /// snapshots and facts, and read nothing.
@@ -33,6 +38,22 @@ pub enum CredsCommand {
         read_only: bool,
         #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
         dir: PathBuf,
+    },
+    /// The leaf link: a `leaf` user in the edge's authority (DIR), and the
+    /// hub's side of the link, `HUB_DIR/leaf-remote.conf` (dial URL with it),
+    /// which `nats/hub.conf` includes.
+    Leaf {
+        #[arg(
+            long,
+            env = "SYSMON_EDGE_CREDS_DIR",
+            default_value = ".data/creds-edge"
+        )]
+        dir: PathBuf,
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        hub_dir: PathBuf,
+        /// The edge's leaf-node listener, as the hub reaches it.
+        #[arg(long, default_value = "nats-leaf://127.0.0.1:7422")]
+        url: String,
     },
     /// Revoke what was issued under NAME (as `list` shows it, e.g.
     /// `agent-web-1`); servers refuse it after a config reload.
@@ -57,29 +78,69 @@ pub enum Service {
     Alerter,
     Gateway,
     Cli,
+    /// At the edge (`--dir` the edge's authority): creates the edge streams.
+    EdgeAdmin,
+    /// At the edge: the edge gateway, which only reads the edge streams.
+    EdgeGateway,
 }
 
 /// A directory that holds no authority (or already one), or an unknown name,
 /// is the user's input: exit code 2.
 fn input(e: CredsError) -> anyhow::Error {
     match e {
-        CredsError::Exists(_) | CredsError::Missing(_) | CredsError::Unknown(_) => {
-            InvalidInput(e.to_string()).into()
-        }
+        CredsError::Exists(_)
+        | CredsError::Missing(_)
+        | CredsError::Unknown(_)
+        | CredsError::WrongDomain { .. }
+        | CredsError::BadUrl(_) => InvalidInput(e.to_string()).into(),
         e => e.into(),
     }
 }
 
 pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
     match cmd {
-        CredsCommand::Init { dir } => {
-            let a = Authority::init(&dir).map_err(input)?;
-            println!("created the credentials authority in {}", dir.display());
-            println!("  servers include: {}", dir.join("resolver.conf").display());
-            println!("  SYSMON account:  {}", a.account_public_key());
+        CredsCommand::Init { dir, edge } => {
+            let domain = if edge { Domain::Edge } else { Domain::Hub };
+            let a = Authority::init_for(&dir, domain).map_err(input)?;
             println!(
-                "next: sysmonstm creds agent <machine> --dir {}",
+                "created the {domain} credentials authority in {}",
                 dir.display()
+            );
+            println!("  servers include: {}", dir.join("resolver.conf").display());
+            println!("  account:         {}", a.account_public_key());
+            if edge {
+                println!(
+                    "next: sysmonstm creds leaf --dir {}; sysmonstm creds service edge-gateway --dir {}",
+                    dir.display(),
+                    dir.display()
+                );
+            } else {
+                println!(
+                    "next: sysmonstm creds agent <machine> --dir {}",
+                    dir.display()
+                );
+            }
+        }
+        CredsCommand::Leaf { dir, hub_dir, url } => {
+            sysmonstm_kit::creds::check_leaf_url(&url).map_err(input)?;
+            let hub = Authority::open(&hub_dir).map_err(input)?;
+            if hub.domain() != Domain::Hub {
+                return Err(InvalidInput(format!(
+                    "--hub-dir {} holds an edge authority",
+                    hub_dir.display()
+                ))
+                .into());
+            }
+            let creds = Authority::open(&dir)
+                .map_err(input)?
+                .issue(Role::Leaf)
+                .map_err(input)?;
+            let remote = hub.write_leaf_remote(&url, &creds).map_err(input)?;
+            println!("{}", creds.display());
+            eprintln!(
+                "the hub dials {url} with it through {} (included by nats/hub.conf); \
+                 restart or reload the hub",
+                remote.display()
             );
         }
         CredsCommand::Agent { machine, dir } => {
@@ -109,8 +170,13 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
                 (Service::Alerter, false) => Role::Alerter,
                 (Service::Gateway, false) => Role::Gateway,
                 (Service::Cli, false) => Role::Cli,
+                (Service::EdgeAdmin, false) => Role::EdgeAdmin,
+                (Service::EdgeGateway, false) => Role::EdgeGateway,
             };
-            let path = Authority::open(&dir).map_err(input)?.issue(role)?;
+            let path = Authority::open(&dir)
+                .map_err(input)?
+                .issue(role)
+                .map_err(input)?;
             println!("{}", path.display());
         }
         CredsCommand::Revoke { name, dir } => {

@@ -5,6 +5,7 @@
 
 mod alerts;
 mod creds;
+mod edge;
 mod machines;
 mod print;
 mod rules;
@@ -86,6 +87,12 @@ enum Command {
         #[command(subcommand)]
         command: Option<machines::MachinesCommand>,
     },
+    /// The edge server: `edge setup` creates its streams (connect to the
+    /// edge, with the edge-admin credential).
+    Edge {
+        #[command(subcommand)]
+        command: edge::EdgeCommand,
+    },
     /// NATS credentials: the authority, and one per agent and service.
     Creds {
         #[command(subcommand)]
@@ -132,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => machines::run_command(&js, command).await,
         Command::Machines { json, .. } => machines::run(&js, json).await,
+        Command::Edge { command } => edge::run(&js, command).await,
         Command::Creds { .. } => Ok(()),
     }
 }

@@ -5,7 +5,8 @@
 //! `sysmonstm machines forget <id>` removes a machine everywhere it is kept:
 //! it asks the running services (`sysmon.admin.forget.<id>`: the alerter
 //! drops it from memory, resolves its firing alerts and deletes its states;
-//! the persister deletes its `machines` row) and gathers their answers, then
+//! the persister deletes its `machines` row; the gateway drops it from its
+//! caches and from every dashboard) and gathers their answers, then
 //! purges its subject from METRICS and MACHINES and its keys from the alert
 //! state bucket, so that no service brings it back at its next start. Its
 //! history (rows in `metrics`, events in ALERTS) stays. A machine whose agent
@@ -41,7 +42,7 @@ pub enum MachinesCommand {
 }
 
 /// The services that answer a forget request (each answers `<name>: …`).
-const ANSWERING: [&str; 2] = ["alerter", "persister"];
+const ANSWERING: [&str; 3] = ["alerter", "gateway", "persister"];
 
 impl MachinesCommand {
     /// Checks the arguments before anything connects (exit code 2).

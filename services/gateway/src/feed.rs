@@ -42,8 +42,18 @@ impl Kind {
     }
 }
 
-/// Starts the three feeds; they run until `shutdown`.
+/// Starts the three feeds and the forget follower; they run until `shutdown`.
 pub fn spawn(shared: &Arc<Shared>, shutdown: &CancellationToken) {
+    {
+        let shared = Arc::clone(shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = follow_forget(&shared) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
     for kind in [Kind::Metrics, Kind::Machines, Kind::Alerts] {
         let shared = Arc::clone(shared);
         let shutdown = shutdown.clone();
@@ -178,6 +188,70 @@ async fn follow_metrics(
         send(shared, batch);
     }
     Ok(())
+}
+
+/// `sysmonstm machines forget <id>` asks every service that keeps state of a
+/// machine to drop it (`sysmon.admin.forget.<id>`): here its latest
+/// snapshot, facts and alerts leave the caches, every WebSocket client is
+/// told to drop its card, and the asker gets an answer.
+async fn follow_forget(shared: &Shared) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match shared.nats.subscribe(subjects::FORGET_ALL).await {
+            Ok(mut requests) => {
+                backoff = Duration::from_millis(100);
+                while let Some(msg) = requests.next().await {
+                    let answer = match sysmonstm_schemas::accept::forget_subject(&msg.subject) {
+                        Ok(m) => {
+                            forget(shared, m.as_str());
+                            tracing::info!(machine = %m, "machine forgotten on request");
+                            format!("gateway: dropped {m} from the live view")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "forget request refused");
+                            continue;
+                        }
+                    };
+                    if let Some(reply) = msg.reply {
+                        let _ = shared.nats.publish(reply, answer.into()).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow forget requests; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Drops `machine` from every cache and tells the WebSocket clients.
+pub fn forget(shared: &Shared, machine: &str) {
+    shared.latest.invalidate(machine);
+    shared.info.invalidate(machine);
+    let prefix = format!("{machine}:");
+    let keys: Vec<String> = shared
+        .alerts
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    for k in keys {
+        shared.alerts.invalidate(&k);
+    }
+    #[derive(Serialize)]
+    struct Gone<'a> {
+        machine_id: &'a str,
+    }
+    let u = Update::Forget {
+        machine: machine.to_owned(),
+        frame: frame(
+            "forget",
+            &Gone {
+                machine_id: machine,
+            },
+        ),
+    };
+    send(shared, vec![u]);
 }
 
 /// When traces are exported: a `fan_out` span for a snapshot, the child of

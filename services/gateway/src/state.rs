@@ -42,6 +42,11 @@ pub enum Update {
         key: String,
         frame: Arc<str>,
     },
+    /// `sysmonstm machines forget`: the machine is gone from every cache.
+    Forget {
+        machine: String,
+        frame: Arc<str>,
+    },
 }
 
 /// What the gateway did, exported on `/metrics` as `sysmonstm_gateway_…`

@@ -50,6 +50,7 @@ enum Kind {
     Snapshot,
     Info,
     Alert,
+    Forget,
 }
 
 /// Updates waiting for one client, latest per key.
@@ -138,6 +139,19 @@ impl Pending {
             }
             (Update::Alert { key, frame }, _) => {
                 self.put((Kind::Alert, key.clone()), Arc::clone(frame))
+            }
+            (Update::Forget { machine, frame }, _) => {
+                // What is still queued of the machine goes; the client is
+                // told to drop what it shows.
+                let prefix = format!("{machine}:");
+                self.frames.retain(|(kind, key), _| match kind {
+                    Kind::Alert => !key.starts_with(&prefix),
+                    Kind::Forget => true,
+                    _ => key != machine,
+                });
+                let frames = &self.frames;
+                self.order.retain(|k| frames.contains_key(k));
+                self.put((Kind::Forget, machine.clone()), Arc::clone(frame))
             }
             _ => false,
         }

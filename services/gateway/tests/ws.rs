@@ -718,3 +718,61 @@ async fn connects_from_one_address_are_rate_limited() {
     let line = format!(r#"sysmonstm_gateway_ws_refused_total{{reason="rate"}} {refused}"#);
     assert!(m.contains(&line), "{line} in\n{m}");
 }
+
+/// `sysmonstm machines forget <id>`: the gateway drops the machine from its
+/// caches at once, tells every WebSocket client, and answers the asker.
+#[tokio::test]
+async fn a_forgotten_machine_leaves_the_caches_and_every_client() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut gone = Agent::new("gone-1").await;
+    let mut kept = Agent::new("kept-1").await;
+    gone.publish(&env.js).await;
+    gone.publish_info(&env.js).await;
+    let k = kept.publish(&env.js).await;
+    sysmonstm_testkit::eventually(WAIT, "both machines shown", || async {
+        let (status, _) = reqwest_body(addr, "/api/machines/gone-1/metrics").await;
+        let m = reqwest_like(addr, "/api/machines").await;
+        (status.contains("200") && m.contains("kept-1")).then_some(())
+    })
+    .await;
+    let mut ws = connect(addr).await;
+    until(&mut ws, "the initial state", |u| u["type"] == "summary").await;
+
+    let client = env.js.client();
+    let id = sysmonstm_schemas::MachineId::parse("gone-1").expect("id");
+    let reply = tokio::time::timeout(
+        WAIT,
+        client.request(sysmonstm_schemas::subjects::forget(&id), "".into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("an answer");
+    let answer = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(answer.starts_with("gateway:"), "{answer}");
+
+    until(&mut ws, "the forget update", |u| {
+        u["type"] == "forget" && u["data"]["machine_id"] == "gone-1"
+    })
+    .await;
+    let (status, _) = reqwest_body(addr, "/api/machines/gone-1/metrics").await;
+    assert!(status.contains("404"), "{status}");
+    let (status, _) = reqwest_body(addr, "/api/machines/gone-1").await;
+    assert!(status.contains("404"), "{status}");
+    let machines = reqwest_like(addr, "/api/machines").await;
+    assert!(
+        !machines.contains("gone-1") && machines.contains("kept-1"),
+        "{machines}"
+    );
+    // A forget of a token that is no machine id changes nothing and is not
+    // answered.
+    let bad = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.request("sysmon.admin.forget.UPPER".to_owned(), "".into()),
+    )
+    .await;
+    assert!(!matches!(bad, Ok(Ok(_))), "an invalid forget was answered");
+    assert!(reqwest_like(addr, "/api/machines").await.contains("kept-1"));
+    drop(k);
+}

@@ -1,0 +1,53 @@
+//! `sysmonstm edge setup`: the edge server's streams, each sourcing the
+//! hub's stream of the same name across the leaf link (definitions in
+//! `schemas::streams`, creation in `kit::jetstream`). `just up` runs it
+//! after starting the edge; running it again changes only the window.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use sysmonstm_schemas::rules::parse_duration;
+use sysmonstm_schemas::streams::{self, EdgeLimits};
+
+use crate::InvalidInput;
+
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// Create (or update) METRICS, ALERTS and MACHINES at the edge, sourced
+    /// from the hub's JetStream domain.
+    Setup {
+        /// How long METRICS and ALERTS at the edge keep a message.
+        #[arg(long, default_value = "24h")]
+        max_age: String,
+        /// METRICS at the edge drops its oldest beyond this many MiB.
+        #[arg(long, default_value_t = 2048)]
+        max_mb: u32,
+    },
+}
+
+pub async fn run(js: &async_nats::jetstream::Context, cmd: EdgeCommand) -> anyhow::Result<()> {
+    match cmd {
+        EdgeCommand::Setup { max_age, max_mb } => {
+            let max_age =
+                parse_duration(&max_age).map_err(|e| InvalidInput(format!("--max-age: {e}")))?;
+            if max_age < Duration::from_secs(60) {
+                return Err(InvalidInput("--max-age: at least 1m".into()).into());
+            }
+            if max_mb == 0 {
+                return Err(InvalidInput("--max-mb: at least 1".into()).into());
+            }
+            let limits = EdgeLimits {
+                max_age,
+                max_bytes: i64::from(max_mb) * 1024 * 1024,
+            };
+            sysmonstm_kit::jetstream::ensure_edge_streams(js, &limits).await?;
+            for name in streams::EDGE_SOURCED {
+                println!(
+                    "edge stream {name}: sources {name} in domain {}",
+                    streams::HUB_DOMAIN
+                );
+            }
+        }
+    }
+    Ok(())
+}
