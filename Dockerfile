@@ -42,8 +42,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sysmon \
  && useradd --system --uid 10001 --gid sysmon --home-dir /var/lib/sysmonstm --create-home sysmon \
- && mkdir -p /creds /var/lib/sysmonstm/agent \
- && chown -R sysmon:sysmon /creds /var/lib/sysmonstm
+ && mkdir -p /creds /srv/.data/creds /srv/.data/creds-edge /var/lib/sysmonstm/agent \
+ && chown -R sysmon:sysmon /creds /srv/.data /var/lib/sysmonstm
 COPY --from=builder /out/ /usr/local/bin/
 COPY rules.example.toml /etc/sysmonstm/rules.toml
 COPY docker/creds.sh /usr/local/bin/sysmonstm-dev-creds

@@ -7,20 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v docker-compose >/dev/null 2>&1 || { echo "check-compose: docker-compose is missing (scripts/install-deps.sh)" >&2; exit 1; }
 docker-compose -f compose.yaml config -q
-docker-compose -f compose.yaml config | python3 -c '
+docker-compose -f compose.yaml config | /usr/bin/python3 -c '
 import sys, yaml
 c = yaml.safe_load(sys.stdin)
 s = c["services"]
 bad = []
 def need(cond, what):
     if not cond: bad.append(what)
-ports = {"hub": {4222, 8222}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}}
-for name in ["creds", "hub", "postgres", "persister", "alerter", "gateway", "agent"]:
+ports = {"hub": {4222, 8222}, "edge": {4223, 8223, 7422}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}}
+for name in ["creds", "edge", "hub", "edge-setup", "postgres", "persister", "alerter", "gateway", "agent"]:
     need(name in s, f"service {name} is missing")
 for name, want in ports.items():
     got = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in s.get(name, {}).get("ports", [])}
     need(want <= got, f"{name} publishes {sorted(got)}, the native stack {sorted(want)}")
-for name in ["hub", "postgres", "persister", "alerter", "gateway"]:
+for name in ["edge", "hub", "postgres", "persister", "alerter", "gateway"]:
     need("healthcheck" in s.get(name, {}), f"{name} has no health check")
 for name in ["persister", "alerter", "gateway", "agent"]:
     env = s.get(name, {}).get("environment", {})
@@ -33,8 +33,12 @@ for name in ["persister", "gateway"]:
     need("DATABASE_URL" in s.get(name, {}).get("environment", {}), f"{name} lacks DATABASE_URL")
 need(s["persister"]["environment"].get("SYSMON_PERSISTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "persister /metrics not on 0.0.0.0")
 need(s["alerter"]["environment"].get("SYSMON_ALERTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "alerter /metrics not on 0.0.0.0")
-need(s["hub"]["depends_on"]["creds"]["condition"] == "service_completed_successfully", "hub starts before the creds")
-for v in ["creds", "hub-data", "pg-data"]:
+for n in ["edge", "hub"]:
+    need(s[n]["depends_on"]["creds"]["condition"] == "service_completed_successfully", f"{n} starts before the creds")
+need(s["hub"]["depends_on"].get("edge", {}).get("condition") == "service_healthy", "the hub starts before the edge")
+for dep in ["edge", "persister", "alerter"]:
+    need(s["edge-setup"]["depends_on"].get(dep, {}).get("condition") == "service_healthy", f"edge-setup runs before {dep} is healthy")
+for v in ["creds", "creds-edge", "edge-data", "hub-data", "pg-data"]:
     need(v in c.get("volumes", {}), f"named volume {v} is missing")
 if bad:
     print("check-compose: compose.yaml does not match the native stack:", *bad, sep="\n  ", file=sys.stderr)
@@ -54,18 +58,20 @@ if [ -n "${SYSMON_BIN_DIR:-}" ] && [ -x "${NATS_SERVER_BIN:-}" ]; then
   trap 'rm -rf "$srv"' EXIT
   mkdir -p "$srv/.data"
   cp -r nats "$srv/nats"
-  sed "s#^dir=/creds#dir=$srv/.data/creds#" docker/creds.sh >"$srv/creds.sh"
-  PATH="$SYSMON_BIN_DIR:$PATH" sh "$srv/creds.sh" >/dev/null 2>&1 \
-    || { echo "check-compose: docker/creds.sh failed" >&2; exit 1; }
-  PATH="$SYSMON_BIN_DIR:$PATH" sh "$srv/creds.sh" | grep -q "already" \
-    || { echo "check-compose: docker/creds.sh is not idempotent" >&2; exit 1; }
-  for u in persister alerter gateway cli agent-docker-agent; do
-    [ -f "$srv/.data/creds/users/$u.creds" ] || { echo "check-compose: docker/creds.sh made no $u.creds" >&2; exit 1; }
+  run_creds() { PATH="$SYSMON_BIN_DIR:$PATH" SYSMON_DATA="$srv/.data" sh docker/creds.sh 2>&1; }
+  out="$(run_creds)" || { echo "check-compose: docker/creds.sh failed: $out" >&2; exit 1; }
+  run_creds | grep -q "already" || { echo "check-compose: docker/creds.sh is not idempotent" >&2; exit 1; }
+  for f in creds/users/persister.creds creds/users/alerter.creds creds/users/gateway.creds \
+    creds/users/cli.creds creds/users/agent-docker-agent.creds creds/leaf-remote.conf \
+    creds-edge/users/edge-admin.creds creds-edge/users/edge-gateway.creds; do
+    [ -f "$srv/.data/$f" ] || { echo "check-compose: docker/creds.sh made no $f" >&2; exit 1; }
   done
-  if ! out="$(cd "$srv" && "$NATS_SERVER_BIN" -t -c "$srv/nats/hub-docker.conf" 2>&1)"; then
-    echo "check-compose: nats/hub-docker.conf is not valid: $out" >&2
-    exit 1
-  fi
-  echo "compose: docker/creds.sh and nats/hub-docker.conf work"
+  for conf in edge-docker hub-docker; do
+    if ! out="$(cd "$srv" && "$NATS_SERVER_BIN" -t -c "$srv/nats/$conf.conf" 2>&1)"; then
+      echo "check-compose: nats/$conf.conf is not valid: $out" >&2
+      exit 1
+    fi
+  done
+  echo "compose: docker/creds.sh and nats/{hub,edge}-docker.conf work"
 fi
 echo "compose.yaml: valid, and matches the native stack"
