@@ -30,7 +30,7 @@ test:
     cargo build --profile hostile --bins
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test hostile -- --ignored
-    # The compose stack's creds script and hub config, with these binaries.
+    # The compose stack's creds script and edge and hub configs, with these binaries.
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" scripts/check-compose.sh
     # One snapshot's trace reaches an in-test OTLP receiver from every service.
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \

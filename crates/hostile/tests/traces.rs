@@ -252,6 +252,9 @@ async fn one_snapshot_is_one_trace_across_the_services() {
             traced[1],
             traced[2],
             ("SYSMON_ALERTER_METRICS_LISTEN", "127.0.0.1:0"),
+            // If it makes METRICS before the persister does: within the
+            // test server's JetStream limits too.
+            ("SYSMON_ALERTER_STREAM_MAX_MIB", "512"),
         ],
     );
     alerter.addr().await;
@@ -362,8 +365,10 @@ async fn one_snapshot_is_one_trace_across_the_services() {
             }
             panic!(
                 "no trace with spans from every service after {WAIT:?}; received \
-                 (service, span, has a parent) → count: {summary:#?}\npersister log:\n{}",
-                persister.log()
+                 (service, span, has a parent) → count: {summary:#?}\npersister log:\n{}\n\
+                 alerter log:\n{}",
+                persister.log(),
+                alerter.log()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
