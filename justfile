@@ -17,6 +17,7 @@ test:
     deps="$(scripts/install-deps.sh)"
     eval "$deps"
     cargo fmt --all -- --check
+    scripts/check-compose.sh
     cargo clippy --workspace --all-targets -- -D warnings
     # Licences and sources of every dependency (deny.toml). Not advisories:
     # the RustSec database comes from GitHub, unreachable here.
@@ -32,6 +33,11 @@ test:
     cargo build --profile hostile --bins
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test hostile -- --ignored
+    # The compose stack's creds script and edge and hub configs, with these binaries.
+    SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" scripts/check-compose.sh
+    # One snapshot's trace reaches an in-test OTLP receiver from every service.
+    SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
+      cargo test -p sysmonstm-hostile --test traces -- --ignored
     # The agent's package installs, its unit passes systemd's own check, and
     # it is removed again.
     deb="$(scripts/package.sh)"
@@ -53,6 +59,14 @@ build:
 # Run the whole stack natively: hub and edge nats-servers, PostgreSQL, persister, alerter, gateway and a local agent.
 up:
     @scripts/stack.sh up
+
+# The same stack in containers (compose.yaml), where a Docker engine with the compose plugin runs.
+up-docker:
+    docker compose up -d --build
+
+# Stop the containers of `just up-docker`; the named volumes keep the data.
+down-docker:
+    docker compose down
 
 # Stop everything `just up` started (by pid file); the data stays in .data/.
 down:

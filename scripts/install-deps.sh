@@ -119,6 +119,8 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
+# compose.yaml is checked with Debian's docker-compose (`config` needs no engine).
+command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 
 # --- cargo-deny: `just test` checks the licences and sources of every
 # dependency (deny.toml). Built from crates.io once into $TOOLS/cargo. Its

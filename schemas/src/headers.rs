@@ -9,6 +9,14 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const KV_OPERATION: &str = "KV-Operation";
 pub const KV_DELETE: &str = "DEL";
 
+/// W3C Trace Context: the sender's trace and span, so that a message's path
+/// through the services is one OpenTelemetry trace. Set only when the sender
+/// exports traces (`OTEL_EXPORTER_OTLP_ENDPOINT`); a consumer without it
+/// starts a trace of its own.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context's vendor-specific part, passed on with [`TRACEPARENT`].
+pub const TRACESTATE: &str = "tracestate";
+
 /// The value of [`MSG_ID`] for one snapshot of one machine.
 pub fn msg_id(machine: &crate::MachineId, seq: u64) -> String {
     format!("{machine}:{seq}")

@@ -129,7 +129,7 @@ async fn main() -> ExitCode {
     if let Err(e) = config.validate() {
         return config_error(e);
     }
-    sysmonstm_kit::telemetry::init("sysmonstm-agent");
+    let _telemetry = sysmonstm_kit::telemetry::init("sysmonstm-agent");
 
     if once_json {
         return match sysmonstm_agent::sample_once(&config).await {

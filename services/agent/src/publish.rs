@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use sysmonstm_kit::telemetry;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -125,10 +126,23 @@ async fn publish_batch(
 ) -> Result<(), (Record, String)> {
     let deadline = tokio::time::Instant::now() + ack_timeout;
     let mut acks = Vec::with_capacity(batch.len());
+    // One `publish` span per snapshot when traces are exported (none, and
+    // no header, otherwise); its context goes with the message.
+    let mut spans = Vec::new();
     for rec in batch {
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .message_id(rec.msg_id.as_str())
             .payload(rec.payload.clone());
+        let span = telemetry::producer_span(|| {
+            tracing::info_span!("publish", otel.kind = "producer", seq = rec.seq,
+                subject = %rec.subject)
+        });
+        telemetry::inject(&span, |k, v| {
+            publish = std::mem::take(&mut publish).header(k, v)
+        });
+        if !span.is_none() {
+            spans.push(span);
+        }
         let sent = tokio::time::timeout_at(deadline, js.send_publish(rec.subject.clone(), publish));
         match sent.await {
             Ok(Ok(ack)) => acks.push(ack),

@@ -55,7 +55,7 @@ async fn main() -> ExitCode {
     if args.metrics_listen.is_some() {
         cfg.metrics_listen = args.metrics_listen;
     }
-    sysmonstm_kit::telemetry::init("sysmonstm-alerter");
+    let _telemetry = sysmonstm_kit::telemetry::init("sysmonstm-alerter");
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match Alerter::new(cfg).run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

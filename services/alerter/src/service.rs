@@ -47,8 +47,10 @@ use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
 use crate::sample::{self, Sample};
 use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_kit::telemetry;
 use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::file as rules_file;
+use tracing::Instrument as _;
 
 pub struct Alerter {
     config: AlerterConfig,
@@ -189,13 +191,13 @@ impl Alerter {
                 _ = shutdown.cancelled() => break,
                 m = live.next() => match m {
                     Some(msg) => {
-                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload), false, &js, &tx).await;
+                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload, msg.headers.as_ref()), false, &js, &tx).await;
                     }
                     None => anyhow::bail!("the METRICS subscription ended"),
                 },
                 m = snapshots.next() => match m {
                     Some(Ok(msg)) => {
-                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload), true, &js, &tx).await;
+                        self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload, msg.headers.as_ref()), true, &js, &tx).await;
                         unacked_n += 1;
                         unacked = Some(msg);
                         if unacked_n >= ACK_EVERY {
@@ -254,7 +256,7 @@ impl Alerter {
         &self,
         engine: &mut Engine,
         newest: &mut std::collections::HashMap<String, i64>,
-        (subject, payload): (&str, &[u8]),
+        (subject, payload, headers): (&str, &[u8], Option<&async_nats::HeaderMap>),
         via_consumer: bool,
         js: &jetstream::Context,
         tx: &mpsc::Sender<InFlight>,
@@ -300,8 +302,14 @@ impl Alerter {
             );
         } else {
             Counters::add(&c.snapshots_evaluated, 1);
-            let changes = engine.on_sample(&Sample::from_snapshot(&snap), now);
-            self.emit(js, changes, tx).await;
+            // The child of the agent's `publish` when traces are exported
+            // (once per snapshot: only the copy that is evaluated).
+            let span = telemetry::consumer_span(
+                headers,
+                || tracing::info_span!("evaluate", otel.kind = "consumer", machine = %snap.machine_id),
+            );
+            let changes = span.in_scope(|| engine.on_sample(&Sample::from_snapshot(&snap), now));
+            self.emit(js, changes, tx).instrument(span).await;
         }
         Counters::set(&c.machines, engine.machine_count() as u64);
     }

@@ -10,13 +10,7 @@ async fn main() -> ExitCode {
     let cli = sysmonstm_cli::Cli::parse();
     // A command's own output is what matters; the client's connection
     // events (reconnecting while the hub is away) only with RUST_LOG.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _telemetry = sysmonstm_kit::telemetry::init_with("sysmonstm", "warn");
     match sysmonstm_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -159,6 +159,8 @@ async fn follow_metrics(
     // instead of once per snapshot. Nothing waits to fill a batch.
     while let Some(msg) = live.next().await {
         let mut batch = Vec::new();
+        let mut spans = Vec::new();
+        fan_out_span(&mut spans, &msg);
         batch.extend(decode(
             shared,
             Kind::Metrics,
@@ -168,6 +170,7 @@ async fn follow_metrics(
         while batch.len() < MAX_BATCH {
             match live.next().now_or_never() {
                 Some(Some(msg)) => {
+                    fan_out_span(&mut spans, &msg);
                     batch.extend(decode(
                         shared,
                         Kind::Metrics,
@@ -249,6 +252,18 @@ pub fn forget(shared: &Shared, machine: &str) {
         ),
     };
     send(shared, vec![u]);
+}
+
+/// When traces are exported: a `fan_out` span for a snapshot, the child of
+/// the agent's `publish`, open until its batch is on the fan-out channel.
+fn fan_out_span(spans: &mut Vec<tracing::Span>, msg: &async_nats::Message) {
+    let span = sysmonstm_kit::telemetry::consumer_span(
+        msg.headers.as_ref(),
+        || tracing::info_span!("fan_out", otel.kind = "consumer", subject = %msg.subject),
+    );
+    if !span.is_none() {
+        spans.push(span);
+    }
 }
 
 fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {

@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
         eprintln!("sysmonstm-gateway: configuration: {e}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
-    sysmonstm_kit::telemetry::init("sysmonstm-gateway");
+    let _telemetry = sysmonstm_kit::telemetry::init("sysmonstm-gateway");
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match sysmonstm_gateway::run(cfg, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
+use sysmonstm_kit::telemetry;
 use sysmonstm_schemas::streams;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use config::{PersisterConfig, Storage};
 use copy::Batch;
@@ -251,14 +253,25 @@ impl Worker {
         let started = Instant::now();
         let now = chrono::Utc::now();
         let mut accepted: Vec<jetstream::Message> = Vec::with_capacity(msgs.len());
+        // When traces are exported: a `store` span per snapshot, the child of
+        // the agent's `publish`, open until its batch is written (dropped at
+        // the end of this function). Nothing otherwise.
+        let mut spans = Vec::new();
         for msg in msgs {
             Counters::add(&c.received, 1);
             if msg.info().is_ok_and(|i| i.delivered > 1) {
                 Counters::add(&c.redelivered, 1);
             }
+            let span = telemetry::consumer_span(
+                msg.headers.as_ref(),
+                || tracing::info_span!("store", otel.kind = "consumer", subject = %msg.subject),
+            );
             match rows.push(msg.subject.as_str(), &msg.payload, now, limits) {
                 Ok(()) => accepted.push(msg),
-                Err(why) => self.reject(&msg, why).await,
+                Err(why) => self.reject(&msg, why).instrument(span.clone()).await,
+            }
+            if !span.is_none() {
+                spans.push(span);
             }
         }
 

@@ -62,7 +62,7 @@ async fn main() -> ExitCode {
     if let Some(b) = args.batch_size {
         cfg.batch_size = b;
     }
-    sysmonstm_kit::telemetry::init("sysmonstm-persister");
+    let _telemetry = sysmonstm_kit::telemetry::init("sysmonstm-persister");
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match Persister::new(cfg).run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
