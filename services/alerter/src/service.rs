@@ -93,7 +93,7 @@ impl Alerter {
         }
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
-        let setup = async {
+        let setup = || async {
             let alerts = js_kit::ensure_alerts(&js).await?;
             let metrics = js
                 .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
@@ -102,9 +102,27 @@ impl Alerter {
             let state_kv = js_kit::ensure_kv(&js, streams::alert_state_bucket()).await?;
             anyhow::Ok((alerts, metrics, rules_kv, state_kv))
         };
-        let (alerts, metrics, rules_kv, state_kv) = tokio::select! {
-            r = setup => r?,
-            _ = shutdown.cancelled() => return Ok(()),
+        // A hub that refuses the streams for now (no storage left, a limit
+        // another service set differently, JetStream still starting) is
+        // waited for, as the persister waits: the alerter keeps serving
+        // /health and tries again, instead of exiting.
+        let mut backoff = Duration::from_millis(200);
+        let (alerts, metrics, rules_kv, state_kv) = loop {
+            tokio::select! {
+                r = setup() => match r {
+                    Ok(v) => break v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff,
+                            "cannot set up the streams and buckets; trying again");
+                    }
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         };
         if let Some(rules) = file_rules {
             put_rules(&rules_kv, &rules).await?;

@@ -11,7 +11,7 @@ use prost::Message as _;
 use sysmonstm_alerter::Counters;
 use sysmonstm_schemas::alert::EventKind;
 use sysmonstm_schemas::rules::{AlertStateRecord, Metric, Phase, Severity, state_key};
-use sysmonstm_schemas::{MachineId, headers, subjects, v1};
+use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
 use sysmonstm_testkit::{NatsServer, eventually};
 
 /// Year ~8053 in Unix milliseconds.
@@ -389,4 +389,32 @@ async fn a_full_confirm_queue_makes_evaluation_wait_and_loses_nothing() {
         "the queue was full at least once"
     );
     alerter.stop().await;
+}
+
+/// A hub that refuses the streams (here: METRICS asks for more than the
+/// server may store) is waited for, not a reason to exit: the alerter keeps
+/// running and serving `/health`, and tries again. (It used to return the
+/// error, and the process ended.)
+#[tokio::test]
+async fn a_hub_that_refuses_the_streams_is_waited_for() {
+    // JetStream may store 64 MiB; the alerter's METRICS asks for 1 GiB.
+    let nats = NatsServer::start_with("max_file_store: 64MB", "");
+    let mut cfg = config(&nats.url());
+    cfg.metrics_listen = Some("127.0.0.1:0".into());
+    let alerter = spawn(cfg);
+    let js = js_for(&nats.url()).await;
+    // ALERTS (small) is made; METRICS is refused, again and again.
+    eventually(WAIT, "ALERTS made before METRICS was refused", || {
+        let js = js.clone();
+        async move { js.get_stream(streams::ALERTS).await.ok().map(|_| ()) }
+    })
+    .await;
+    let mut task = alerter.task;
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(3), &mut task).await;
+    assert!(
+        outcome.is_err(),
+        "the alerter stopped instead of waiting: {outcome:?}"
+    );
+    assert!(js.get_stream(streams::METRICS).await.is_err());
+    task.abort();
 }
