@@ -21,6 +21,9 @@ test:
     cargo clippy --workspace --all-targets -- -D warnings
     # Licences and sources of every dependency (deny.toml). Not advisories:
     # the RustSec database comes from GitHub, unreachable here.
+    # `cargo fetch` first: deny reads the metadata of every crate in the lock
+    # file, also those of other platforms, which a build never downloads.
+    cargo fetch -q
     cargo deny --offline check licenses sources
     pgdir="$(mktemp -d -t sysmonstm-test-pg-XXXXXX)"
     trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
