@@ -184,8 +184,8 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
             let n = a.revoke(&name).map_err(input)?;
             println!("revoked {n} credential(s) issued as {name}");
             eprintln!(
-                "servers refuse it after a reload: nats-server --signal reload (or SIGHUP) on \
-                 every server that includes {}",
+                "servers refuse it after a restart (or, usually, a reload: nats-server --signal \
+                 reload) of every server that includes {}",
                 dir.join("resolver.conf").display()
             );
         }
