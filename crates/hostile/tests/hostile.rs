@@ -12,9 +12,12 @@
 //! `just test` builds with the `hostile` profile and names in
 //! `SYSMON_BIN_DIR`, and runs it with `--ignored`.
 
+mod common;
+
+use common::Proc;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +26,6 @@ use prost::Message as _;
 use serde_json::Value;
 use sysmonstm_schemas::v1;
 use sysmonstm_testkit::{NatsServer, TestDb, eventually};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,97 +38,6 @@ const NORMAL: &str = "normal-1";
 /// per machine a few KiB at most and its caches are bounded; these leave
 /// room for the allocator and the runtime, not for growth with input.
 const RSS_BOUND_MIB: [(&str, u64); 3] = [("persister", 128), ("alerter", 64), ("gateway", 128)];
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("SYSMON_BIN_DIR").unwrap_or_else(|| {
-        panic!(
-            "SYSMON_BIN_DIR is not set: `just test` builds the binaries (cargo build --profile \
-             hostile --bins) and runs this suite with them"
-        )
-    }))
-}
-
-/// One service process, its log and the address it reported.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    dir: TempDir,
-}
-
-impl Proc {
-    fn start(name: &'static str, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("sysmonstm-hostile-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let mut cmd = Command::new(bin_dir().join(bin));
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .env("SYSMON_ADDR_FILE", dir.path().join("addr"))
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} from {:?}: {e}", bin_dir()));
-        Self { name, child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// Panics with the log's tail if the process has exited (an abort).
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = self.log();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!("{} exited ({status}); its log ends:\n{tail}", self.name);
-        }
-    }
-
-    async fn addr(&mut self) -> SocketAddr {
-        let path = self.dir.path().join("addr");
-        let name = self.name;
-        let addr = eventually(WAIT, &format!("{name} reports its address"), || {
-            let text = std::fs::read_to_string(&path).ok();
-            async move { text.and_then(|t| t.trim().parse::<SocketAddr>().ok()) }
-        })
-        .await;
-        self.assert_alive();
-        addr
-    }
-
-    fn rss_mib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("process status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib / 1024
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A plain HTTP/1.1 request; returns (status, body), or None when the
 /// connection failed (the server is gone or refused).

@@ -7,10 +7,12 @@
 //! Like the hostile suite it runs the binaries named by `SYSMON_BIN_DIR`
 //! (`just test` builds them), so it is `#[ignore]`d for a plain `cargo test`.
 
+mod common;
+
+use common::Proc;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
 use sysmonstm_schemas::{MachineId, headers, subjects};
-use sysmonstm_testkit::{NatsServer, TestDb, eventually};
-use tempfile::TempDir;
+use sysmonstm_testkit::{NatsServer, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -129,64 +130,6 @@ async fn otlp_receiver() -> (SocketAddr, Spans) {
     (addr, spans)
 }
 
-fn bin_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("SYSMON_BIN_DIR").unwrap_or_else(|| {
-        panic!("SYSMON_BIN_DIR is not set: `just test` builds the binaries and runs this test")
-    }))
-}
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-    dir: TempDir,
-}
-
-impl Proc {
-    fn start(name: &'static str, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("sysmonstm-traces-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
-        let mut cmd = Command::new(bin_dir().join(bin));
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .env("SYSMON_ADDR_FILE", dir.path().join("addr"))
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} from {:?}: {e}", bin_dir()));
-        Self { name, child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    async fn addr(&self) -> SocketAddr {
-        let path = self.dir.path().join("addr");
-        let name = self.name;
-        eventually(WAIT, &format!("{name} reports its address"), || {
-            let text = std::fs::read_to_string(&path).ok();
-            async move { text.and_then(|t| t.trim().parse::<SocketAddr>().ok()) }
-        })
-        .await
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The trace id of a trace in which an agent's `publish` span has a child
 /// of each `wanted` (service, span name).
 fn one_trace(got: &[Received], wanted: &[(&str, &str)]) -> Option<Vec<u8>> {
@@ -228,7 +171,7 @@ async fn one_snapshot_is_one_trace_across_the_services() {
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
     ];
 
-    let persister = Proc::start(
+    let mut persister = Proc::start(
         "persister",
         "sysmonstm-persister",
         &[],
@@ -243,7 +186,7 @@ async fn one_snapshot_is_one_trace_across_the_services() {
         ],
     );
     persister.addr().await;
-    let alerter = Proc::start(
+    let mut alerter = Proc::start(
         "alerter",
         "sysmonstm-alerter",
         &[],
@@ -258,7 +201,7 @@ async fn one_snapshot_is_one_trace_across_the_services() {
         ],
     );
     alerter.addr().await;
-    let gateway = Proc::start(
+    let mut gateway = Proc::start(
         "gateway",
         "sysmonstm-gateway",
         &["--listen", "127.0.0.1:0"],
