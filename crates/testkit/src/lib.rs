@@ -17,7 +17,7 @@ mod pg;
 mod port;
 
 pub use nats::NatsServer;
-pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb};
+pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb, refresh_rollups};
 pub use port::{PortHold, free_port};
 
 use std::future::Future;

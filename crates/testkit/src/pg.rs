@@ -88,6 +88,51 @@ impl Drop for TestDb {
     }
 }
 
+/// Refreshes TimescaleDB's continuous aggregates `views` over all time, the
+/// way a test or benchmark needs them settled before it compares.
+///
+/// The refresh policies run in background workers on their own schedule,
+/// and a manual refresh over a window one of them is refreshing fails with
+/// 55P03 ("a concurrent refresh is already in progress"). So this pauses
+/// this database's refresh jobs first and waits until no job worker of this
+/// database is left running; then nothing can refresh concurrently.
+pub async fn refresh_rollups(pool: &PgPool, views: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs
+         WHERE proc_name = 'policy_refresh_continuous_aggregate' AND scheduled",
+    )
+    .execute(pool)
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (running,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity a
+             JOIN timescaledb_information.jobs j ON a.application_name = j.application_name
+             WHERE a.datname = current_database()
+               AND j.proc_name = 'policy_refresh_continuous_aggregate'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if running == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(sqlx::Error::Protocol(format!(
+                "{running} refresh job(s) still running after 120 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for v in views {
+        sqlx::query(&format!(
+            "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
+        ))
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
 /// `postgres://u@h:p/old?x` → `postgres://u@h:p/<db>?x`.
 fn replace_db(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {

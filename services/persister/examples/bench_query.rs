@@ -104,11 +104,7 @@ async fn main() -> anyhow::Result<()> {
     if mode == store::Mode::Timescaledb {
         for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
             let t = Instant::now();
-            sqlx::query(&format!(
-                "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
-            ))
-            .execute(&pool)
-            .await?;
+            sysmonstm_testkit::refresh_rollups(&pool, &[v]).await?;
             println!("refreshed {v} in {:.1} s", t.elapsed().as_secs_f64());
         }
     } else {

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use sysmonstm_persister::store::{self, Writer};
 use sysmonstm_persister::{Mode, PersisterConfig, Storage, alerts, maintenance, migrate_with};
 use sysmonstm_schemas::{MachineId, subjects, v1};
-use sysmonstm_testkit::{NatsServer, TestDb, eventually};
+use sysmonstm_testkit::{NatsServer, TestDb, eventually, refresh_rollups};
 
 async fn paths() -> Vec<Storage> {
     storage_paths().await
@@ -264,14 +264,9 @@ async fn rollups_equal_the_aggregates_of_the_raw_rows_on_both_paths() {
             assert_eq!(settle().await, 0, "the queue is empty once settled");
         }
         if mode == Mode::Timescaledb {
-            for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
-                sqlx::query(&format!(
-                    "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
-                ))
-                .execute(&pool)
+            refresh_rollups(&pool, &["metrics_1m", "metrics_5m", "metrics_1h"])
                 .await
                 .expect("refresh");
-            }
         }
         for (view, width) in [
             ("metrics_1m", "1 minute"),

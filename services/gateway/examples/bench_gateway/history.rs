@@ -86,14 +86,9 @@ pub async fn prepare(url: &str) -> anyhow::Result<String> {
         .rows_affected();
     }
     if mode == "timescaledb" {
-        for v in ["metrics_1m", "metrics_5m", "metrics_1h"] {
-            sqlx::query(&format!(
-                "CALL refresh_continuous_aggregate('{v}', NULL, NULL)"
-            ))
-            .execute(&pool)
+        sysmonstm_testkit::refresh_rollups(&pool, &["metrics_1m", "metrics_5m", "metrics_1h"])
             .await
-            .with_context(|| format!("refreshing {v}"))?;
-        }
+            .context("refreshing the rollups")?;
     } else {
         // The rollups, as the persister settles them.
         sqlx::query("SELECT sysmon_rollup_settle()")
