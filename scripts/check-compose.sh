@@ -38,6 +38,17 @@ for n in ["edge", "hub"]:
 need(s["hub"]["depends_on"].get("edge", {}).get("condition") == "service_healthy", "the hub starts before the edge")
 for dep in ["edge", "persister", "alerter"]:
     need(s["edge-setup"]["depends_on"].get(dep, {}).get("condition") == "service_healthy", f"edge-setup runs before {dep} is healthy")
+# Third-party images are pinned to the versions the tests run: nats-server
+# as scripts/install-deps.sh installs it, TimescaleDB as vendored for tests.
+import re
+nats_version = re.search(r"^NATS_VERSION=.([0-9.]+).", open("scripts/install-deps.sh").read(), re.M).group(1)
+for name in ["hub", "edge"]:
+    need(s[name].get("image", "").startswith(f"nats:{nats_version}-"), f"{name} image is not nats:{nats_version}-…")
+need(s["postgres"].get("image") == "timescale/timescaledb:2.28.3-pg15", "postgres image is not timescale/timescaledb:2.28.3-pg15")
+for name, svc in s.items():
+    img = svc.get("image", "")
+    need(svc.get("build") is not None or re.search(r":[^:]*[0-9]", img) and "latest" not in img,
+         f"{name}: image {img!r} is not pinned to a version")
 for v in ["creds", "creds-edge", "edge-data", "hub-data", "pg-data"]:
     need(v in c.get("volumes", {}), f"named volume {v} is missing")
 if bad:
