@@ -628,8 +628,56 @@ impl Authority {
 
     /// The server-side half: operator JWT, system account and the MEMORY
     /// resolver with both account JWTs, for `include` in a server config.
+    ///
+    /// The operator and system account JWTs are minted once and kept
+    /// (`operator.jwt`, `system.jwt`): nats-server cannot reload a changed
+    /// operator ("config reload not supported for TrustedOperators"), so a
+    /// re-minted one — a new `iat` — would make the reload that applies a
+    /// revocation fail.
     pub fn resolver_conf(&self) -> Result<String, CredsError> {
-        let operator = jwt::encode(
+        let operator =
+            self.kept_jwt("operator.jwt", &self.operator, || self.mint_operator_jwt())?;
+        let system = self.kept_jwt("system.jwt", &self.system, || self.mint_system_jwt())?;
+        Ok(format!(
+            "# sysmonstm credentials: written by `sysmonstm creds`; do not edit.\n\
+             operator: \"{operator}\"\n\
+             system_account: {sys}\n\
+             resolver: MEMORY\n\
+             resolver_preload: {{\n  {sys}: \"{system}\"\n  {acc}: \"{account}\"\n}}\n",
+            sys = self.system.public_key(),
+            acc = self.account.public_key(),
+            account = self.account_jwt()?,
+        ))
+    }
+
+    /// The JWT for `subject` kept in `file`, or a new one from `mint`, kept
+    /// there.
+    fn kept_jwt(
+        &self,
+        file: &str,
+        subject: &KeyPair,
+        mint: impl FnOnce() -> Result<String, CredsError>,
+    ) -> Result<String, CredsError> {
+        let path = self.dir.join(file);
+        if path.exists() {
+            let text = read(&path)?.trim().to_owned();
+            let claims: Claims<serde_json::Value> =
+                jwt::decode(&text).map_err(|e| CredsError::Damaged(path.clone(), e.to_string()))?;
+            if claims.sub != subject.public_key() {
+                return Err(CredsError::Damaged(
+                    path,
+                    "signed for another key than this directory's".into(),
+                ));
+            }
+            return Ok(text);
+        }
+        let jwt = mint()?;
+        write_secret(&path, &jwt)?;
+        Ok(jwt)
+    }
+
+    fn mint_operator_jwt(&self) -> Result<String, CredsError> {
+        Ok(jwt::encode(
             Claims {
                 jti: String::new(),
                 iat: now_s(),
@@ -645,8 +693,11 @@ impl Authority {
                 },
             },
             &self.operator,
-        )?;
-        let system = jwt::encode(
+        )?)
+    }
+
+    fn mint_system_jwt(&self) -> Result<String, CredsError> {
+        Ok(jwt::encode(
             Claims {
                 jti: String::new(),
                 iat: now_s(),
@@ -663,17 +714,7 @@ impl Authority {
                 },
             },
             &self.operator,
-        )?;
-        Ok(format!(
-            "# sysmonstm credentials: written by `sysmonstm creds`; do not edit.\n\
-             operator: \"{operator}\"\n\
-             system_account: {sys}\n\
-             resolver: MEMORY\n\
-             resolver_preload: {{\n  {sys}: \"{system}\"\n  {acc}: \"{account}\"\n}}\n",
-            sys = self.system.public_key(),
-            acc = self.account.public_key(),
-            account = self.account_jwt()?,
-        ))
+        )?)
     }
 
     fn save(&self) -> Result<(), CredsError> {
@@ -734,6 +775,46 @@ mod tests {
             .expect("tls");
         hub.leaf_remote_conf("nats-leaf://[::1]:7422", &leaf)
             .expect("ipv6");
+    }
+
+    /// nats-server refuses to reload a changed operator, so a revocation
+    /// (which rewrites resolver.conf) must leave the operator and system
+    /// JWTs as they were, however much later it comes.
+    #[test]
+    fn a_revocation_changes_only_the_account_jwt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Authority::init(dir.path()).expect("init");
+        a.issue(Role::Agent("web-1".into())).expect("agent");
+        let before = std::fs::read_to_string(dir.path().join("resolver.conf")).expect("conf");
+        // Wait for the clock's second to change: JWTs carry `iat` in seconds.
+        let t0 = now_s();
+        while now_s() == t0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut a = Authority::open(dir.path()).expect("reopen");
+        a.revoke("agent-web-1").expect("revoked");
+        let after = std::fs::read_to_string(dir.path().join("resolver.conf")).expect("conf");
+        let line = |conf: &str, key: &str| {
+            conf.lines()
+                .find(|l| l.trim_start().starts_with(key))
+                .map(str::to_owned)
+                .expect(key)
+        };
+        assert_eq!(line(&before, "operator:"), line(&after, "operator:"));
+        let sys = a.system.public_key();
+        assert_eq!(
+            line(&before, &format!("{sys}:")),
+            line(&after, &format!("{sys}:"))
+        );
+        let acc = a.account_public_key();
+        assert_ne!(
+            line(&before, &acc),
+            line(&after, &acc),
+            "the revocation is in"
+        );
+        // A kept JWT that is not this directory's is refused, not served.
+        std::fs::write(dir.path().join("operator.jwt"), "a.b.c").expect("write");
+        assert!(matches!(a.resolver_conf(), Err(CredsError::Damaged(..))));
     }
 
     #[test]

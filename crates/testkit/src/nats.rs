@@ -140,6 +140,18 @@ impl NatsServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Asks the server to reload its config (SIGHUP), as
+    /// `nats-server --signal reload` does; it reloads in the background.
+    pub fn reload(&self) {
+        let pid = self.pid().expect("the server runs");
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "SIGHUP to nats-server {pid} failed");
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
