@@ -106,6 +106,10 @@ pub enum Role {
     EdgeAdmin,
     /// Edge: the edge gateway; reads the edge streams and publishes nothing.
     EdgeGateway,
+    /// Bench hubs only: publishes snapshots and facts as any machine
+    /// (`sysmonstm-loadgen`, `just bench stack`). Never issue it on a hub
+    /// that real agents use: it can impersonate every one of them.
+    Loadgen,
 }
 
 fn join<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
@@ -125,6 +129,7 @@ impl Role {
             Self::Leaf => "leaf".into(),
             Self::EdgeAdmin => "edge-admin".into(),
             Self::EdgeGateway => "edge-gateway".into(),
+            Self::Loadgen => "loadgen".into(),
         }
     }
 
@@ -271,6 +276,10 @@ impl Role {
             // no flow control), message gets. No data subject, no stream
             // change, nothing towards the hub.
             Self::EdgeGateway => (allow(EDGE_READ), allow(&inbox)),
+            Self::Loadgen => (
+                allow(&[subjects::METRICS_ALL, subjects::INFO_ALL]),
+                allow(&inbox),
+            ),
         }
     }
 }

@@ -82,6 +82,8 @@ pub enum Service {
     EdgeAdmin,
     /// At the edge: the edge gateway, which only reads the edge streams.
     EdgeGateway,
+    /// Bench hubs only: `sysmonstm-loadgen`, which publishes as any machine.
+    Loadgen,
 }
 
 /// A directory that holds no authority (or already one), or an unknown name,
@@ -172,6 +174,7 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
                 (Service::Cli, false) => Role::Cli,
                 (Service::EdgeAdmin, false) => Role::EdgeAdmin,
                 (Service::EdgeGateway, false) => Role::EdgeGateway,
+                (Service::Loadgen, false) => Role::Loadgen,
             };
             let path = Authority::open(&dir)
                 .map_err(input)?
