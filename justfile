@@ -84,17 +84,19 @@ logs part="":
     @scripts/stack.sh logs {{part}}
 
 # Benchmarks that print the figures the README quotes: `just bench agent`.
-bench which:
+# `just bench stack N=10000 R=1 D=10` runs the whole stack under N machines at R Hz for D minutes.
+bench which *args:
     #!/usr/bin/env bash
     set -euo pipefail
     eval "$(scripts/install-deps.sh)"
     case "{{which}}" in
+      stack) scripts/bench-stack.sh {{args}} ;;
       agent) scripts/bench-agent.sh ;;
       ingest) scripts/bench-persister.sh ingest ;;
       query) scripts/bench-persister.sh query ;;
       gateway) scripts/bench-gateway.sh ;;
       alerts) scripts/bench-alerts.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent alerts ingest query gateway" >&2; exit 2 ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts ingest query gateway stack" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).

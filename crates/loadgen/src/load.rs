@@ -4,9 +4,11 @@
 //! sent again with the same Msg-Id (the hub drops the copy if the first one
 //! was stored after all).
 //!
-//! Each machine's seq counts up from `seq_base + 1` by one per snapshot it
-//! sends, so what was sent is, per machine, the range
-//! `seq_base + 1 ..= seq_base + sent[m]`.
+//! A snapshot's seq is its publish time in microseconds since the Unix epoch
+//! (one more than the machine's last where the clock has not moved on): it
+//! rises per machine as the contract wants, no two runs share one, and a
+//! receiver computes publish→receipt latency from the seq alone.
+//! `Report::seqs` holds every seq sent, per machine.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +32,6 @@ pub struct LoadSpec {
     /// Publishes awaiting their ack at most.
     pub in_flight: usize,
     pub ack_timeout: Duration,
-    /// Seqs start after this (e.g. the start time in ms, so runs never meet).
-    pub seq_base: u64,
 }
 
 /// Called for each snapshot as it is handed to the connection.
@@ -55,9 +55,11 @@ pub struct Report {
     pub offered_per_s: Vec<u64>,
     /// Acked per second of the run.
     pub acked_per_s: Vec<u64>,
-    pub seq_base: u64,
     /// Snapshots sent per machine (index as in the fleet).
     pub sent: Vec<u64>,
+    /// The seqs sent, per machine.
+    #[serde(skip)]
+    pub seqs: Vec<Vec<u64>>,
 }
 
 struct Pending {
@@ -133,7 +135,7 @@ pub async fn run(
     let offered_per_s: Arc<Vec<AtomicU64>> =
         Arc::new((0..secs).map(|_| AtomicU64::new(0)).collect());
     let acked_per_s: Arc<Vec<AtomicU64>> = Arc::new((0..secs).map(|_| AtomicU64::new(0)).collect());
-    let mut sent = vec![0u64; n];
+    let mut seqs: Vec<Vec<u64>> = vec![Vec::new(); n];
 
     // Acks are collected by their own task; the channel's bound is the
     // number in flight, so a slow hub slows the sender (as it slows agents).
@@ -191,9 +193,10 @@ pub async fn run(
             if !sim.publishes_at(elapsed, spec.duration) {
                 continue;
             }
-            sent[m] += 1;
-            let seq = spec.seq_base + sent[m];
-            let now_ms = now_ms();
+            let now_us = now_us();
+            let seq = seqs[m].last().map_or(now_us, |last| now_us.max(last + 1));
+            seqs[m].push(seq);
+            let now_ms = i64::try_from(seq / 1000).unwrap_or(i64::MAX);
             let payload = Bytes::from(sim.snapshot(seq, now_ms, interval_ms).encode_to_vec());
             let p = Pending {
                 subject: sim.subject.clone(),
@@ -221,6 +224,7 @@ pub async fn run(
     drop(tx);
     let seconds = start.elapsed().as_secs_f64();
     let (acked, duplicates, resent) = acks.await?;
+    let sent: Vec<u64> = seqs.iter().map(|s| s.len() as u64).collect();
     let offered = sent.iter().sum();
     Ok(Report {
         machines: n,
@@ -238,8 +242,8 @@ pub async fn run(
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect(),
-        seq_base: spec.seq_base,
         sent,
+        seqs,
     })
 }
 
@@ -262,6 +266,12 @@ pub async fn publish_info(js: &jetstream::Context, fleet: &[Sim]) -> anyhow::Res
         r?;
     }
     Ok(())
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub fn now_ms() -> i64 {

@@ -82,7 +82,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration),
         in_flight: args.in_flight as usize,
         ack_timeout: Duration::from_secs(10),
-        seq_base: u64::try_from(load::now_ms()).unwrap_or(0),
     };
     let report = load::run(js, &fleet, &spec, Arc::new(())).await?;
     println!("{}", serde_json::to_string(&report)?);

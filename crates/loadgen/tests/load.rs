@@ -44,7 +44,6 @@ async fn every_snapshot_sent_is_stored_once_with_the_reported_seqs() {
         duration: Duration::from_secs(4),
         in_flight: 512,
         ack_timeout: Duration::from_secs(10),
-        seq_base: 1000,
     };
     let report = load::run(js.clone(), &fleet, &spec, Arc::new(()))
         .await
@@ -84,9 +83,14 @@ async fn every_snapshot_sent_is_stored_once_with_the_reported_seqs() {
     }
     let want: HashSet<(String, u64)> = fleet
         .iter()
-        .zip(&report.sent)
-        .flat_map(|(sim, n)| (1..=*n).map(move |i| (sim.id.to_string(), 1000 + i)))
+        .zip(&report.seqs)
+        .flat_map(|(sim, seqs)| seqs.iter().map(move |s| (sim.id.to_string(), *s)))
         .collect();
+    assert_eq!(
+        want.len() as u64,
+        report.offered,
+        "seqs are unique per machine"
+    );
     assert_eq!(got, want);
     assert_eq!(
         machines.get_info().await.expect("info").state.messages,

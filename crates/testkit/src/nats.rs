@@ -74,6 +74,12 @@ impl NatsServer {
     /// figures must hold for the hub as shipped. Only its listen address,
     /// store dir and monitoring port (none) are its own.
     pub fn start_shipped_hub() -> Self {
+        Self::start_shipped_hub_with("")
+    }
+
+    /// [`Self::start_shipped_hub`] with `extra` config appended, e.g. an
+    /// operator-mode `include` and a leaf remote (`kit::creds`).
+    pub fn start_shipped_hub_with(extra: &str) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nats/hub.conf");
         let shipped = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -103,6 +109,8 @@ impl NatsServer {
                 "{} has no `jetstream {{` block",
                 path.display()
             );
+            conf.push_str(extra);
+            conf.push('\n');
             conf
         })
     }

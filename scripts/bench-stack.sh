@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `just bench stack [N=machines] [R=Hz] [D=minutes] [M=clients]`: the whole
+# stack (hub as shipped with credentials, edge over a leaf link, persister,
+# alerter, gateway with M WebSocket clients) under N simulated machines at
+# R Hz for D minutes, on a PostgreSQL of its own (fsync on). Prints the
+# figures and writes target/bench/stack.json and target/bench/stack.svg
+# (crates/loadgen/examples/bench_stack.rs says what each one is).
+# Defaults: N=1000 R=1 D=1 M=20. BENCH_WARMUP_SECONDS (10),
+# BENCH_BREACH_PERCENT (10), BENCH_SILENT_PERCENT (2) tune the rest;
+# BENCH_PROFILE (release) picks the binaries' cargo profile.
+# Needs the exports of scripts/install-deps.sh (the just recipe evals them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for a in "$@"; do
+  case "$a" in
+    N=*) export BENCH_MACHINES="${a#N=}" ;;
+    R=*) export BENCH_RATE="${a#R=}" ;;
+    D=*) export BENCH_SECONDS="$(awk -v m="${a#D=}" 'BEGIN { if (m !~ /^[0-9.]+$/ || m <= 0) exit 1; printf "%d", m * 60 }')" \
+           || { echo "D must be a number of minutes, e.g. D=10" >&2; exit 2; } ;;
+    M=*) export BENCH_CLIENTS="${a#M=}" ;;
+    *) echo "unknown argument '$a'; use N=machines R=Hz D=minutes M=clients" >&2; exit 2 ;;
+  esac
+done
+profile="${BENCH_PROFILE:-release}"
+cargo build --profile "$profile" -q -p sysmonstm-persister -p sysmonstm-alerter -p sysmonstm-gateway --bins
+cargo build --profile "$profile" -q -p sysmonstm-loadgen --example bench_stack
+target="${CARGO_TARGET_DIR:-target}/$profile"
+pgdir="$(mktemp -d -t sysmonstm-bench-pg-XXXXXX)"
+trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
+# Durable settings (fsync on): the figures are what a real install gets.
+admin="$(scripts/pg.sh start "$pgdir")"
+BENCH_PG_PID="$(head -n 1 "$pgdir/data/postmaster.pid")" \
+SYSMON_BIN_DIR="$(realpath "$target")" SYSMON_BENCH_DATABASE_URL="$admin" \
+  "$target/examples/bench_stack"
