@@ -10,8 +10,9 @@
 //!   fit in `edge_max_read` is read whole by an ordered consumer from its
 //!   start time and aggregated exactly per step (`"resolution": "raw"`); a
 //!   longer one is answered from one snapshot per step, each a single
-//!   message get by start time (`"sampled"`), so a request costs at most
-//!   `history_max_points` gets. Values are bucketed by the snapshot's own
+//!   message get, spread evenly by stream sequence over the range
+//!   (`"sampled"`), so a request costs at most `history_max_points` + 2
+//!   gets. Values are bucketed by the snapshot's own
 //!   time, and every snapshot passes the accept rule first.
 //! * **Alerts** from the edge's ALERTS: at most `edge_max_read` of its newest
 //!   events are read, filtered like `/api/alerts` on the hub, newest first.
@@ -211,32 +212,61 @@ async fn read_range(
     Ok(())
 }
 
-/// One snapshot per step: the first of `subject` stored at or after the
-/// step's start, by a message get (no consumer). Neighbouring empty steps
-/// may find the same snapshot; it is counted once.
+/// One snapshot per step, by message gets (no consumer). The range is
+/// located by stored time (the first snapshot of the machine stored from its
+/// start, less the slack, to the first stored after its end, plus the
+/// slack), and sampled evenly by stream sequence between the two: the edge
+/// stores a snapshot later than it was taken, by far after a cut of the
+/// link (a burst of catch-up), so positions by time would miss what a burst
+/// stored, while sequences follow the messages wherever they were stored.
+/// Each sample is bucketed by the snapshot's own time; two positions may
+/// find the same snapshot, which counts once.
 async fn sample_range(
     s: &Shared,
     subject: &str,
     metric: &str,
     b: &mut Buckets,
 ) -> Result<(), ApiError> {
-    let starts: Vec<i64> = (0..)
-        .map(|i: i64| b.from_ms.saturating_add(i.saturating_mul(b.step_ms)))
-        .take_while(|t| *t < b.to_ms)
-        .take(
-            usize::try_from(s.config.history_max_points)
-                .unwrap_or(usize::MAX)
-                .saturating_add(2),
-        )
+    let Some(lo) = next_of(s, subject, At::Time(b.from_ms.saturating_sub(SLACK_MS))).await? else {
+        return Ok(());
+    };
+    let hi = match next_of(s, subject, At::Time(b.to_ms.saturating_add(SLACK_MS))).await? {
+        Some(m) => m.sequence,
+        None => {
+            let stream =
+                s.js.get_stream(streams::METRICS)
+                    .await
+                    .map_err(|e| unavailable("history", e))?;
+            stream.cached_info().state.last_sequence.saturating_add(1)
+        }
+    };
+    let first = lo.sequence;
+    let span = hi.saturating_sub(first).max(1);
+    let n = u64::try_from(b.to_ms.saturating_sub(b.from_ms) / b.step_ms)
+        .unwrap_or(0)
+        .saturating_add(1)
+        .min(u64::from(s.config.history_max_points))
+        .max(1);
+    let mut positions: Vec<u64> = (1..n)
+        .map(|i| {
+            first.saturating_add(
+                u64::try_from(u128::from(span) * u128::from(i) / u128::from(n)).unwrap_or(u64::MAX),
+            )
+        })
+        .filter(|p| *p < hi)
         .collect();
-    let got: Vec<Result<Option<StreamMessage>, ApiError>> = futures::stream::iter(starts)
-        .map(|t| first_at(s, subject, t))
+    positions.dedup();
+    let got: Vec<Result<Option<StreamMessage>, ApiError>> = futures::stream::iter(positions)
+        .map(|seq| next_of(s, subject, At::Seq(seq)))
         .buffer_unordered(GETS_IN_FLIGHT)
         .collect()
         .await;
     let mut by_seq = BTreeMap::new();
+    by_seq.insert(lo.sequence, lo);
     for g in got {
-        if let Some(m) = g? {
+        if let Some(m) = g?
+            && m.sequence < hi
+        {
             by_seq.insert(m.sequence, m);
         }
     }
@@ -249,19 +279,30 @@ async fn sample_range(
     Ok(())
 }
 
-/// The first message of `subject` in METRICS stored at or after `at_ms`.
-async fn first_at(
-    s: &Shared,
-    subject: &str,
-    at_ms: i64,
-) -> Result<Option<StreamMessage>, ApiError> {
-    let Some(at) = DateTime::<Utc>::from_timestamp_millis(at_ms) else {
-        return Ok(None);
+/// Where a message get starts.
+enum At {
+    /// Stored at or after this time (ms).
+    Time(i64),
+    /// At or after this stream sequence.
+    Seq(u64),
+}
+
+/// The first message of `subject` in METRICS from `at` on, by one message
+/// get (`$JS.API.STREAM.MSG.GET`, which the edge gateway's credential may
+/// ask; the edge's streams have no direct get).
+async fn next_of(s: &Shared, subject: &str, at: At) -> Result<Option<StreamMessage>, ApiError> {
+    let req = match at {
+        At::Time(ms) => {
+            let Some(t) = DateTime::<Utc>::from_timestamp_millis(ms) else {
+                return Ok(None);
+            };
+            json!({
+                "start_time": t.to_rfc3339_opts(SecondsFormat::Millis, true),
+                "next_by_subj": subject,
+            })
+        }
+        At::Seq(seq) => json!({ "seq": seq, "next_by_subj": subject }),
     };
-    let req = json!({
-        "start_time": at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "next_by_subj": subject,
-    });
     let answer: Value = tokio::time::timeout(
         READ_WAIT,
         s.js.request(format!("STREAM.MSG.GET.{}", streams::METRICS), &req),
@@ -270,7 +311,7 @@ async fn first_at(
     .map_err(|_| unavailable("history", "no answer from the edge's stream"))?
     .map_err(|e| unavailable("history", e))?;
     if let Some(err) = answer.get("error") {
-        // 10037: no message at or after that time.
+        // 10037: no message from there on.
         if err.get("err_code").and_then(Value::as_u64) == Some(10037)
             || err.get("code").and_then(Value::as_u64) == Some(404)
         {
