@@ -132,10 +132,15 @@ pub async fn history(s: &Shared, public: &MachineId, hq: &HistoryQuery) -> Resul
         .map_or(1000, |l| i64::from(l.detail.summary.interval_ms))
         .max(10);
     let expected = to_ms.saturating_sub(from_ms) / interval_ms;
-    let resolution = if expected <= i64::from(s.config.edge_max_read) {
-        read_range(s, &subject, &hq.metric, &mut b).await?;
+    // A machine whose latest snapshot states a longer interval than it
+    // really had may hold more than estimated: a read that runs out of its
+    // budget before the range's end is answered by sampling instead.
+    let complete = expected <= i64::from(s.config.edge_max_read)
+        && read_range(s, &subject, &hq.metric, &mut b).await?;
+    let resolution = if complete {
         "raw"
     } else {
+        b.at.clear();
         sample_range(s, &subject, &hq.metric, &mut b).await?;
         "sampled"
     };
@@ -160,13 +165,13 @@ pub async fn history(s: &Shared, public: &MachineId, hq: &HistoryQuery) -> Resul
 
 /// Reads every snapshot of `subject` stored from the range's start (less
 /// the slack) until one stored after its end, the stream's end, or
-/// `edge_max_read` messages.
+/// `edge_max_read` messages; false when the budget ran out first.
 async fn read_range(
     s: &Shared,
     subject: &str,
     metric: &str,
     b: &mut Buckets,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let stream =
         s.js.get_stream(streams::METRICS)
             .await
@@ -182,7 +187,7 @@ async fn read_range(
         .await
         .map_err(|e| unavailable("history", e))?;
     if consumer.cached_info().num_pending == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let mut msgs = consumer
         .messages()
@@ -205,11 +210,14 @@ async fn read_range(
         let (pending, stored_ns) = msg.info().map_or((0, i128::MAX), |i| {
             (i.pending, i.published.unix_timestamp_nanos())
         });
-        if pending == 0 || read >= s.config.edge_max_read || stored_ns > stop_ns {
-            break;
+        if pending == 0 || stored_ns > stop_ns {
+            return Ok(true);
+        }
+        if read >= s.config.edge_max_read {
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// One snapshot per step, by message gets (no consumer). The range is

@@ -57,6 +57,16 @@ impl Names {
         })
     }
 
+    /// An allow-list with nobody on it: every machine hidden.
+    pub fn nothing() -> Self {
+        Self {
+            list: Some(Lists {
+                public: HashMap::new(),
+                real: HashMap::new(),
+            }),
+        }
+    }
+
     /// Whether an allow-list is in force (names are replaced).
     pub fn listed(&self) -> bool {
         self.list.is_some()
@@ -163,6 +173,13 @@ mod tests {
             n.scrub("db-internal-3: cpu high", "db-internal-3", "db"),
             "db: cpu high"
         );
+    }
+
+    #[test]
+    fn the_empty_allow_list_hides_everything() {
+        let n = Names::nothing();
+        assert_eq!(n.public("web-1"), None);
+        assert_eq!(n.real("web-1"), None);
     }
 
     #[test]

@@ -416,7 +416,15 @@ impl Shared {
                 .max_capacity(crate::rate::MAX_ADDRESSES)
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
-            names: crate::names::Names::new(&config.edge_machines).unwrap_or_default(),
+            // Only the edge hides and renames (the hub's history is keyed by
+            // the real ids). A list that does not parse (`validate` refuses
+            // it first) hides everything rather than nothing.
+            names: if config.edge {
+                crate::names::Names::new(&config.edge_machines)
+                    .unwrap_or_else(|_| crate::names::Names::nothing())
+            } else {
+                crate::names::Names::default()
+            },
             logs: Default::default(),
             http: Default::default(),
             api_token: None,
