@@ -65,7 +65,12 @@ pub async fn machines(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
             params::only(&query(&s, q)?, &[])?;
             let now = Utc::now().timestamp_millis();
             let mut ids: Vec<Arc<String>> = s.latest.iter().map(|(k, _)| k).collect();
-            ids.extend(s.info.iter().map(|(k, _)| k));
+            // At the edge the list is the window's: MACHINES keeps facts
+            // for ever, METRICS a day, and a machine gone for a month is
+            // not shown.
+            if !s.config.edge {
+                ids.extend(s.info.iter().map(|(k, _)| k));
+            }
             ids.sort();
             ids.dedup();
             let latest: Vec<_> = ids.iter().map(|id| s.latest.get(id.as_str())).collect();

@@ -93,6 +93,10 @@ impl Pending {
                     );
                 }
                 for (k, i) in shared.info.iter() {
+                    // At the edge, only machines of the window (`api::machines`).
+                    if shared.config.edge && !shared.latest.contains_key(k.as_str()) {
+                        continue;
+                    }
                     self.put((Kind::Info, k.to_string()), Arc::clone(&i.1));
                 }
             }

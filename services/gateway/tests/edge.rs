@@ -174,6 +174,9 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
         let ts = t0 + (seq as i64) * 5_000;
         pair.snapshot("web-1", seq, ts, seq as f32 * 2.0).await;
     }
+    // Facts of a machine with no snapshot in the window (MACHINES keeps
+    // facts for ever), before web-1's.
+    pair.info("old-box", "old-box").await;
     pair.info("web-1", "web-1").await;
     pair.alert("web-1", "cpu_high", "cpu 97.5 > 90").await;
 
@@ -191,6 +194,14 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
         (m["info"]["hostname"] == "web-1").then_some(())
     })
     .await;
+    let listed = get_json(addr, "/api/machines").await;
+    let ids: Vec<&str> = listed["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter_map(|m| m["machine_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["web-1"], "the list is the window's");
 
     // Live: a new snapshot at the hub reaches a WebSocket client at the edge.
     let mut client = ws(addr).await;
