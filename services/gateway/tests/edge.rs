@@ -373,19 +373,32 @@ async fn one_address_over_its_allowance_gets_429_and_another_is_served() {
     cfg.nats.servers = vec![nats.url()];
     let edge = serve(cfg).await;
     let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(http_from(a, edge.addr, "GET", "/api/mode").await.0);
-    }
-    assert_eq!(statuses, [200, 200, 200], "the burst is served");
-    let (status, headers, body) = http_from(a, edge.addr, "GET", "/api/machines").await;
-    assert_eq!(status, 429, "{body}");
+    // The burst is served, then 429 (a slow machine may refill a token or
+    // two in between: a few more tries, never an open tap).
+    let mut served = 0;
+    let (headers, body) = loop {
+        let (status, headers, body) = http_from(a, edge.addr, "GET", "/api/machines").await;
+        match status {
+            200 => served += 1,
+            429 => break (headers, body),
+            other => panic!("{other}: {body}"),
+        }
+        assert!(served <= 6, "still served after {served} requests");
+    };
+    assert!(served >= 3, "the burst of 3 is served, {served} were");
+    assert!(body.contains("too many requests"), "{body}");
     let retry: u64 = headers
         .get("retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After");
     assert!((1..=2).contains(&retry), "{retry}");
-    // A WebSocket connect takes from the same allowance.
+    // A WebSocket connect takes from the same allowance (emptied again
+    // right before it).
+    for _ in 0..10 {
+        if http_from(a, edge.addr, "GET", "/health").await.0 == 429 {
+            break;
+        }
+    }
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.bind(SocketAddr::new(a, 0)).expect("bind");
     let stream = sock.connect(edge.addr).await.expect("connect");
@@ -411,7 +424,7 @@ async fn one_address_over_its_allowance_gets_429_and_another_is_served() {
         .http_refused
         .with_label_values(&["rate"])
         .get();
-    assert_eq!(rate, 2, "counted by reason");
+    assert!(rate >= 2, "counted by reason: {rate}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
