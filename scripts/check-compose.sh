@@ -14,15 +14,15 @@ s = c["services"]
 bad = []
 def need(cond, what):
     if not cond: bad.append(what)
-ports = {"hub": {4222, 8222}, "edge": {4223, 8223, 7422}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}}
-for name in ["creds", "edge", "hub", "edge-setup", "postgres", "persister", "alerter", "gateway", "agent"]:
+ports = {"hub": {4222, 8222}, "edge": {4223, 8223, 7422}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}, "edge-gateway": {8081}}
+for name in ["creds", "edge", "hub", "edge-setup", "postgres", "persister", "alerter", "gateway", "edge-gateway", "agent"]:
     need(name in s, f"service {name} is missing")
 for name, want in ports.items():
     got = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in s.get(name, {}).get("ports", [])}
     need(want <= got, f"{name} publishes {sorted(got)}, the native stack {sorted(want)}")
-for name in ["edge", "hub", "postgres", "persister", "alerter", "gateway"]:
+for name in ["edge", "hub", "postgres", "persister", "alerter", "gateway", "edge-gateway"]:
     need("healthcheck" in s.get(name, {}), f"{name} has no health check")
-for name in ["persister", "alerter", "gateway", "agent"]:
+for name in ["persister", "alerter", "gateway", "edge-gateway", "agent"]:
     env = s.get(name, {}).get("environment", {})
     need("NATS_URL" in env and "NATS_CREDS" in env, f"{name} lacks NATS_URL/NATS_CREDS")
     need("OTEL_EXPORTER_OTLP_ENDPOINT" in env, f"{name} lacks OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -31,6 +31,11 @@ for name in ["persister", "alerter", "gateway", "agent"]:
     need(s.get(name, {}).get("build") is not None, f"{name} is not built from the Dockerfile")
 for name in ["persister", "gateway"]:
     need("DATABASE_URL" in s.get(name, {}).get("environment", {}), f"{name} lacks DATABASE_URL")
+eg = s.get("edge-gateway", {})
+need("--edge" in eg.get("command", []), "edge-gateway does not run the gateway with --edge")
+need("DATABASE_URL" not in eg.get("environment", {}), "the edge gateway has a DATABASE_URL")
+need(eg.get("environment", {}).get("NATS_URL", "").startswith("nats://edge:"), "the edge gateway does not read the edge")
+need(all("creds-edge" in str(v) for v in eg.get("volumes", [])), "the edge gateway mounts a hub credential")
 need(s["persister"]["environment"].get("SYSMON_PERSISTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "persister /metrics not on 0.0.0.0")
 need(s["alerter"]["environment"].get("SYSMON_ALERTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "alerter /metrics not on 0.0.0.0")
 for n in ["edge", "hub"]:

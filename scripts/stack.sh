@@ -16,7 +16,7 @@ root="$PWD"
 data="$root/.data"
 run="$data/run"
 profile="${SYSMON_PROFILE:-release}"
-parts=(nats-edge nats-hub persister alerter gateway agent)
+parts=(nats-edge nats-hub persister alerter gateway edge-gateway agent)
 
 log() { echo "stack: $*" >&2; }
 
@@ -142,21 +142,28 @@ up() {
   NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-admin.creds" \
     "$cli" edge setup >/dev/null
   log "edge streams METRICS, ALERTS, MACHINES source the hub (24 h window)"
-  # (The edge gateway, on 127.0.0.1:8081 with $ecreds/users/edge-gateway.creds,
-  # starts here once it exists.)
   # The token the dashboard's rules editor (and curl) writes rules with.
   [ -s "$data/gateway.token" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$data/gateway.token")
   SYSMON_GATEWAY_API_TOKEN_FILE="$data/gateway.token" NATS_CREDS="$users/gateway.creds" \
     start gateway "$bin/sysmonstm-gateway" --listen 127.0.0.1:8080
   wait_for "the gateway" 30 http_ok http://127.0.0.1:8080/ready
+  # The public, read-only dashboard: the gateway in edge mode, reading the
+  # edge's streams with the edge gateway's credential; no PostgreSQL, no
+  # token, no write route. An allow-list of machines and public names goes in
+  # a config file (edge_machines; docs/configuration.md).
+  NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-gateway.creds" \
+    start edge-gateway "$bin/sysmonstm-gateway" --edge --listen 127.0.0.1:8081
+  wait_for "the edge gateway" 30 http_ok http://127.0.0.1:8081/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \
     --machine "$machine" --state-dir "$data/agent"
   wait_for "the local agent's first snapshot" 15 http_ok "http://127.0.0.1:8080/api/machines/$machine/metrics"
+  wait_for "the local agent's snapshot at the edge" 30 http_ok "http://127.0.0.1:8081/api/machines/$machine/metrics"
 
   cat <<EOF
 
 sysmonstm is up.
   dashboard:  http://127.0.0.1:8080/
+  edge dashboard (public, read-only): http://127.0.0.1:8081/
   alerts:     NATS_CREDS=$users/cli.creds $cli alerts watch --since 1h
   this machine: $machine (credentials in .data/creds; add one: docs/operations.md)
   edge NATS:  nats://127.0.0.1:4223 (monitoring :8223, leaf link :7422; read with

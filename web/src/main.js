@@ -67,7 +67,7 @@ function route() {
   page = null;
   rulesPage = null;
   app.innerHTML = "";
-  if (/^\/rules\/?$/.test(location.pathname)) {
+  if (/^\/rules\/?$/.test(location.pathname) && !readOnly) {
     rulesPage = new RulesPage(app);
     app.appendChild(alertsPanel.el);
     feed.subscribe(null);
@@ -105,5 +105,24 @@ setInterval(() => {
   else if (!rulesPage) renderOverview(overviewEl(), state);
 }, 1000);
 
-route();
-feed.start();
+// The public edge is read-only (GET /api/mode says so): no rules editor
+// and no link to it; everything else is the same page.
+let readOnly = false;
+async function start() {
+  try {
+    const r = await fetch("/api/mode");
+    if (r.ok && (await r.json()).read_only) {
+      readOnly = true;
+      document.body.classList.add("read-only");
+      const badge = document.createElement("span");
+      badge.className = "read-only-badge";
+      badge.textContent = "read-only";
+      conn.before(badge);
+    }
+  } catch (e) {
+    // An older gateway without /api/mode: the full page.
+  }
+  route();
+  feed.start();
+}
+start();

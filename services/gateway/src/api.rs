@@ -65,7 +65,12 @@ pub async fn machines(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
             params::only(&query(&s, q)?, &[])?;
             let now = Utc::now().timestamp_millis();
             let mut ids: Vec<Arc<String>> = s.latest.iter().map(|(k, _)| k).collect();
-            ids.extend(s.info.iter().map(|(k, _)| k));
+            // At the edge the list is the window's: MACHINES keeps facts
+            // for ever, METRICS a day, and a machine gone for a month is
+            // not shown.
+            if !s.config.edge {
+                ids.extend(s.info.iter().map(|(k, _)| k));
+            }
             ids.sort();
             ids.dedup();
             let latest: Vec<_> = ids.iter().map(|id| s.latest.get(id.as_str())).collect();
@@ -163,7 +168,11 @@ pub async fn history(State(s): State<Arc<Shared>>, Path(id): Path<String>, q: Q)
                 return Ok(Json(hit.as_ref()).into_response());
             }
             Counters::inc(&s.counters.history_misses);
-            let answer = Arc::new(query_history(&s, id.as_str(), &hq).await?);
+            let answer = Arc::new(if s.config.edge {
+                crate::edge::history(&s, &id, &hq).await?
+            } else {
+                query_history(&s, id.as_str(), &hq).await?
+            });
             s.history.insert(key, Arc::clone(&answer)).await;
             Ok(Json(answer.as_ref()).into_response())
         }
@@ -187,7 +196,7 @@ async fn query_history(
         .bind(hq.from)
         .bind(hq.to)
         .bind(step)
-        .fetch_all(&s.pool)
+        .fetch_all(pool(s)?)
         .await
         .map_err(|e| db_error(e, "metric"))?;
     let mut ts = Vec::with_capacity(rows.len());
@@ -213,6 +222,13 @@ async fn query_history(
         "points": ts.len(),
         "ts": ts, "avg": avg, "min": min, "max": max,
     }))
+}
+
+/// The database pool; the edge has none (its handlers never get here).
+fn pool(s: &Shared) -> Result<&sqlx::PgPool, ApiError> {
+    s.pool
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("no database at the edge"))
 }
 
 /// SQLSTATE 22023 (invalid_parameter_value) is `sysmon_history` refusing a
@@ -245,6 +261,14 @@ pub async fn alerts(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
             .get("machine")
             .map(|m| params::machine(m).map_err(|_| ApiError::bad("machine", "not a machine id")))
             .transpose()?;
+        if s.config.edge {
+            let q = crate::edge::AlertsQuery {
+                state: state.map(String::as_str),
+                since,
+                machine: machine.as_ref().map(|m| m.as_str()),
+            };
+            return Ok(Json(crate::edge::alerts(&s, &q).await?).into_response());
+        }
         let rows = sqlx::query(
             "SELECT id, machine_id, rule, severity, state, metric, value, threshold, since, ts, message \
              FROM alerts WHERE ($1::text IS NULL OR state = $1) AND ($2::timestamptz IS NULL OR ts >= $2) \
@@ -256,7 +280,7 @@ pub async fn alerts(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
         // A configured value PostgreSQL would refuse (negative) or that
         // would make one answer unbounded is brought into range.
         .bind(s.config.alerts_limit.clamp(1, 100_000))
-        .fetch_all(&s.pool)
+        .fetch_all(pool(&s)?)
         .await
         .map_err(|e| db_error(e, "state"))?;
         let alerts: Vec<Value> = rows.iter().map(alert_row).collect();
@@ -352,21 +376,41 @@ pub async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready when NATS is connected and PostgreSQL answers.
+/// Ready when NATS is connected and PostgreSQL answers (the edge has no
+/// PostgreSQL: `"postgres": null`, and NATS alone decides).
 pub async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let nats = s.nats.connection_state() == async_nats::connection::State::Connected;
-    let pg = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&s.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let status = if nats && pg {
+    let pg = match &s.pool {
+        Some(pool) => Some(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        ),
+        None => None,
+    };
+    let status = if nats && pg != Some(false) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(json!({ "nats": nats, "postgres": pg }))).into_response()
+}
+
+/// What the dashboard needs to know of this gateway: whether it may offer
+/// writes (the rules editor) at all. The edge is read-only.
+pub async fn mode(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
+    counted(
+        &s,
+        async {
+            params::only(&query(&s, q)?, &[])?;
+            let edge = s.config.edge;
+            Ok(Json(json!({ "edge": edge, "read_only": edge })).into_response())
+        }
+        .await,
+    )
 }
 
 pub async fn prometheus(State(s): State<Arc<Shared>>) -> Response {

@@ -2,6 +2,8 @@
 //! `SYSMON_GATEWAY_*` variables, then flags (the same layering as every
 //! sysmonstm binary, through `sysmonstm_kit::config`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::accept;
@@ -76,6 +78,30 @@ pub struct GatewayConfig {
     /// state of every machine); beyond it, 429. Behind a reverse proxy every
     /// client has the proxy's address: raise it there.
     pub ws_connects_per_s: u32,
+    /// Serve as the public edge (`--edge`, `SYSMON_GATEWAY_EDGE=true`):
+    /// everything from the edge nats-server's streams (live data, history
+    /// from their retained window, alerts), no PostgreSQL at all, no write
+    /// route, the dashboard read-only, and a rate limit per address
+    /// (`http_requests_per_s`).
+    pub edge: bool,
+    /// At the edge: the machines shown, each under its public name
+    /// (`"db-internal-3" = "db"`; a name may be kept: `"web-1" = "web-1"`).
+    /// Empty: every machine, under its own id. Otherwise a machine not listed
+    /// never appears in any answer or live message, and a listed one's id and
+    /// hostname are replaced by its public name everywhere (also in alert
+    /// messages). Public names are machine ids too (`[a-z0-9_-]`), and unique.
+    pub edge_machines: BTreeMap<String, String>,
+    /// At the edge: most messages one history or alerts request reads from
+    /// the edge's streams. A longer range is answered from one sample per
+    /// step instead (at most `history_max_points` message gets).
+    pub edge_max_read: u32,
+    /// At the edge: requests (REST, WebSocket connects, assets) one address
+    /// may make per second on average ...
+    pub http_requests_per_s: u32,
+    /// ... and in a burst; beyond them, 429 with `Retry-After`. IPv6
+    /// addresses count per /64. Behind a reverse proxy every client has the
+    /// proxy's address: raise both there.
+    pub http_burst: u32,
     pub nats: NatsConfig,
 }
 
@@ -143,6 +169,11 @@ impl Default for GatewayConfig {
             ws_subscribes_per_s: 2,
             ws_subscribe_burst: 10,
             ws_connects_per_s: 5,
+            edge: false,
+            edge_machines: BTreeMap::new(),
+            edge_max_read: 20_000,
+            http_requests_per_s: 20,
+            http_burst: 100,
             nats: NatsConfig::default(),
         }
     }
@@ -197,6 +228,15 @@ impl GatewayConfig {
         range("ws_subscribes_per_s", self.ws_subscribes_per_s, 1, 10_000)?;
         range("ws_subscribe_burst", self.ws_subscribe_burst, 1, 10_000)?;
         range("ws_connects_per_s", self.ws_connects_per_s, 1, 1_000_000)?;
+        range("edge_max_read", self.edge_max_read, 1, 10_000_000)?;
+        range(
+            "http_requests_per_s",
+            self.http_requests_per_s,
+            1,
+            1_000_000,
+        )?;
+        range("http_burst", self.http_burst, 1, 1_000_000)?;
+        crate::names::Names::new(&self.edge_machines)?;
         Ok(())
     }
 

@@ -36,6 +36,28 @@ pub struct Summary {
     pub uptime_s: u64,
 }
 
+impl Summary {
+    /// The value of a history metric (`params::HISTORY_METRICS`), where
+    /// the snapshot has it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "cpu" => self.cpu,
+            "memory" => self.memory,
+            "swap" => self.swap,
+            "disk" => self.disk,
+            "load1" => self.load1,
+            "load5" => self.load5,
+            "load15" => self.load15,
+            "net_rx" => Some(self.net_rx),
+            "net_tx" => Some(self.net_tx),
+            "disk_read" => Some(self.disk_read),
+            "disk_write" => Some(self.disk_write),
+            "processes" => Some(f64::from(self.processes)),
+            _ => None,
+        }
+    }
+}
+
 /// One snapshot in full: the machine page.
 #[derive(Clone, Debug, Serialize)]
 pub struct Detail {

@@ -44,7 +44,9 @@ impl Kind {
 
 /// Starts the three feeds and the forget follower; they run until `shutdown`.
 pub fn spawn(shared: &Arc<Shared>, shutdown: &CancellationToken) {
-    {
+    // Forget requests are the hub's: none reaches the edge, whose
+    // credential may not subscribe to them.
+    if !shared.config.edge {
         let shared = Arc::clone(shared);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -83,6 +85,9 @@ async fn follow(shared: &Shared, kind: Kind) {
 
 async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> anyhow::Result<()> {
     let js = &shared.js;
+    if shared.config.edge {
+        return follow_edge(shared, kind, backoff).await;
+    }
     // METRICS carries the persister's retention settings, so only the
     // persister creates it; the parameter-free MACHINES and ALERTS may be
     // created by whoever needs them first (contract).
@@ -116,6 +121,55 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         apply(shared, kind, msg.subject.as_str(), &msg.payload);
+    }
+    Ok(())
+}
+
+/// At the edge, every feed is an ordered consumer on the edge's stream of
+/// the same name: no plain `sysmon.metrics.*` message crosses the leaf link,
+/// and the edge's credential may not subscribe to one anyway. The last
+/// message of every subject first (every machine seen in the retained
+/// window: its latest snapshot, facts and alert events), then each new one
+/// as the edge stores it. The streams are made by `sysmonstm edge setup`;
+/// until they exist the feed waits (the edge gateway creates nothing).
+async fn follow_edge(shared: &Shared, kind: Kind, backoff: &mut Duration) -> anyhow::Result<()> {
+    let (name, filter) = match kind {
+        Kind::Metrics => (streams::METRICS, subjects::METRICS_ALL),
+        Kind::Machines => (streams::MACHINES, subjects::INFO_ALL),
+        Kind::Alerts => (streams::ALERTS, subjects::ALERTS_ALL),
+    };
+    let stream = shared.js.get_stream(name).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    tracing::info!(?kind, stream = name, "following the edge's stream");
+    *backoff = Duration::from_millis(100);
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let mut batch: Vec<Update> = decode(shared, kind, msg.subject.as_str(), &msg.payload)
+            .into_iter()
+            .collect();
+        // What the consumer already holds (a burst of machines) goes out as
+        // one batch, as on the hub.
+        while batch.len() < MAX_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(msg)) => {
+                    let msg = msg?;
+                    batch.extend(decode(shared, kind, msg.subject.as_str(), &msg.payload));
+                }
+                Some(None) => {
+                    send(shared, batch);
+                    return Ok(());
+                }
+                None => break,
+            }
+        }
+        send(shared, batch);
     }
     Ok(())
 }
@@ -302,8 +356,12 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
     let limits = &shared.limits;
     let update = match kind {
         Kind::Metrics => match domain::snapshot(subject, payload, now_ms, limits) {
-            Ok(detail) => {
+            Ok(mut detail) => {
                 Counters::inc(&c.snapshots);
+                if !shared.names.snapshot(&mut detail) {
+                    Counters::inc(&c.machines_hidden);
+                    return None;
+                }
                 let machine = detail.summary.machine_id.clone();
                 let stale = shared
                     .latest
@@ -333,8 +391,12 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
             }
         },
         Kind::Machines => match domain::info(subject, payload, now_ms, limits) {
-            Ok(info) => {
+            Ok(mut info) => {
                 Counters::inc(&c.infos);
+                if !shared.names.info(&mut info) {
+                    Counters::inc(&c.machines_hidden);
+                    return None;
+                }
                 let machine = info.machine_id.clone();
                 let f = frame("info", &info);
                 shared
@@ -348,8 +410,12 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
             }
         },
         Kind::Alerts => match domain::alert(subject, payload, now_ms, limits) {
-            Ok(alert) => {
+            Ok(mut alert) => {
                 Counters::inc(&c.alerts);
+                if !shared.names.alert(&mut alert) {
+                    Counters::inc(&c.machines_hidden);
+                    return None;
+                }
                 let key = format!("{}:{}", alert.machine_id, alert.rule);
                 // Last-per-subject replays one event per severity of a rule;
                 // keep the newest.

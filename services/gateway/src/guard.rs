@@ -33,10 +33,21 @@ pub enum Refusal {
     Origin,
     NoTokenConfigured,
     Unauthorized,
+    /// Over an address's request allowance (the edge, `rate`).
+    Rate,
+    /// A method other than GET/HEAD at the read-only edge.
+    Method,
 }
 
 impl Refusal {
-    pub const REASONS: [&'static str; 4] = ["host", "origin", "no_token", "unauthorized"];
+    pub const REASONS: [&'static str; 6] = [
+        "host",
+        "origin",
+        "no_token",
+        "unauthorized",
+        "rate",
+        "method",
+    ];
 
     pub fn reason(self) -> &'static str {
         match self {
@@ -44,6 +55,8 @@ impl Refusal {
             Self::Origin => "origin",
             Self::NoTokenConfigured => "no_token",
             Self::Unauthorized => "unauthorized",
+            Self::Rate => "rate",
+            Self::Method => "method",
         }
     }
 }
@@ -177,7 +190,7 @@ fn split_host(s: &str) -> Option<(String, Option<u16>)> {
     ok.then_some((name, port))
 }
 
-fn refuse(s: &Shared, why: Refusal, status: StatusCode, message: String) -> Response {
+pub(crate) fn refuse(s: &Shared, why: Refusal, status: StatusCode, message: String) -> Response {
     s.counters
         .http_refused
         .with_label_values(&[why.reason()])
@@ -190,11 +203,17 @@ fn refuse(s: &Shared, why: Refusal, status: StatusCode, message: String) -> Resp
             Refusal::Host => "Host",
             Refusal::Origin => "Origin",
             Refusal::NoTokenConfigured | Refusal::Unauthorized => "Authorization",
+            Refusal::Rate => "address",
+            Refusal::Method => "method",
         },
         message,
     );
     e.status = status;
     let mut resp = e.into_response();
+    if why == Refusal::Method {
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,

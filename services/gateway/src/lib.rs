@@ -7,6 +7,10 @@
 //! * `/ws`: the latest of every machine on connect, then live updates, with a
 //!   bounded, coalescing queue per client (see [`ws`]).
 //! * `/`: the dashboard, built from `web/` at compile time and embedded.
+//! * With `edge = true` (`--edge`), the public read-only edge: the same
+//!   from the edge nats-server's streams alone, no PostgreSQL, GET only,
+//!   a rate limit per address and an optional allow-list of machines
+//!   ([`edge`], [`rate`], [`names`]).
 //!
 //! `run(config, shutdown)` is the whole service; tests use [`Gateway`] to get
 //! the router without a socket or the bound address with one.
@@ -16,10 +20,13 @@ pub mod assets;
 pub mod budget;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod feed;
 pub mod guard;
+pub mod names;
 pub mod params;
+pub mod rate;
 pub mod rules_edit;
 pub mod state;
 pub mod ws;
@@ -74,19 +81,29 @@ impl Gateway {
             .connect("sysmonstm-gateway", true)
             .await
             .context("NATS")?;
-        let token = config
-            .load_api_token()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-        if token.is_none() {
-            tracing::warn!(
-                "no API token configured (api_token_file, SYSMON_GATEWAY_API_TOKEN): rule writes are refused"
+        // The edge has no write route, so no token; and no PostgreSQL.
+        let (token, pool) = if config.edge {
+            tracing::info!(
+                machines = config.edge_machines.len(),
+                "serving as the read-only edge: no database, no write route"
             );
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect_lazy(&config.database_url)
-            .context("database URL")?;
+            (None, None)
+        } else {
+            let token = config
+                .load_api_token()
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            if token.is_none() {
+                tracing::warn!(
+                    "no API token configured (api_token_file, SYSMON_GATEWAY_API_TOKEN): rule writes are refused"
+                );
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(3))
+                .connect_lazy(&config.database_url)
+                .context("database URL")?;
+            (token, Some(pool))
+        };
         let mut shared = Shared::new(config, nats, pool);
         shared.api_token = token.as_deref().map(guard::Token::new);
         Ok(Self {
@@ -151,7 +168,11 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> anyhow::
 }
 
 fn router(shared: Arc<Shared>) -> Router {
+    if shared.config.edge {
+        return edge_router(shared);
+    }
     Router::new()
+        .route("/api/mode", get(api::mode))
         .route("/api/machines", get(api::machines))
         .route("/api/machines/{id}", get(api::machine))
         .route("/api/machines/{id}/metrics", get(api::metrics_latest))
@@ -176,4 +197,36 @@ fn router(shared: Arc<Shared>) -> Router {
         .fallback(get(assets::serve))
         .with_state(Arc::clone(&shared))
         .layer(axum::middleware::from_fn_with_state(shared, guard::hosts))
+}
+
+/// The edge's routes: GET only, no rules (there is no rules bucket at the
+/// edge, and nothing may be written), and two checks before routing: any
+/// other method is refused on every path (`edge::read_only`), and every
+/// request takes from its address's allowance (`rate`).
+fn edge_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/mode", get(api::mode))
+        .route("/api/machines", get(api::machines))
+        .route("/api/machines/{id}", get(api::machine))
+        .route("/api/machines/{id}/metrics", get(api::metrics_latest))
+        .route("/api/machines/{id}/history", get(api::history))
+        .route("/api/alerts", get(api::alerts))
+        .route("/api/alerts/live", get(api::alerts_live))
+        .route("/api", get(api::api_not_found))
+        .route("/api/{*rest}", get(api::api_not_found))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/metrics", get(api::prometheus))
+        .route("/ws", get(ws::upgrade))
+        .fallback(get(assets::serve))
+        .with_state(Arc::clone(&shared))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            guard::hosts,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            edge::read_only,
+        ))
+        .layer(axum::middleware::from_fn_with_state(shared, rate::limit))
 }

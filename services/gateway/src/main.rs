@@ -34,6 +34,11 @@ struct Args {
     /// SYSMON_GATEWAY_API_TOKEN; with neither, writes are refused).
     #[arg(long)]
     api_token_file: Option<PathBuf>,
+    /// Serve as the public, read-only edge: from the edge nats-server's
+    /// streams, no PostgreSQL, no write route (also `edge = true`,
+    /// SYSMON_GATEWAY_EDGE=true).
+    #[arg(long)]
+    edge: bool,
 }
 
 #[tokio::main]
@@ -60,6 +65,9 @@ async fn main() -> ExitCode {
     }
     if args.api_token_file.is_some() {
         cfg.api_token_file = args.api_token_file;
+    }
+    if args.edge {
+        cfg.edge = true;
     }
     if let Err(e) = cfg.validate() {
         eprintln!("sysmonstm-gateway: configuration: {e}");

@@ -68,6 +68,8 @@ pub struct Counters {
     pub history_hits: IntCounter,
     pub history_misses: IntCounter,
     pub rules_bad_values: IntCounter,
+    /// Messages of machines not on the edge's allow-list, dropped.
+    pub machines_hidden: IntCounter,
     pub ws_clients: IntGauge,
     pub ws_connections: IntCounter,
     pub ws_origin_refused: IntCounter,
@@ -195,6 +197,10 @@ impl Default for Counters {
                 "rules_bad_values_total",
                 "Rule KV values that are not JSON (skipped).",
             ),
+            machines_hidden: c(
+                "machines_hidden_total",
+                "Messages of machines not on the edge's allow-list (edge_machines), dropped.",
+            ),
             ws_clients: r.gauge("ws_clients", "WebSocket clients connected now."),
             ws_connections: c("ws_connections_total", "WebSocket connections accepted."),
             ws_origin_refused: c(
@@ -286,7 +292,14 @@ pub struct Shared {
     pub config: GatewayConfig,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
-    pub pool: PgPool,
+    /// PostgreSQL (history, stored alerts); `None` at the edge, which has
+    /// none and answers from its streams.
+    pub pool: Option<PgPool>,
+    /// Which machines are shown, under which names (`edge_machines`).
+    pub names: crate::names::Names,
+    /// The request allowance of each address (prefix) seen in the last
+    /// minute, at the edge (`rate`).
+    pub http_rate: Cache<crate::rate::Key, Arc<std::sync::Mutex<crate::ws::Allowance>>>,
     pub latest: Cache<String, Arc<Latest>>,
     pub info: Cache<String, Arc<(Info, Arc<str>)>>,
     /// The latest event of each `machine:rule`.
@@ -357,7 +370,7 @@ fn history_bytes(answer: &HistoryAnswer) -> u64 {
 }
 
 impl Shared {
-    pub fn new(config: GatewayConfig, nats: async_nats::Client, pool: PgPool) -> Self {
+    pub fn new(config: GatewayConfig, nats: async_nats::Client, pool: Option<PgPool>) -> Self {
         let js = async_nats::jetstream::new(nats.clone());
         let (updates, _) = broadcast::channel(16 * 1024);
         // moka refuses a time to live of a thousand years or more.
@@ -399,6 +412,19 @@ impl Shared {
                 .max_capacity(MAX_MACHINES)
                 .time_to_idle(Duration::from_secs(60))
                 .build(),
+            http_rate: Cache::builder()
+                .max_capacity(crate::rate::MAX_ADDRESSES)
+                .time_to_idle(Duration::from_secs(60))
+                .build(),
+            // Only the edge hides and renames (the hub's history is keyed by
+            // the real ids). A list that does not parse (`validate` refuses
+            // it first) hides everything rather than nothing.
+            names: if config.edge {
+                crate::names::Names::new(&config.edge_machines)
+                    .unwrap_or_else(|_| crate::names::Names::nothing())
+            } else {
+                crate::names::Names::default()
+            },
             logs: Default::default(),
             http: Default::default(),
             api_token: None,

@@ -93,6 +93,10 @@ impl Pending {
                     );
                 }
                 for (k, i) in shared.info.iter() {
+                    // At the edge, only machines of the window (`api::machines`).
+                    if shared.config.edge && !shared.latest.contains_key(k.as_str()) {
+                        continue;
+                    }
                     self.put((Kind::Info, k.to_string()), Arc::clone(&i.1));
                 }
             }
@@ -310,7 +314,7 @@ pub struct Allowance {
 }
 
 impl Allowance {
-    fn new(burst: u32, per_s: u32) -> Self {
+    pub(crate) fn new(burst: u32, per_s: u32) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             tokens: burst,
@@ -321,7 +325,7 @@ impl Allowance {
     }
 
     /// Takes a token now, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_s).min(self.burst);
         self.at = now;

@@ -211,3 +211,95 @@ async fn publish_alert(env: &common::Env, machine: &MachineId, rule: &MachineId)
         .await
         .expect("acked");
 }
+
+#[path = "edge_pair/mod.rs"]
+mod edge_pair;
+
+/// The edge dashboard: `sysmonstm-gateway --edge` (the real binary, its
+/// allow-list from a config file) over a hub and an edge linked by a leaf
+/// node, no PostgreSQL anywhere. The driver (`web/test/edge.mjs`) checks
+/// that the page shows the listed machine live under its public name, with
+/// history from the edge's window, that it knows it is read-only (no rules
+/// editor, no write control), and that the hidden machine and the internal
+/// names never appear; one screenshot, `edge.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_dashboard_shows_the_machine_read_only() {
+    let mut pair = edge_pair::EdgePair::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = sysmonstm_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = tmp.path().join("edge.toml");
+    std::fs::write(&config, "[edge_machines]\n\"db-internal-3\" = \"db\"\n").expect("config");
+    let mut seq = 1u64;
+    for m in ["secret-box", "db-internal-3"] {
+        pair.info(m, &format!("{m}.corp.internal")).await;
+    }
+    edge_round(&mut pair, seq).await;
+    let _gateway = Proc(
+        Command::new(env!("CARGO_BIN_EXE_sysmonstm-gateway"))
+            .arg("--edge")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--server", &pair.edge.url()])
+            .arg("--creds")
+            .arg(&pair.edge_gateway)
+            .stderr(std::fs::File::create(tmp.path().join("edge-gateway.log")).expect("log"))
+            .spawn()
+            .expect("the edge gateway starts"),
+    );
+    let shots = workspace().join("target/screenshots");
+    let mut driver = Command::new("node")
+        .arg("test/edge.mjs")
+        .current_dir(workspace().join("web"))
+        .env("BASE_URL", &base)
+        .env("SCREENSHOTS", &shots)
+        .env("MACHINE", "db")
+        .env("HIDDEN", "secret-box,db-internal-3,corp.internal")
+        .env(
+            "CHROMIUM_BIN",
+            std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs web/test/edge.mjs (npm and chromium come from scripts/install-deps.sh)");
+    let stdout = driver.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("edge browser: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The agents go on publishing every second while the page is checked.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            line = rx.recv() => if line.is_none() { break },
+            _ = tick.tick() => {
+                seq += 1;
+                edge_round(&mut pair, seq).await;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => panic!("the edge driver did not finish in time"),
+        }
+    }
+    let status = driver.wait().expect("driver exits");
+    let logs = std::fs::read_to_string(tmp.path().join("edge-gateway.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "edge browser test failed (screenshots in {shots:?}); edge gateway log:\n{logs}"
+    );
+    let meta = std::fs::metadata(shots.join("edge.png")).expect("screenshot saved");
+    assert!(meta.len() > 10_000, "edge.png is almost empty");
+}
+
+/// One snapshot of each machine at the hub, now.
+async fn edge_round(pair: &mut edge_pair::EdgePair, seq: u64) {
+    let now = chrono::Utc::now().timestamp_millis();
+    for m in ["secret-box", "db-internal-3"] {
+        pair.snapshot(m, seq, now, 20.0 + (seq % 10) as f32).await;
+    }
+}
