@@ -152,6 +152,7 @@ up() {
   # token, no write route. An allow-list of machines and public names goes in
   # a config file (edge_machines; docs/configuration.md).
   NATS_URL="nats://127.0.0.1:4223" NATS_CREDS="$ecreds/users/edge-gateway.creds" \
+  SYSMON_GATEWAY_METRICS_LISTEN=127.0.0.1:9104 \
     start edge-gateway "$bin/sysmonstm-gateway" --edge --listen 127.0.0.1:8081
   wait_for "the edge gateway" 30 http_ok http://127.0.0.1:8081/ready
   NATS_CREDS="$users/agent-$machine.creds" start agent "$bin/sysmonstm-agent" \

@@ -84,6 +84,11 @@ pub struct GatewayConfig {
     /// route, the dashboard read-only, and a rate limit per address
     /// (`http_requests_per_s`).
     pub edge: bool,
+    /// Address of a second listener with only `/metrics` and `/health`
+    /// (e.g. `127.0.0.1:9104`; port 0 picks one); empty: none. The hub's
+    /// main listener serves `/metrics` too; the edge's does not (it faces
+    /// the internet), so there this is where Prometheus scrapes.
+    pub metrics_listen: String,
     /// At the edge: the machines shown, each under its public name
     /// (`"db-internal-3" = "db"`; a name may be kept: `"web-1" = "web-1"`).
     /// Empty: every machine, under its own id. Otherwise a machine not listed
@@ -170,6 +175,7 @@ impl Default for GatewayConfig {
             ws_subscribe_burst: 10,
             ws_connects_per_s: 5,
             edge: false,
+            metrics_listen: String::new(),
             edge_machines: BTreeMap::new(),
             edge_max_read: 20_000,
             http_requests_per_s: 20,

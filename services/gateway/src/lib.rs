@@ -55,12 +55,18 @@ pub struct Gateway {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `metrics_listen` bound, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Waits until the server has stopped (after `shutdown`).
@@ -135,6 +141,28 @@ impl Gateway {
         if let Ok(mut hosts) = self.shared.hosts.write() {
             *hosts = guard::Hosts::bound(&cfg.listen, addr, &cfg.allowed_hosts);
         }
+        let metrics_addr = if cfg.metrics_listen.is_empty() {
+            None
+        } else {
+            let ops = tokio::net::TcpListener::bind(&cfg.metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.metrics_listen))?;
+            let ops_addr = ops.local_addr().context("bound address")?;
+            // Not `http::bound`: the address file names the main listener.
+            tracing::info!(addr = %ops_addr, "gateway /metrics listening");
+            let app = Router::new()
+                .route("/metrics", get(api::prometheus))
+                .route("/health", get(api::health))
+                .with_state(Arc::clone(&self.shared));
+            tokio::spawn(sysmonstm_kit::http::serve(
+                ops,
+                app,
+                shutdown.clone(),
+                sysmonstm_kit::http::ServeOptions::default(),
+                Arc::new(sysmonstm_kit::http::ServeCounters::default()),
+            ));
+            Some(ops_addr)
+        };
         self.start_feeds(&shutdown);
         let app = self.router();
         sysmonstm_kit::http::bound("gateway", addr);
@@ -153,7 +181,11 @@ impl Gateway {
             opts,
             Arc::clone(&self.shared.http),
         ));
-        Ok(Running { addr, task })
+        Ok(Running {
+            addr,
+            metrics_addr,
+            task,
+        })
     }
 }
 
@@ -216,7 +248,8 @@ fn edge_router(shared: Arc<Shared>) -> Router {
         .route("/api/{*rest}", get(api::api_not_found))
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
-        .route("/metrics", get(api::prometheus))
+        // Not public: the counters are for the operator (`metrics_listen`).
+        .route("/metrics", get(api::api_not_found))
         .route("/ws", get(ws::upgrade))
         .fallback(get(assets::serve))
         .with_state(Arc::clone(&shared))

@@ -546,3 +546,27 @@ async fn machines_off_the_allow_list_never_appear_and_listed_ones_only_by_their_
         "the hidden machine's messages are counted"
     );
 }
+
+/// The edge faces the internet: its counters are not on the public
+/// listener, only on `metrics_listen` for the operator's Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_serves_metrics_only_on_its_own_listener() {
+    let pair = EdgePair::start().await;
+    let gw = Gateway::connect(GatewayConfig {
+        metrics_listen: "127.0.0.1:0".into(),
+        ..pair.gateway_config()
+    })
+    .await
+    .expect("gateway");
+    let shutdown = CancellationToken::new();
+    let running = gw.start(shutdown.clone()).await.expect("serves");
+    let (status, body) = get(running.addr(), "/metrics").await;
+    assert_eq!(status, 404, "public /metrics: {body}");
+    assert!(!body.contains("sysmonstm_gateway_"), "{body}");
+    let ops = running.metrics_addr().expect("metrics listener");
+    let (status, body) = get(ops, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("sysmonstm_gateway_"), "{body}");
+    assert_eq!(get(ops, "/health").await.0, 200);
+    shutdown.cancel();
+}
