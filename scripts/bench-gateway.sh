@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p sysmonstm-gateway --bin sysmonstm-gateway
-cargo build --release -q -p sysmonstm-gateway --example bench_gateway
+cargo build --release -q -p sysmonstm-e2e --example bench_gateway
 target="${CARGO_TARGET_DIR:-target}/release"
 if [ -z "${SYSMON_BENCH_DATABASE_URL:-}" ]; then
   pgdir="${BENCH_PG_DIR:-/var/tmp/sysmonstm-bench-pg}"

@@ -11,16 +11,23 @@
 //! * [`eventually`]: wait for a condition instead of sleeping.
 //! * [`free_port`], [`PortHold`]: ports no other process can take in between
 //!   (`port`).
+//! * [`RealSnapshots`]: realistic snapshots and facts of this host under any
+//!   machine id, from the agent's collector, without an agent.
+//! * [`workspace_bin`]: a binary of another package of the workspace, for
+//!   the tests that run several services.
 
 mod nats;
 mod pg;
 mod port;
+pub mod snapshots;
 
 pub use nats::NatsServer;
 pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb, refresh_rollups};
 pub use port::{PortHold, free_port};
+pub use snapshots::RealSnapshots;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Polls `check` every 25 ms until it returns `Some`, or panics with `what`
@@ -50,4 +57,26 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// The binary `name` of any package of the workspace, where cargo put it:
+/// beside this test's own directory (`target/<profile>/`, tests run from
+/// `target/<profile>/deps/`). Cargo hands a test only its own package's
+/// binaries (`CARGO_BIN_EXE_*`); `cargo test --workspace` builds every
+/// package's binaries before it runs any test, so there they are current.
+/// Run alone (`cargo test -p …`), a test needs them built first: this panics
+/// when one is missing, naming the command.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it, or `cargo build --bins` first",
+        bin.display()
+    );
+    bin
 }

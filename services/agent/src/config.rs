@@ -75,8 +75,8 @@ pub enum AgentConfigError {
 }
 
 impl AgentConfig {
-    pub fn collect_options(&self) -> crate::collect::CollectOptions {
-        crate::collect::CollectOptions {
+    pub fn collect_options(&self) -> sysmonstm_collect::CollectOptions {
+        sysmonstm_collect::CollectOptions {
             interval: std::time::Duration::from_millis(self.interval_ms),
             top_n: self.top_n,
             process_every: self.process_every.max(1),

@@ -6,12 +6,9 @@
 //! that keeps growing across restarts and is published with
 //! `Nats-Msg-Id = <machine>:<seq>`, which makes any retry harmless.
 
-pub mod collect;
 pub mod config;
 pub mod info;
-pub mod procfs;
 pub mod publish;
-pub mod rates;
 pub mod seq;
 pub mod spool;
 
@@ -57,8 +54,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let interval = Duration::from_millis(config.interval_ms);
     let ack_timeout = Duration::from_millis(config.publish_timeout_ms.max(1));
 
-    let mut collector = collect::Collector::new(machine.clone(), config.collect_options())
-        .context("cannot read this machine's metrics")?;
+    let mut collector =
+        sysmonstm_collect::Collector::new(machine.clone(), config.collect_options())
+            .context("cannot read this machine's metrics")?;
     // Its credentials let an agent subscribe to its own inbox prefix only
     // (`_INBOX_<machine>`), where JetStream's acks come back.
     let mut nats = config.nats.clone();
@@ -189,7 +187,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 /// One snapshot of this machine, taken now (for `--once --json`).
 pub async fn sample_once(config: &AgentConfig) -> anyhow::Result<sysmonstm_schemas::v1::Snapshot> {
     let machine = config.machine_id()?;
-    let mut collector = collect::Collector::new(machine, config.collect_options())
+    let mut collector = sysmonstm_collect::Collector::new(machine, config.collect_options())
         .context("cannot read this machine's metrics")?;
     collector.warm_up().await;
     Ok(collector.sample(0))

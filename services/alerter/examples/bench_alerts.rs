@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use sysmonstm_agent::collect::{CollectOptions, Collector};
 use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::Rule;
@@ -144,9 +143,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // A real snapshot of this host as the template every machine sends.
-    let mut collector = Collector::new(MachineId::parse("template")?, CollectOptions::default())?;
-    collector.warm_up().await;
-    let template = collector.sample(1);
+    let template = sysmonstm_testkit::snapshots::template(&MachineId::parse("template")?).await;
     let ids: Vec<MachineId> = (0..machines)
         .map(|i| MachineId::parse(&format!("bench-{i:04}")))
         .collect::<Result<_, _>>()?;

@@ -1,16 +1,14 @@
-//! `sysmonstm rules …` and `sysmonstm machines` run as a process, with the
-//! real alerter picking a rule change up while snapshots flow.
+//! `sysmonstm rules …` and `sysmonstm machines` run as a process. With the
+//! real alerter picking a rule change up while snapshots flow, and forgetting
+//! a machine: `crates/e2e/tests/cli_alerter.rs`.
 
 mod common;
-
-use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
 use prost::Message as _;
-use sysmonstm_alerter::Counters;
 use sysmonstm_schemas::{streams, subjects};
-use sysmonstm_testkit::{NatsServer, eventually};
+use sysmonstm_testkit::NatsServer;
 
 #[tokio::test]
 async fn rules_set_refuses_an_invalid_rule_naming_the_field_and_changes_nothing() {
@@ -68,63 +66,11 @@ async fn rules_set_refuses_an_invalid_rule_naming_the_field_and_changes_nothing(
 }
 
 #[tokio::test]
-async fn a_rule_changed_with_the_cli_while_snapshots_flow_applies_at_the_next_evaluation() {
-    let nats = NatsServer::start_hub();
-    let url = nats.url();
-    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
-    let (code, _, err) = run(
-        &url,
-        &[
-            "rules",
-            "set",
-            r#"name="cpu_high" metric="cpu" threshold=99 severity="critical""#,
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let alerter = start_alerter(&js, &url).await;
-    let mut web = Machine::new("web01").await;
-    for _ in 0..5 {
-        web.publish(&js, 70.0).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut w = Watcher::start(&js, &url, &["alerts", "watch", "--all", "--json"]).await;
-    let (code, _, err) = run(
-        &url,
-        &[
-            "rules",
-            "set",
-            r#"name="cpu_high" metric="cpu" threshold=60 severity="critical""#,
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let flow = tokio::spawn({
-        let js = js.clone();
-        async move {
-            for _ in 0..100 {
-                web.publish(&js, 70.0).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    let v = w.next_json().await;
-    assert_eq!(
-        (v["state"].as_str(), v["threshold"].as_f64()),
-        (Some("firing"), Some(60.0)),
-        "{v}"
-    );
-    assert!(Counters::get(&alerter.counters.rules_applied) >= 2);
-    flow.abort();
-    alerter.stop().await;
-}
-
-#[tokio::test]
 async fn machines_lists_facts_last_seen_and_headline_values() {
     let nats = NatsServer::start_hub();
     let url = nats.url();
     let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
-    js.get_or_create_stream(streams::metrics(&alerter_config(&url).metrics_limits()))
+    js.get_or_create_stream(streams::metrics(&metrics_limits()))
         .await
         .expect("METRICS");
     js.get_or_create_stream(streams::machines())
@@ -174,94 +120,11 @@ async fn no_server_is_a_clear_error_with_exit_code_1() {
 }
 
 #[tokio::test]
-async fn machines_forget_removes_a_machine_everywhere_it_is_kept() {
-    let nats = NatsServer::start_hub();
-    let url = nats.url();
-    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
-    js.get_or_create_stream(streams::machines())
-        .await
-        .expect("MACHINES");
-    let (code, _, err) = run(
-        &url,
-        &[
-            "rules",
-            "set",
-            r#"name="cpu_high" metric="cpu" threshold=90 severity="critical""#,
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let alerter = start_alerter(&js, &url).await;
-    let mut db = Machine::new("db01").await;
-    let mut web = Machine::new("web01").await;
-    web.publish(&js, 10.0).await;
-    db.publish(&js, 97.0).await;
-    let info = sysmonstm_schemas::v1::MachineInfo {
-        machine_id: "db01".into(),
-        hostname: "db01.example.com".into(),
-        ..Default::default()
-    };
-    js.publish(subjects::info(&db.id), info.encode_to_vec().into())
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
-    let state_kv = js
-        .get_key_value(streams::ALERT_STATE_BUCKET)
-        .await
-        .expect("state bucket");
-    // db01 fires, so the alerter holds it and its state is stored.
-    eventually(WAIT, "db01's alert state stored", || {
-        let kv = state_kv.clone();
-        async move { kv.get("db01.cpu_high").await.ok()?.map(|_| ()) }
-    })
-    .await;
-
-    let (code, out, err) = run(&url, &["machines", "forget", "db01"]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("alerter: forgot db01"), "{out}");
-    assert!(out.contains("METRICS: 1 snapshots"), "{out}");
-    assert!(out.contains("MACHINES: 1 facts"), "{out}");
-    // Gone from the streams and the bucket, so no restart brings it back.
-    let metrics = js.get_stream(streams::METRICS).await.expect("METRICS");
-    assert!(
-        metrics
-            .get_last_raw_message_by_subject(&subjects::metrics(&db.id))
-            .await
-            .is_err()
-    );
-    let machines = js.get_stream(streams::MACHINES).await.expect("MACHINES");
-    assert!(
-        machines
-            .get_last_raw_message_by_subject(&subjects::info(&db.id))
-            .await
-            .is_err()
-    );
-    eventually(WAIT, "db01's alert state gone", || {
-        let kv = state_kv.clone();
-        async move { kv.get("db01.cpu_high").await.ok()?.is_none().then_some(()) }
-    })
-    .await;
-    let (code, out, err) = run(&url, &["machines", "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("web01") && !out.contains("db01"), "{out}");
-    // Its firing alert resolved, saying why.
-    let (code, out, err) = run(&url, &["alerts", "list", "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(!out.contains("db01"), "{out}");
-    alerter.stop().await;
-
-    // Not a machine id: exit code 2, before connecting.
-    let (code, _, err) = run(&url, &["machines", "forget", "Not.A.Machine"]).await;
-    assert_eq!(code, 2, "{err}");
-}
-
-#[tokio::test]
 async fn machines_leaves_out_made_up_tokens_and_payloads_of_other_machines() {
     let nats = NatsServer::start_hub();
     let url = nats.url();
     let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
-    js.get_or_create_stream(streams::metrics(&alerter_config(&url).metrics_limits()))
+    js.get_or_create_stream(streams::metrics(&metrics_limits()))
         .await
         .expect("METRICS");
     let mut web = Machine::new("web01").await;

@@ -1,6 +1,6 @@
 //! Helpers for the alerter's tests against a real nats-server: an alerter
-//! running in-process, real snapshots from the agent's collector, and the
-//! events ALERTS really stored.
+//! running in-process, real snapshots of this host (`RealSnapshots`, the
+//! agent's collector), and the events ALERTS really stored.
 
 #![allow(dead_code)]
 
@@ -10,13 +10,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::StreamExt as _;
 use prost::Message as _;
-use sysmonstm_agent::collect::{CollectOptions, Collector};
 use sysmonstm_alerter::engine::{Alert, EventKind};
 use sysmonstm_alerter::{Alerter, AlerterConfig, Counters};
 use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::rules::Rule;
 use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
+use sysmonstm_testkit::RealSnapshots;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +121,7 @@ pub async fn put_rule(rules: &kv::Store, r: &Rule) {
 /// CPU share set to what the test holds it at.
 pub struct Machine {
     pub id: MachineId,
-    collector: Collector,
+    collector: RealSnapshots,
     seq: u64,
     pub interval_ms: u32,
 }
@@ -129,9 +129,7 @@ pub struct Machine {
 impl Machine {
     pub async fn new(id: &str) -> Self {
         let id = MachineId::parse(id).expect("machine id");
-        let mut collector =
-            Collector::new(id.clone(), CollectOptions::default()).expect("collector");
-        collector.warm_up().await;
+        let collector = RealSnapshots::new(&id).await;
         Self {
             id,
             collector,

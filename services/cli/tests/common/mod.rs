@@ -1,6 +1,7 @@
 //! Helpers for the CLI's process tests: the `sysmonstm` binary run against
-//! a real nats-server, its live output read line by line, the real alerter
-//! in-process, real snapshots from the agent's collector.
+//! a real nats-server, its live output read line by line, real snapshots of
+//! this host (`RealSnapshots`, the agent's collector). The tests with the
+//! real alerter beside the CLI (`crates/e2e/tests/cli_alerter.rs`) share them.
 
 #![allow(dead_code, unused_imports)]
 
@@ -9,22 +10,28 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use prost::Message as _;
-use sysmonstm_agent::collect::{CollectOptions, Collector};
-use sysmonstm_alerter::{Alerter, AlerterConfig, Counters};
 use sysmonstm_kit::jetstream as js_kit;
-use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::alert::{Alert, EventKind};
 use sysmonstm_schemas::rules::{Metric, Rule, Severity};
 use sysmonstm_schemas::{MachineId, headers, streams, subjects};
-use sysmonstm_testkit::{NatsServer, eventually};
+use sysmonstm_testkit::{NatsServer, RealSnapshots, eventually};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The `sysmonstm` binary: cargo's build of it for this package's tests; the
+/// workspace's (`sysmonstm_testkit::workspace_bin`) for the e2e tests, which
+/// include these helpers.
+pub fn bin() -> std::path::PathBuf {
+    option_env!("CARGO_BIN_EXE_sysmonstm").map_or_else(
+        || sysmonstm_testkit::workspace_bin("sysmonstm"),
+        std::path::PathBuf::from,
+    )
+}
+
 pub fn cli(url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sysmonstm"));
+    let mut c = Command::new(bin());
     c.env("NATS_URL", url)
         .env("RUST_LOG", "warn")
         .env_remove("NATS_CREDS")
@@ -108,15 +115,10 @@ pub fn event(machine: &str, rule: &str, kind: EventKind, since_ms: i64) -> Alert
     }
 }
 
-pub fn alerter_config(url: &str) -> AlerterConfig {
-    AlerterConfig {
-        tick_ms: 100,
-        metrics_listen: None,
-        stream_max_mib: 1024,
-        nats: NatsConfig {
-            servers: vec![url.to_owned()],
-            ..Default::default()
-        },
+/// METRICS limits that fit the test server's store.
+pub fn metrics_limits() -> streams::MetricsLimits {
+    streams::MetricsLimits {
+        max_bytes: 1024 * 1024 * 1024,
         ..Default::default()
     }
 }
@@ -124,16 +126,14 @@ pub fn alerter_config(url: &str) -> AlerterConfig {
 /// Real snapshots of this host with the CPU share the test holds.
 pub struct Machine {
     pub id: MachineId,
-    pub collector: Collector,
+    pub collector: RealSnapshots,
     pub seq: u64,
 }
 
 impl Machine {
     pub async fn new(id: &str) -> Self {
         let id = MachineId::parse(id).expect("id");
-        let mut collector =
-            Collector::new(id.clone(), CollectOptions::default()).expect("collector");
-        collector.warm_up().await;
+        let collector = RealSnapshots::new(&id).await;
         Self {
             id,
             collector,
@@ -154,45 +154,6 @@ impl Machine {
             .expect("publish")
             .await
             .expect("stored");
-    }
-}
-
-pub struct RunningAlerter {
-    pub counters: std::sync::Arc<Counters>,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-pub async fn start_alerter(js: &jetstream::Context, url: &str) -> RunningAlerter {
-    js.get_or_create_stream(streams::metrics(&alerter_config(url).metrics_limits()))
-        .await
-        .expect("METRICS");
-    let a = Alerter::new(alerter_config(url));
-    let counters = a.counters();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(a.run(shutdown.clone()));
-    eventually(WAIT, "the alerter's consumer", || {
-        let js = js.clone();
-        async move {
-            let s = js.get_stream(streams::METRICS).await.ok()?;
-            s.consumer_info(streams::ALERTER_CONSUMER)
-                .await
-                .ok()
-                .map(|_| ())
-        }
-    })
-    .await;
-    RunningAlerter {
-        counters,
-        shutdown,
-        task,
-    }
-}
-
-impl RunningAlerter {
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 

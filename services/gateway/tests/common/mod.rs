@@ -1,6 +1,6 @@
 //! Shared test setup: a real nats-server with the streams the persister
 //! would create, a real PostgreSQL database, real snapshots from the agent's
-//! collector, and a gateway wired to them.
+//! collector (`sysmonstm_testkit::RealSnapshots`), and a gateway wired to them.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use prost::Message as _;
-use sysmonstm_agent::collect::{CollectOptions, Collector};
 use sysmonstm_gateway::{Gateway, GatewayConfig, Shared};
 use sysmonstm_schemas::{MachineId, headers, streams, subjects, v1};
-use sysmonstm_testkit::{NatsServer, TestDb};
+use sysmonstm_testkit::{NatsServer, RealSnapshots, TestDb};
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -97,16 +96,14 @@ impl Env {
 /// Real snapshots of this machine under the name `machine`.
 pub struct Agent {
     pub id: MachineId,
-    collector: Collector,
+    collector: RealSnapshots,
     seq: u64,
 }
 
 impl Agent {
     pub async fn new(machine: &str) -> Self {
         let id = MachineId::parse(machine).expect("valid id");
-        let mut collector =
-            Collector::new(id.clone(), CollectOptions::default()).expect("collector");
-        collector.warm_up().await;
+        let collector = RealSnapshots::new(&id).await;
         Self {
             id,
             collector,
@@ -127,7 +124,7 @@ impl Agent {
     }
 
     pub async fn publish_info(&self, js: &jetstream::Context) -> v1::MachineInfo {
-        let info = sysmonstm_agent::info::read(&self.id);
+        let info = self.collector.info();
         js.send_publish(
             subjects::info(&self.id),
             Publish::build().payload(info.encode_to_vec().into()),

@@ -1,7 +1,9 @@
 //! The whole path of an alert on real servers: the agent's snapshots into
 //! METRICS, the alerter's events into ALERTS, the persister's rows in
 //! PostgreSQL's `alerts` table — one row per event, keyed by its Msg-Id.
+//! The alerter's helpers are its own tests' (`services/alerter/tests/common`).
 
+#[path = "../../../services/alerter/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

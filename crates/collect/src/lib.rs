@@ -1,4 +1,7 @@
-//! Reads this machine and maps what it sees into a `Snapshot`.
+//! sysmonstm-collect: reads this machine and maps what it sees into a
+//! `Snapshot` (and its static facts into a `MachineInfo`, `info`). The
+//! agent samples with it; tests and benches take realistic snapshots from it
+//! through `sysmonstm-testkit`, so they need no agent.
 //!
 //! sysinfo gives memory, swap, load, uptime, filesystems, processes and
 //! temperatures; three `/proc` files give what sysinfo lacks (iowait and the
@@ -20,7 +23,11 @@ use sysmonstm_schemas::v1::{
     Cpu, Disk, Filesystem, Load, Memory, NetInterface, Process, Snapshot, Temperature,
 };
 
-use crate::procfs::{self, DiskCounters, NetCounters};
+pub mod info;
+pub mod procfs;
+pub mod rates;
+
+use crate::procfs::{DiskCounters, NetCounters};
 use crate::rates::{RateTracker, per_second};
 
 /// Mounts and sensors are listed again every this many samples (a new USB

@@ -25,7 +25,6 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt as _;
 use prost::Message as _;
-use sysmonstm_agent::collect::{CollectOptions, Collector};
 use sysmonstm_schemas::{MachineId, headers, streams, subjects};
 use sysmonstm_testkit::NatsServer;
 use tokio_tungstenite::tungstenite::Message;
@@ -153,9 +152,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // One real snapshot of this machine, the shape every simulated one takes.
-    let mut collector = Collector::new(MachineId::parse("bench")?, CollectOptions::default())?;
-    collector.warm_up().await;
-    let template = collector.sample(1);
+    let template = sysmonstm_testkit::snapshots::template(&MachineId::parse("bench")?).await;
     let template_len = template.encoded_len();
     let ids: Vec<MachineId> = (0..machines)
         .map(|i| MachineId::parse(&format!("sim-{i:04}")))

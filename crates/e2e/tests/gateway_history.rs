@@ -2,7 +2,9 @@
 //! migrations (`sysmonstm_persister::migrate`) and the persister itself
 //! writing what real agent snapshots and AlertEvents it took from JetStream.
 //! The gateway's answers are checked against the values that were published.
+//! The gateway's helpers are its own tests' (`services/gateway/tests/common`).
 
+#[path = "../../../services/gateway/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
