@@ -3,6 +3,7 @@
 //! sysmonstm binary, through `sysmonstm_kit::config`).
 
 use serde::{Deserialize, Serialize};
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::accept;
 
@@ -76,6 +77,10 @@ pub struct GatewayConfig {
     /// state of every machine); beyond it, 429. Behind a reverse proxy every
     /// client has the proxy's address: raise it there.
     pub ws_connects_per_s: u32,
+    /// Servers of a JetStream cluster holding each stream and bucket the
+    /// gateway creates when it is first (MACHINES, ALERTS, the rules
+    /// bucket): 1 to 5, 3 on a cluster. Applies when a stream is created.
+    pub replicas: Replicas,
     pub nats: NatsConfig,
 }
 
@@ -143,6 +148,7 @@ impl Default for GatewayConfig {
             ws_subscribes_per_s: 2,
             ws_subscribe_burst: 10,
             ws_connects_per_s: 5,
+            replicas: Replicas::ONE,
             nats: NatsConfig::default(),
         }
     }
