@@ -18,6 +18,7 @@ test:
     eval "$deps"
     cargo fmt --all -- --check
     scripts/check-compose.sh
+    scripts/check-deploy.sh
     cargo clippy --workspace --all-targets -- -D warnings
     # Licences and sources of every dependency (deny.toml). Not advisories:
     # the RustSec database comes from GitHub, unreachable here.

@@ -15,7 +15,9 @@
 #     a failed install fails this script);
 #   - Node.js/npm (the dashboard build) and chromium (its browser test);
 #   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's,
-#     and cargo-deny (licences and sources of the dependencies).
+#     kubernetes-validate (PyPI, pinned, in a venv of its own: deploy/'s
+#     manifests against the API schemas it bundles, offline), and cargo-deny
+#     (licences and sources of the dependencies).
 # Progress goes to stderr; only the exports go to stdout.
 set -euo pipefail
 
@@ -122,6 +124,21 @@ command -v dpkg-deb >/dev/null 2>&1 || apt_install dpkg-dev
 # compose.yaml is checked with Debian's docker-compose (`config` needs no engine).
 command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
 
+# --- kubernetes-validate: scripts/check-deploy.sh validates deploy/k8s
+# against the Kubernetes API schemas this package bundles (no cluster, no
+# network at check time). Pinned, in a venv of its own as nats-server is.
+KV_VERSION="1.37.0"
+KV_VENV="$TOOLS/kubernetes-validate-$KV_VERSION"
+if [ "$("$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null || true)" != "$KV_VERSION" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv python3-pip
+  fi
+  log "installing kubernetes-validate $KV_VERSION into $KV_VENV"
+  mkdir -p "$TOOLS"
+  [ -x "$KV_VENV/bin/pip" ] || python3 -m venv "$KV_VENV" >&2
+  "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION" >&2
+fi
+
 # --- cargo-deny: `just test` checks the licences and sources of every
 # dependency (deny.toml). Built from crates.io once into $TOOLS/cargo. Its
 # advisories check is not run: it needs the RustSec database, which is
@@ -137,5 +154,6 @@ echo "export PG_BIN='$PG_BIN'"
 echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
 echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
 echo "export CHROMIUM_BIN='$CHROMIUM_BIN'"
+echo "export KUBERNETES_VALIDATE_BIN='$KV_VENV/bin/kubernetes-validate'"
 echo "export PATH='$NATS_VENV/bin:$TOOLS/cargo/bin':\"\$PATH\""
 log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

@@ -1,7 +1,8 @@
 //! JetStream helpers every service and the CLI share: opening (or creating)
 //! the streams and buckets the contract defines, reading the current value
-//! of every key or the last message of every subject, and publishing an
-//! alert event with its Msg-Id.
+//! of every key or the last message of every subject, publishing an alert
+//! event with its Msg-Id, and how many servers of a cluster hold each stream
+//! a service creates (`Replicas`).
 
 use std::time::Duration;
 
@@ -10,6 +11,87 @@ use async_nats::jetstream::{self, context::PublishAckFuture, kv};
 use futures::StreamExt as _;
 use sysmonstm_schemas::alert::{AddressError, Alert};
 use sysmonstm_schemas::{headers, streams};
+
+/// How many servers of a JetStream cluster keep a copy of each stream (and
+/// bucket) a service creates: 1 on a single server, 3 on a cluster, so one
+/// server can die with nothing lost and nothing stopped. JetStream allows
+/// 1 to 5. It applies when a stream is created: an existing stream keeps its
+/// replicas (`nats stream edit <name> --replicas 3` changes them).
+/// Consumers follow their stream's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Replicas(u8);
+
+impl Replicas {
+    /// JetStream's limit.
+    pub const MAX: u8 = 5;
+    pub const ONE: Self = Self(1);
+
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// `cfg` with these replicas.
+    pub fn stream(self, cfg: jetstream::stream::Config) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            num_replicas: self.get(),
+            ..cfg
+        }
+    }
+
+    /// `cfg` with these replicas.
+    pub fn kv(self, cfg: kv::Config) -> kv::Config {
+        kv::Config {
+            num_replicas: self.get(),
+            ..cfg
+        }
+    }
+
+    /// Logs a warning when an existing stream has other replicas than
+    /// configured: the setting only applies when a stream is created, and an
+    /// operator who moved to a cluster should hear that theirs was not
+    /// changed.
+    pub fn check(self, info: &jetstream::stream::Info) {
+        let have = info.config.num_replicas.max(1);
+        if have != self.get() {
+            tracing::warn!(
+                stream = %info.config.name,
+                replicas = have,
+                configured = self.get(),
+                "the stream exists with other replicas than configured; `replicas` applies \
+                 when a stream is created (change it with `nats stream edit {} --replicas {}`)",
+                info.config.name,
+                self.get()
+            );
+        }
+    }
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Self::ONE
+    }
+}
+
+impl TryFrom<u64> for Replicas {
+    type Error = String;
+
+    fn try_from(n: u64) -> Result<Self, String> {
+        match u8::try_from(n) {
+            Ok(r) if (1..=Self::MAX).contains(&r) => Ok(Self(r)),
+            _ => Err(format!(
+                "replicas must be 1 to {} (servers of a JetStream cluster holding each stream), not {n}",
+                Self::MAX
+            )),
+        }
+    }
+}
+
+impl From<Replicas> for u64 {
+    fn from(r: Replicas) -> u64 {
+        u64::from(r.0)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {
@@ -44,11 +126,21 @@ pub async fn publish_alert(js: &jetstream::Context, a: &Alert) -> Result<(), Jet
         .map_err(|e| JetStreamError::Publish(e.to_string()))
 }
 
-/// Creates ALERTS if it is missing (whoever needs it first does).
+/// Creates ALERTS if it is missing (whoever needs it first does), on one
+/// server; the services create it with their `replicas`
+/// ([`ensure_alerts_on`]), so only a tool run first (the CLI) makes it here.
 pub async fn ensure_alerts(
     js: &jetstream::Context,
 ) -> Result<jetstream::stream::Stream, JetStreamError> {
-    js.get_or_create_stream(streams::alerts())
+    ensure_alerts_on(js, Replicas::ONE).await
+}
+
+/// Creates ALERTS on `replicas` servers if it is missing.
+pub async fn ensure_alerts_on(
+    js: &jetstream::Context,
+    replicas: Replicas,
+) -> Result<jetstream::stream::Stream, JetStreamError> {
+    js.get_or_create_stream(replicas.stream(streams::alerts()))
         .await
         .map_err(|e| JetStreamError::Setup {
             what: streams::ALERTS.to_owned(),
@@ -192,4 +284,37 @@ pub async fn last_per_subject(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Cfg {
+        replicas: Replicas,
+    }
+
+    #[test]
+    fn replicas_are_one_to_five() {
+        for n in 1..=5u64 {
+            let c: Cfg = serde_json::from_str(&format!("{{\"replicas\":{n}}}")).expect("valid");
+            assert_eq!(c.replicas.get() as u64, n);
+        }
+        for bad in ["0", "6", "300", "-1"] {
+            let err = serde_json::from_str::<Cfg>(&format!("{{\"replicas\":{bad}}}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!err.is_empty(), "{bad} accepted");
+        }
+        let err = serde_json::from_str::<Cfg>("{\"replicas\":7}")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("replicas must be 1 to 5"), "{err}");
+        assert_eq!(Replicas::default(), Replicas::ONE);
+        let cfg = Replicas::try_from(3).expect("3").stream(streams::alerts());
+        assert_eq!(cfg.num_replicas, 3);
+    }
 }

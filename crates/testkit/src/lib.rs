@@ -4,6 +4,8 @@
 //!   dir and a port it picks itself; killed and cleaned on drop; it can be
 //!   stopped and started again on the same port and store (links cut, hubs
 //!   restarted).
+//! * [`NatsCluster`]: a JetStream cluster of such servers, routed to each
+//!   other on ports held from before the first start to the drop.
 //! * [`TestDb`]: a fresh database per test on the PostgreSQL server that
 //!   `just test` starts (`SYSMON_TEST_DATABASE_URL`), dropped afterwards.
 //! * [`PgCluster`]: a PostgreSQL server of a test's own, for tests that stop
@@ -16,11 +18,13 @@
 //! * [`workspace_bin`]: a binary of another package of the workspace, for
 //!   the tests that run several services.
 
+mod cluster;
 mod nats;
 mod pg;
 mod port;
 pub mod snapshots;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb, refresh_rollups};
 pub use port::{PortHold, free_port};

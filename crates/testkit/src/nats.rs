@@ -118,6 +118,16 @@ impl NatsServer {
     /// Starts a server whose config is `conf(store dir)`, on a port it
     /// picks.
     fn start_conf(conf: impl FnOnce(&Path) -> String) -> Self {
+        Self::start_conf_on(None, conf)
+    }
+
+    /// Starts a server on `hold`'s port, held until the drop (its address
+    /// was given to others before it started: a cluster's routes), or on a
+    /// port it picks.
+    pub(crate) fn start_conf_on(
+        hold: Option<PortHold>,
+        conf: impl FnOnce(&Path) -> String,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sysmonstm-nats-")
             .tempdir()
@@ -128,16 +138,20 @@ impl NatsServer {
             "ports_file_dir: {ports:?}\n{}",
             conf(&dir.path().join("store"))
         );
+        let listen = match &hold {
+            Some(h) => format!("127.0.0.1:{}", h.port()),
+            None => "127.0.0.1:-1".to_owned(),
+        };
         let mut server = Self {
             dir,
             body,
             port: 0,
             child: None,
-            hold: None,
+            hold,
         };
-        match server.spawn("127.0.0.1:-1") {
+        match server.spawn(&listen) {
             Ok(port) => server.port = port,
-            Err(StartError::PortTaken) => unreachable!("a server choosing its port found it taken"),
+            Err(StartError::PortTaken) => panic!("nats-server cannot listen on {listen}: taken"),
             Err(StartError::Failed(why)) => panic!("{why}"),
         }
         server

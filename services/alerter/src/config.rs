@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::config::ConfigError;
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::accept;
 
@@ -50,6 +51,11 @@ pub struct AlerterConfig {
     /// (the persister's defaults): age in hours and size in MiB.
     pub stream_max_age_hours: u64,
     pub stream_max_mib: i64,
+    /// Servers of a JetStream cluster holding each stream and bucket the
+    /// alerter creates (ALERTS, METRICS if it is first, the rules and
+    /// alert-state buckets): 1 ..= 5, default 1; 3 on a cluster. Applies when
+    /// a stream is created.
+    pub replicas: Replicas,
     pub nats: NatsConfig,
 }
 
@@ -67,6 +73,7 @@ impl Default for AlerterConfig {
             metrics_listen: Some("127.0.0.1:9103".to_owned()),
             stream_max_age_hours: 7 * 24,
             stream_max_mib: 10 * 1024,
+            replicas: Replicas::ONE,
             nats: NatsConfig::default(),
         }
     }

@@ -94,12 +94,14 @@ impl Alerter {
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
         let setup = || async {
-            let alerts = js_kit::ensure_alerts(&js).await?;
+            let r = cfg.replicas;
+            let alerts = js_kit::ensure_alerts_on(&js, r).await?;
+            r.check(alerts.cached_info());
             let metrics = js
-                .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
+                .get_or_create_stream(r.stream(streams::metrics(&cfg.metrics_limits())))
                 .await?;
-            let rules_kv = js_kit::ensure_kv(&js, streams::rules_bucket()).await?;
-            let state_kv = js_kit::ensure_kv(&js, streams::alert_state_bucket()).await?;
+            let rules_kv = js_kit::ensure_kv(&js, r.kv(streams::rules_bucket())).await?;
+            let state_kv = js_kit::ensure_kv(&js, r.kv(streams::alert_state_bucket())).await?;
             anyhow::Ok((alerts, metrics, rules_kv, state_kv))
         };
         // A hub that refuses the streams for now (no storage left, a limit

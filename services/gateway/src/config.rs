@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::accept;
 
@@ -107,6 +108,10 @@ pub struct GatewayConfig {
     /// addresses count per /64. Behind a reverse proxy every client has the
     /// proxy's address: raise both there.
     pub http_burst: u32,
+    /// Servers of a JetStream cluster holding each stream and bucket the
+    /// gateway creates when it is first (MACHINES, ALERTS, the rules
+    /// bucket): 1 to 5, 3 on a cluster. Applies when a stream is created.
+    pub replicas: Replicas,
     pub nats: NatsConfig,
 }
 
@@ -180,6 +185,7 @@ impl Default for GatewayConfig {
             edge_max_read: 20_000,
             http_requests_per_s: 20,
             http_burst: 100,
+            replicas: Replicas::ONE,
             nats: NatsConfig::default(),
         }
     }

@@ -97,11 +97,13 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
             subjects::METRICS_ALL,
         ),
         Kind::Machines => (
-            js.get_or_create_stream(streams::machines()).await?,
+            js.get_or_create_stream(shared.config.replicas.stream(streams::machines()))
+                .await?,
             subjects::INFO_ALL,
         ),
         Kind::Alerts => (
-            js.get_or_create_stream(streams::alerts()).await?,
+            js.get_or_create_stream(shared.config.replicas.stream(streams::alerts()))
+                .await?,
             subjects::ALERTS_ALL,
         ),
     };

@@ -128,7 +128,7 @@ pub async fn put(
             name_of(&name)?;
             let body = body_of(body)?;
             let rule = rule_from(&name, &body)?;
-            let kv = js_kit::ensure_kv(&s.js, streams::rules_bucket())
+            let kv = js_kit::ensure_kv(&s.js, s.config.replicas.kv(streams::rules_bucket()))
                 .await
                 .map_err(|e| ApiError::unavailable(format!("rules unavailable: {e}")))?;
             let revision = kv
@@ -162,7 +162,7 @@ pub async fn delete(
         async {
             name_of(&name)?;
             let unavailable = |e: String| ApiError::unavailable(format!("rules unavailable: {e}"));
-            let kv = js_kit::ensure_kv(&s.js, streams::rules_bucket())
+            let kv = js_kit::ensure_kv(&s.js, s.config.replicas.kv(streams::rules_bucket()))
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             if kv

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, TimeZone as _, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_schemas::{headers, streams, v1};
 use tokio_util::sync::CancellationToken;
 
@@ -123,13 +124,17 @@ pub async fn run(
     pool: PgPool,
     counters: Arc<Counters>,
     ack_wait: Duration,
+    replicas: Replicas,
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     let consumer = loop {
         let attempt = async {
-            let stream = js.get_or_create_stream(streams::alerts()).await?;
+            let stream = js
+                .get_or_create_stream(replicas.stream(streams::alerts()))
+                .await?;
+            replicas.check(stream.cached_info());
             let c = stream
                 .get_or_create_consumer(
                     streams::PERSISTER_ALERTS_CONSUMER,

@@ -2,6 +2,7 @@
 //! `SYSMON_PERSISTER_*` variables, then flags.
 
 use serde::{Deserialize, Serialize};
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
 
 /// Which storage path a new database gets (decided once, by the first
@@ -77,6 +78,10 @@ pub struct PersisterConfig {
     /// METRICS retention: age in hours and size in MiB.
     pub stream_max_age_hours: u64,
     pub stream_max_mib: i64,
+    /// Servers of a JetStream cluster holding each stream the persister
+    /// creates (METRICS, MACHINES, ALERTS; its consumers follow): 1 to 5,
+    /// 3 on a cluster. Applies when a stream is created.
+    pub replicas: Replicas,
     pub nats: NatsConfig,
 }
 
@@ -102,6 +107,7 @@ impl Default for PersisterConfig {
             max_payload_bytes: 64 * 1024,
             stream_max_age_hours: 7 * 24,
             stream_max_mib: 10 * 1024,
+            replicas: Replicas::ONE,
             nats: NatsConfig::default(),
         }
     }

@@ -157,6 +157,7 @@ impl Persister {
                 pool.clone(),
                 Arc::clone(&self.counters),
                 cfg.limits(),
+                cfg.replicas,
                 max_backoff,
                 shutdown.clone(),
             )),
@@ -170,6 +171,7 @@ impl Persister {
                 pool.clone(),
                 Arc::clone(&self.counters),
                 ack_wait,
+                cfg.replicas,
                 max_backoff,
                 shutdown.clone(),
             )),
@@ -404,10 +406,14 @@ async fn ensure_consumer(
         let attempt = async {
             // The agents' MachineInfo lands here; the persister sets up the
             // hub's streams so a fresh hub needs nothing else.
-            js.get_or_create_stream(streams::machines()).await?;
-            let stream = js
-                .get_or_create_stream(streams::metrics(&cfg.metrics_limits()))
+            let machines = js
+                .get_or_create_stream(cfg.replicas.stream(streams::machines()))
                 .await?;
+            cfg.replicas.check(machines.cached_info());
+            let stream = js
+                .get_or_create_stream(cfg.replicas.stream(streams::metrics(&cfg.metrics_limits())))
+                .await?;
+            cfg.replicas.check(stream.cached_info());
             let consumer = stream
                 .get_or_create_consumer(
                     streams::PERSISTER_CONSUMER,

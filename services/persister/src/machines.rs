@@ -11,6 +11,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use futures::StreamExt as _;
 use prost::Message as _;
 use sqlx::PgPool;
+use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_schemas::accept::{self, Limits, Reject};
 use sysmonstm_schemas::{streams, subjects, v1};
 use tokio_util::sync::CancellationToken;
@@ -23,13 +24,16 @@ pub async fn run(
     pool: PgPool,
     counters: Arc<Counters>,
     limits: Limits,
+    replicas: Replicas,
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let attempt = async {
-            let stream = js.get_or_create_stream(streams::machines()).await?;
+            let stream = js
+                .get_or_create_stream(replicas.stream(streams::machines()))
+                .await?;
             let consumer = stream
                 .create_consumer(OrderedConfig {
                     deliver_policy: DeliverPolicy::LastPerSubject,
