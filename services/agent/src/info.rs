@@ -25,9 +25,9 @@ pub fn read(machine: &MachineId) -> MachineInfo {
         machine_id: machine.to_string(),
         hostname: System::host_name().unwrap_or_default(),
         os_name: System::name().unwrap_or_default(),
-        os_version: System::long_os_version()
-            .or_else(|_| System::os_version())
-            .unwrap_or_default(),
+        // The version alone ("12"): sysinfo's long version repeats the name
+        // ("Linux (Debian GNU/Linux 12)"), and readers show name + version.
+        os_version: System::os_version().unwrap_or_default(),
         kernel_version: System::kernel_version().unwrap_or_default(),
         architecture: System::cpu_arch(),
         cpu_model: cpus
@@ -119,6 +119,14 @@ mod tests {
         assert!(info.core_count >= 1 && info.memory_total_bytes > 0);
         assert!(!info.kernel_version.is_empty() && !info.architecture.is_empty());
         assert!(info.boot_time_s > 1_000_000_000);
+        // Name and version are two facts: the version does not repeat the
+        // name (the dashboard shows "Debian GNU/Linux 12").
+        assert!(
+            info.os_name.is_empty() || !info.os_version.contains(&info.os_name),
+            "os_version {:?} repeats os_name {:?}",
+            info.os_version,
+            info.os_name
+        );
         let later = MachineInfo {
             timestamp_ms: info.timestamp_ms + 1,
             ..info.clone()
