@@ -42,6 +42,7 @@ chmod 755 "$copy"
 started=() # name=pid of everything a `just up` started, also what stopped since
 cleanup() {
   local p
+  [ -z "${holder:-}" ] || kill "$holder" 2>/dev/null || true
   if [ -d "$copy/.data/run" ]; then (cd "$copy" && timeout 120 just down >/dev/null 2>&1) || true; fi
   for p in "${started[@]}"; do runs "${p#*=}" && kill -9 "${p#*=}" 2>/dev/null; done
   rm -rf "$copy" "$copy".*.out "$copy".*.err
@@ -60,9 +61,10 @@ say "copy of $src in $copy"
 read -r -a ports < <(python3 - <<'EOF'
 import random, socket
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+lo, hi = (20000, low) if low > 21000 else (10000, 65536)
 picked = []
 while len(picked) < 10:
-    p = random.randrange(20000, low)
+    p = random.randrange(lo, hi)
     if p in picked:
         continue
     s = socket.socket()
@@ -167,6 +169,7 @@ until_ok 10 "a listener holds port $SYSMON_EDGE_PORT" grep -q . "$copy.holder.ou
 (cd "$copy" && timeout 120 just up) >"$copy.taken.out" 2>&1 && fail "just up ran with its port taken"
 kill "$holder"
 wait "$holder" 2>/dev/null || true
+holder=""
 grep -q "port $SYSMON_EDGE_PORT is taken by another process, so nats-edge cannot start.*SYSMON_EDGE_PORT=" "$copy.taken.out" \
   || fail "just up with its port taken did not say so: $(cat "$copy.taken.out")"
 [ -z "$(ls "$copy"/.data/run/*.pid 2>/dev/null)" ] || fail "just up with its port taken started something"
