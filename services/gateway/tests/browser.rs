@@ -67,6 +67,9 @@ fn agent_binary() -> PathBuf {
 #[tokio::test]
 async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
     let env = common::env(true).await;
+    // Built first: the seeded history ends now, and the driver expects its
+    // last minutes when it opens the machine page.
+    let agent = agent_binary();
     let db = env.db.as_ref().expect("database").url().to_owned();
     seed_history(&db, MACHINES[0]).await;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -86,7 +89,6 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
             .spawn()
             .expect("gateway starts"),
     );
-    let agent = agent_binary();
     let _agents: Vec<Proc> = MACHINES
         .iter()
         .map(|m| {
