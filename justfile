@@ -42,6 +42,11 @@ test:
     # One snapshot's trace reaches an in-test OTLP receiver from every service.
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" \
       cargo test -p sysmonstm-hostile --test traces -- --ignored
+    # The quick start: `just up` from a clean copy of this tree on free ports
+    # (these binaries, nothing rebuilt), both dashboards, the agent's snapshot
+    # in the API, `alerts watch`, a second `up` that changes nothing and
+    # restarts a killed gateway, `down` leaving nothing running, the data kept.
+    SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" scripts/smoke-up.sh
     # The agent's package installs, its unit passes systemd's own check, and
     # it is removed again.
     deb="$(scripts/package.sh)"

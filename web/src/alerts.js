@@ -2,6 +2,17 @@
 // the live feed) and recent events (from /api/alerts, i.e. the database).
 import { esc, ago, num } from "./format.js";
 
+const pad = (n) => String(n).padStart(2, "0");
+
+// An event's time, short enough for the panel: the clock time today, the
+// date and minute before that (the full time is the cell's title).
+function when(ms) {
+  const d = new Date(ms);
+  const hms = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  if (d.toDateString() === new Date().toDateString()) return hms;
+  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hms.slice(0, 5)}`;
+}
+
 export class AlertsPanel {
   constructor() {
     this.el = document.createElement("section");
@@ -9,6 +20,7 @@ export class AlertsPanel {
     this.recent = [];
     this.live = [];
     this.recentError = null;
+    this.machine = null;
   }
 
   onLive(a) {
@@ -47,6 +59,7 @@ export class AlertsPanel {
         <span class="when">since ${ago(a.since_ms)}</span></li>`
       )
       .join("");
+    this.machine = machine;
     this.el.innerHTML = `<h2>Alerts</h2>
       <h3>Firing now <span class="count">${firing.length}</span></h3>
       <ul class="firing">${rows || '<li class="none">Nothing is firing.</li>'}</ul>
@@ -57,22 +70,27 @@ export class AlertsPanel {
   renderRecent() {
     const el = this.el.querySelector(".recent");
     if (!el) return;
-    const events = [...this.live, ...this.recent];
+    // On a machine page, that machine's events only (the stored ones are
+    // asked for by machine already).
+    const live = this.machine ? this.live.filter((a) => a.machine_id === this.machine) : this.live;
+    const events = [...live, ...this.recent];
     const seen = new Set();
     const rows = [];
     for (const a of events) {
       const key = `${a.machine_id}:${a.rule}:${a.since_ms}:${a.state}`;
       if (seen.has(key)) continue;
       seen.add(key);
-      rows.push(`<tr class="${esc(a.severity)}"><td>${new Date(a.timestamp_ms).toLocaleString()}</td><td>${esc(a.machine_id)}</td>
-        <td>${esc(a.rule)}</td><td>${esc(a.severity)}</td><td>${esc(a.state)}</td><td>${num(a.value)}</td></tr>`);
+      rows.push(`<tr class="${esc(a.severity)}" data-alert="${esc(a.machine_id)}:${esc(a.rule)}" data-state="${esc(a.state)}">
+        <td class="when" title="${esc(new Date(a.timestamp_ms).toLocaleString())}">${when(a.timestamp_ms)}</td>
+        <td class="what"><a href="/machine/${esc(a.machine_id)}" data-nav>${esc(a.machine_id)}</a><span class="rule">${esc(a.rule)}</span></td>
+        <td class="state"><span class="${a.state === "resolved" ? "resolved" : "sev " + esc(a.severity)}">${esc(a.state)}</span></td><td class="num">${num(a.value, 1)}</td></tr>`);
       if (rows.length >= 30) break;
     }
     const note = this.recentError ? `<p class="note">Stored events unavailable: ${esc(this.recentError)}</p>` : "";
     el.innerHTML =
       note +
       (rows.length
-        ? `<table><thead><tr><th>When</th><th>Machine</th><th>Rule</th><th>Severity</th><th>State</th><th>Value</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+        ? `<table class="events"><thead><tr><th>When</th><th>Alert</th><th>State</th><th class="num">Value</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
         : '<p class="none">No events.</p>');
   }
 }

@@ -54,3 +54,14 @@ export function online(summary) {
 export function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
+
+// "Debian GNU/Linux 12": the distribution's name and version. Earlier agents
+// sent sysinfo's long version ("Linux (Debian GNU/Linux 12)") as the
+// version, which already holds the name: shown alone, not after the name.
+export function osLine(info) {
+  const name = (info.os_name || "").trim();
+  const version = (info.os_version || "").trim();
+  if (!name) return version;
+  if (version.includes(name)) return version;
+  return version ? `${name} ${version}` : name;
+}

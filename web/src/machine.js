@@ -1,10 +1,16 @@
 // The machine page: facts, live per-second charts (uPlot), a history chart
 // that zooms (1 h, 24 h, 7 d, 30 d) from /api/.../history, top processes,
-// filesystems, disks and interfaces.
+// filesystems, disks and interfaces. The live charts show a fixed window
+// that scrolls (the last five minutes, as Netdata and Beszel do): opened
+// fresh, they start from the stored history of that window, not empty.
 import uPlot from "uplot";
-import { level, pct, bytes, rate, num, ago, online, esc } from "./format.js";
+import { level, pct, bytes, rate, num, ago, online, esc, osLine } from "./format.js";
 
-const LIVE_POINTS = 300; // five minutes at 1 Hz
+const LIVE_WINDOW_S = 300; // five minutes
+const LIVE_MAX_POINTS = 1200; // agents may sample faster than 1 Hz
+// Time-axis ticks in whole seconds: with a few points, uPlot would
+// otherwise pick sub-second steps and label them ":20.500".
+const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
 const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
 const METRICS = ["cpu", "memory", "swap", "load1", "load5", "load15", "net_rx", "net_tx", "disk_read", "disk_write", "processes"];
 
@@ -17,6 +23,32 @@ const LIVE = [
 
 function size(el) {
   return { width: Math.max(280, el.clientWidth - 16), height: 180 };
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+// Clock time of a tick: HH:MM:SS when ticks are less than a minute apart,
+// HH:MM otherwise, and the date once ticks are a day apart.
+function clock(t, incr) {
+  const d = new Date(t * 1000);
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  if (incr >= 86400) return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  return incr < 60 ? `${hm}:${pad(d.getSeconds())}` : hm;
+}
+
+// The x axis of a live chart; the labels drawn are kept in data-ticks (the
+// canvas has no text to read back).
+function timeAxis(el) {
+  return {
+    stroke: "#aaa",
+    grid: { stroke: "#333" },
+    incrs: TIME_INCRS,
+    values: (u, splits, axisIdx, space, incr) => {
+      const labels = splits.map((t) => clock(t, incr));
+      el.dataset.ticks = labels.join(" ");
+      return labels;
+    },
+  };
 }
 
 export class MachinePage {
@@ -44,6 +76,7 @@ export class MachinePage {
     this.live = { ts: [] };
     for (const c of LIVE) for (const [s] of c.series) this.live[s] = [];
     this.charts = LIVE.map((c) => this.makeLive(c));
+    this.gone = false;
     this.historyPlot = null;
     this.el.querySelector(".metric").addEventListener("change", (e) => {
       this.metric = e.target.value;
@@ -65,6 +98,7 @@ export class MachinePage {
     if (info) this.onInfo(info);
     const detail = state.details.get(id);
     if (detail) this.onSnapshot(detail);
+    this.loadRecent();
     this.loadHistory();
     this.historyTimer = setInterval(() => this.loadHistory(), 60000);
   }
@@ -78,9 +112,22 @@ export class MachinePage {
     const opts = {
       title: c.title,
       ...size(el),
-      scales: { x: { time: true }, y: c.max ? { range: [0, c.max] } : { auto: true } },
-      series: [{}, ...c.series.map(([s, color]) => ({ label: s, stroke: color, width: 1.5, value: (u, v) => (c.fmt ? c.fmt(v) : num(v)) }))],
-      axes: [{ stroke: "#aaa", grid: { stroke: "#333" } }, { stroke: "#aaa", grid: { stroke: "#333" }, size: 70, values: (u, vs) => vs.map((v) => (c.fmt ? bytes(v) : v)) }],
+      scales: {
+        // The window ends at the newest point and always spans five minutes.
+        x: {
+          time: true,
+          range: (u, min, max) => {
+            const end = max ?? Date.now() / 1000;
+            return [end - LIVE_WINDOW_S, end];
+          },
+        },
+        y: c.max ? { range: [0, c.max] } : { auto: true },
+      },
+      series: [
+        { value: (u, v) => (v == null ? "–" : clock(v, 1)) },
+        ...c.series.map(([s, color]) => ({ label: s, stroke: color, width: 1.5, value: (u, v) => (c.fmt ? c.fmt(v) : num(v)) })),
+      ],
+      axes: [timeAxis(el), { stroke: "#aaa", grid: { stroke: "#333" }, size: 70, values: (u, vs) => vs.map((v) => (c.fmt ? bytes(v) : v)) }],
     };
     const plot = new uPlot(opts, [[], ...c.series.map(() => [])], el);
     return { c, el, plot };
@@ -89,10 +136,10 @@ export class MachinePage {
   onInfo(info) {
     const f = this.el.querySelector(".facts");
     f.innerHTML = `<dl>
-      <dt>Host</dt><dd>${esc(info.hostname)}</dd>
-      <dt>OS</dt><dd>${esc(info.os_name)} ${esc(info.os_version)} (kernel ${esc(info.kernel_version)}, ${esc(info.architecture)})</dd>
-      <dt>CPU</dt><dd>${esc(info.cpu_model)} × ${info.core_count}</dd>
-      <dt>Memory</dt><dd>${bytes(info.memory_total_bytes)}</dd>
+      <dt>Host</dt><dd class="host">${esc(info.hostname)}</dd>
+      <dt>OS</dt><dd class="os">${esc(osLine(info))} (kernel ${esc(info.kernel_version)}, ${esc(info.architecture)})</dd>
+      <dt>CPU</dt><dd class="cpu">${esc(info.cpu_model)} × ${info.core_count}</dd>
+      <dt>Memory</dt><dd class="memory">${bytes(info.memory_total_bytes)}</dd>
       <dt>Agent</dt><dd>${esc(info.agent_version)}</dd>
       <dt>Booted</dt><dd>${new Date(info.boot_time_s * 1000).toLocaleString()}</dd></dl>`;
   }
@@ -103,13 +150,59 @@ export class MachinePage {
     if (last !== undefined && t <= last) return;
     this.live.ts.push(t);
     for (const c of LIVE) for (const [s] of c.series) this.live[s].push(d[s] ?? null);
-    if (this.live.ts.length > LIVE_POINTS) for (const k of Object.keys(this.live)) this.live[k].shift();
+    this.drawLive();
+    this.renderTables(d);
+    this.tick();
+  }
+
+  // Drops what left the window, then redraws every live chart.
+  drawLive() {
+    const ts = this.live.ts;
+    const end = ts[ts.length - 1];
+    let drop = Math.max(0, ts.length - LIVE_MAX_POINTS);
+    while (drop < ts.length && ts[drop] < end - LIVE_WINDOW_S) drop++;
+    if (drop > 0) for (const k of Object.keys(this.live)) this.live[k].splice(0, drop);
     for (const { c, el, plot } of this.charts) {
       plot.setData([this.live.ts, ...c.series.map(([s]) => this.live[s])]);
       el.dataset.points = String(this.live.ts.length);
     }
-    this.renderTables(d);
-    this.tick();
+  }
+
+  // The live window's stored past (one history request per series, 1 s
+  // steps over five minutes), put before the live points. Without a
+  // database the charts simply start empty.
+  async loadRecent() {
+    const to = Date.now();
+    const q = (metric) => new URLSearchParams({ metric, from: String(to - LIVE_WINDOW_S * 1000), to: String(to) });
+    const keys = LIVE.flatMap((c) => c.series.map(([s]) => s));
+    const answers = await Promise.all(
+      keys.map(async (m) => {
+        try {
+          const r = await fetch(`/api/machines/${encodeURIComponent(this.id)}/history?${q(m)}`);
+          return r.ok ? [m, await r.json()] : null;
+        } catch {
+          return null;
+        }
+      })
+    );
+    if (this.gone) return;
+    const rows = new Map(); // seconds -> { metric: avg }
+    for (const a of answers) {
+      if (!a) continue;
+      const [m, h] = a;
+      h.ts.forEach((ms, i) => {
+        const t = ms / 1000;
+        if (!rows.has(t)) rows.set(t, {});
+        rows.get(t)[m] = h.avg[i];
+      });
+    }
+    // Only what is older than the first live point: live data wins.
+    const first = this.live.ts.length ? this.live.ts[0] : Infinity;
+    const older = [...rows.keys()].filter((t) => t < first).sort((a, b) => a - b);
+    if (!older.length) return;
+    this.live.ts = [...older, ...this.live.ts];
+    for (const k of keys) this.live[k] = [...older.map((t) => rows.get(t)[k] ?? null), ...this.live[k]];
+    this.drawLive();
   }
 
   tick() {
@@ -157,6 +250,7 @@ export class MachinePage {
       note.textContent = "history unavailable: " + (e.message || e);
       return;
     }
+    if (this.gone) return;
     note.textContent = `${h.points} points, ${h.resolution || "–"} data, step ${h.step_s} s`;
     const data = [h.ts.map((t) => t / 1000), h.avg, h.min, h.max];
     if (this.historyPlot) this.historyPlot.destroy();
@@ -167,12 +261,12 @@ export class MachinePage {
         ...size(el),
         scales: { x: { time: true } },
         series: [
-          {},
+          { value: (u, v) => (v == null ? "–" : new Date(v * 1000).toLocaleString()) },
           { label: "avg", stroke: "#4e9af1", width: 1.5, value: (u, v) => fmt(v) },
           { label: "min", stroke: "#4e9af180", width: 1, value: (u, v) => fmt(v) },
           { label: "max", stroke: "#f35f8a80", width: 1, value: (u, v) => fmt(v) },
         ],
-        axes: [{ stroke: "#aaa", grid: { stroke: "#333" } }, { stroke: "#aaa", grid: { stroke: "#333" }, size: 70 }],
+        axes: [timeAxis(el), { stroke: "#aaa", grid: { stroke: "#333" }, size: 70 }],
       },
       data,
       el
@@ -181,6 +275,7 @@ export class MachinePage {
   }
 
   destroy() {
+    this.gone = true;
     clearInterval(this.historyTimer);
     window.removeEventListener("resize", this.onResize);
     for (const c of this.charts) c.plot.destroy();

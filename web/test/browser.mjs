@@ -4,20 +4,35 @@
 // gateway and three agents, and publishes a firing AlertEvent when this
 // script prints "waiting-for-alert" (it answers on stdin).
 //
+// It then prints "waiting-for-resolve" and the test publishes the alert's
+// resolution.
+//
 // env: BASE_URL, CHROMIUM_BIN, SCREENSHOTS (dir), MACHINES (comma list),
 //      ALERT (machine:rule expected to fire), API_TOKEN (the gateway's token,
-//      typed into the rules editor).
+//      typed into the rules editor), HISTORY_MACHINE (the machine with an
+//      hour of stored history, one row a second, CPU 10–40 %),
+//      STORED_ALERT (machine:rule of a stored resolved event),
+//      MEM_TOTAL_BYTES (this machine's memory, as the agents report it),
+//      OS_NAME (this machine's distribution name, /etc/os-release NAME).
 import { chromium } from "playwright-core";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { bytes } from "../src/format.js";
 
 const base = process.env.BASE_URL;
 const shots = process.env.SCREENSHOTS;
 const machines = process.env.MACHINES.split(",");
 const alertKey = process.env.ALERT;
+const storedAlertKey = process.env.STORED_ALERT;
+const historyMachine = process.env.HISTORY_MACHINE;
+const memTotal = Number(process.env.MEM_TOTAL_BYTES);
+const osName = process.env.OS_NAME || "";
 const WAIT = 30000;
+const check = (ok, what) => {
+  if (!ok) throw new Error(what);
+};
 
 const lines = createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
@@ -75,9 +90,27 @@ try {
   );
   const online = await page.$$eval(".card.online", (cs) => cs.length);
   if (online < machines.length) throw new Error(`only ${online} cards online`);
-  const cpuText = await page.$eval(`.card[data-machine="${machines[0]}"] .m-cpu .value`, (e) => e.textContent);
-  if (!/%/.test(cpuText)) throw new Error("CPU value not shown: " + cpuText);
-  step("cards update: " + JSON.stringify(first) + " → " + JSON.stringify(await seqs()));
+  // Numbers a person would believe: percentages within 0–100 (memory in
+  // use is never 0), three load averages, none negative.
+  const cards = await page.$$eval(".card[data-machine]", (cs) =>
+    cs.map((c) => ({
+      machine: c.dataset.machine,
+      cpu: c.querySelector(".m-cpu .value").textContent,
+      memory: c.querySelector(".m-memory .value").textContent,
+      disk: c.querySelector(".m-disk .value").textContent,
+      load: c.querySelector(".m-load .value").textContent,
+    }))
+  );
+  for (const c of cards) {
+    for (const k of ["cpu", "memory", "disk"]) {
+      const m = c[k].match(/^(\d+(?:\.\d+)?) %$/);
+      check(m && Number(m[1]) >= 0 && Number(m[1]) <= 100, `${c.machine}: ${k} is not a percentage: ${JSON.stringify(c[k])}`);
+    }
+    check(Number(c.memory.split(" ")[0]) > 0, `${c.machine}: no memory in use: ${c.memory}`);
+    const load = c.load.trim().split(/\s+/).map(Number);
+    check(load.length === 3 && load.every((x) => Number.isFinite(x) && x >= 0), `${c.machine}: load ${JSON.stringify(c.load)}`);
+  }
+  step("cards update: " + JSON.stringify(first) + " → " + JSON.stringify(await seqs()) + "; " + JSON.stringify(cards[0]));
   await page.screenshot({ path: join(shots, "overview.png"), fullPage: true });
 
   // A firing alert appears in the panel as it is published.
@@ -85,14 +118,42 @@ try {
   await nextLine();
   await page.waitForSelector(`li.alert[data-alert="${alertKey}"]`, { timeout: WAIT });
   step("firing alert shown: " + (await page.$eval(`li.alert[data-alert="${alertKey}"]`, (e) => e.textContent.replace(/\s+/g, " ").trim())));
+  await page.waitForSelector(`.recent tr[data-alert="${alertKey}"][data-state="firing"]`, { timeout: WAIT });
+  await page.waitForSelector(`.recent tr[data-alert="${storedAlertKey}"][data-state="resolved"]`, { timeout: WAIT });
   await page.screenshot({ path: join(shots, "overview-alert.png"), fullPage: true });
-
-  // The machine page: live charts draw.
-  await page.click(`.card[data-machine="${machines[0]}"]`);
-  await page.waitForSelector(".chart.live[data-chart=cpu]", { timeout: WAIT });
-  await page.waitForFunction(() => Number(document.querySelector(".chart.live[data-chart=cpu]").dataset.points) >= 3, null, {
-    timeout: WAIT,
+  // The events table (a live event and a stored one of a machine with a long
+  // name) fits inside its panel: nothing sticks out on the right.
+  const fit = await page.$eval(".alerts", (panel) => {
+    const p = panel.getBoundingClientRect();
+    const t = panel.querySelector(".recent table").getBoundingClientRect();
+    const cells = [...panel.querySelectorAll(".recent td, .recent th")];
+    const wide = cells.filter((c) => c.getBoundingClientRect().right > p.right + 0.5).length;
+    // Nor does a cell's text run into its neighbour.
+    const spilling = cells.filter((c) => c.scrollWidth > c.clientWidth + 1).map((c) => c.textContent.trim());
+    return { panelRight: p.right, tableRight: t.right, cellsOutside: wide, spilling };
   });
+  check(fit.tableRight <= fit.panelRight && fit.cellsOutside === 0 && fit.spilling.length === 0, "the events table overflows its panel: " + JSON.stringify(fit));
+  step("events table fits its panel: " + JSON.stringify(fit));
+
+  // The alert resolves: it leaves "Firing now", its resolution is an event.
+  console.log("waiting-for-resolve");
+  await nextLine();
+  await page.waitForSelector(`li.alert[data-alert="${alertKey}"]`, { state: "detached", timeout: WAIT });
+  await page.waitForSelector(`.recent tr[data-alert="${alertKey}"][data-state="resolved"]`, { timeout: WAIT });
+  const firingCount = await page.$eval(".alerts h3 .count", (e) => e.textContent);
+  check(firingCount === "0", "still counted as firing: " + firingCount);
+  step("alert resolved: nothing firing, event listed");
+  await page.screenshot({ path: join(shots, "overview-resolved.png"), fullPage: true });
+
+  // The machine page of the machine with stored history: opened fresh, the
+  // live charts start from the stored last five minutes (one row a second),
+  // not from the one snapshot the page has.
+  await page.click(`.card[data-machine="${historyMachine}"]`);
+  await page.waitForSelector(".chart.live[data-chart=cpu]", { timeout: WAIT });
+  await page.waitForFunction(() => Number(document.querySelector(".chart.live[data-chart=cpu]").dataset.points) >= 150, null, {
+    timeout: 10000,
+  });
+  const livePoints = await page.$eval(".chart.live[data-chart=cpu]", (e) => Number(e.dataset.points));
   // Drawn, not only created: the canvas holds non-background pixels of the series colour.
   const drawn = await page.$eval(".chart.live[data-chart=cpu] canvas", (c) => {
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
@@ -100,16 +161,45 @@ try {
     for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i + 2] > 200 && d[i] < 120) n++;
     return n;
   });
-  if (drawn < 20) throw new Error("the CPU chart drew no line (" + drawn + " pixels)");
+  check(drawn >= 200, "the CPU chart drew no line (" + drawn + " pixels)");
+  // The time axis reads as clock time in whole seconds or minutes, never
+  // ":20.500".
+  for (const chart of ["cpu", "memory", "load", "net"]) {
+    const ticks = await page.$eval(`.chart.live[data-chart=${chart}]`, (e) => e.dataset.ticks || "");
+    check(ticks && ticks.split(" ").every((t) => /^\d\d:\d\d(:\d\d)?$/.test(t)), `${chart} chart's time axis: ${JSON.stringify(ticks)}`);
+  }
+  const ticks = await page.$eval(".chart.live[data-chart=cpu]", (e) => e.dataset.ticks);
+  // The facts are this machine's: its memory, its OS named once.
+  await page.waitForSelector(".facts dd.memory", { timeout: WAIT });
+  const facts = await page.$eval(".facts", (f) => ({ os: f.querySelector("dd.os").textContent, memory: f.querySelector("dd.memory").textContent }));
+  check(facts.memory === bytes(memTotal), `memory ${facts.memory}, this machine has ${bytes(memTotal)}`);
+  if (osName) check(facts.os.split(osName).length === 2, `OS line ${JSON.stringify(facts.os)} does not name ${osName} once`);
   await page.waitForSelector(".tables table.filesystems tbody tr", { timeout: WAIT });
   await page.waitForSelector(".tables table.top-cpu tbody tr", { timeout: WAIT });
-  step(`machine page: cpu chart drawn (${drawn} line pixels), tables shown`);
+  // The history chart: the stored hour, in 5 s steps (~720 points), drawn.
+  await page.waitForFunction(() => Number(document.querySelector(".history.chart").dataset.points) >= 600, null, { timeout: WAIT });
+  const historyDrawn = await page.$eval(".history.chart canvas", (c) => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i + 2] > 200 && d[i] < 120) n++;
+    return n;
+  });
+  check(historyDrawn >= 200, "the history chart drew no line (" + historyDrawn + " pixels)");
+  step(
+    `machine page: live chart starts with ${livePoints} points (ticks ${ticks}), ${drawn} line pixels; ` +
+      `history ${await page.$eval(".history-note", (e) => e.textContent)}, ${historyDrawn} line pixels; facts ${JSON.stringify(facts)}`
+  );
   await page.screenshot({ path: join(shots, "machine.png"), fullPage: true });
 
-  // The history view zooms.
-  for (const r of ["24h", "7d", "30d", "1h"]) await page.click(`button[data-range="${r}"]`);
-  await page.waitForFunction(() => document.querySelector(".history-note").textContent.length > 0, null, { timeout: WAIT });
-  step("history: " + (await page.$eval(".history-note", (e) => e.textContent)));
+  // The history view zooms: every range shows the stored hour (from the
+  // rollups beyond the raw range).
+  for (const r of ["24h", "7d", "30d", "1h"]) {
+    await page.click(`button[data-range="${r}"]`);
+    await page.waitForFunction((r) => document.querySelector(".history .u-title")?.textContent.endsWith(r), r, { timeout: WAIT });
+    const points = await page.$eval(".history.chart", (e) => Number(e.dataset.points));
+    check(points >= 1, `history ${r}: no points`);
+    step(`history ${r}: ` + (await page.$eval(".history-note", (e) => e.textContent)));
+  }
 
   // The rules editor: the token entered once, an invalid rule refused with
   // its field marked, a rule added, changed and listed, another removed.

@@ -19,9 +19,9 @@ pub fn read(machine: &MachineId) -> MachineInfo {
         machine_id: machine.to_string(),
         hostname: System::host_name().unwrap_or_default(),
         os_name: System::name().unwrap_or_default(),
-        os_version: System::long_os_version()
-            .or_else(|_| System::os_version())
-            .unwrap_or_default(),
+        // The version alone ("12"): sysinfo's long version repeats the name
+        // ("Linux (Debian GNU/Linux 12)"), and readers show name + version.
+        os_version: System::os_version().unwrap_or_default(),
         kernel_version: System::kernel_version().unwrap_or_default(),
         architecture: System::cpu_arch(),
         cpu_model: cpus

@@ -89,6 +89,14 @@ mod tests {
         assert!(info.core_count >= 1 && info.memory_total_bytes > 0);
         assert!(!info.kernel_version.is_empty() && !info.architecture.is_empty());
         assert!(info.boot_time_s > 1_000_000_000);
+        // Name and version are two facts: the version does not repeat the
+        // name (the dashboard shows "Debian GNU/Linux 12").
+        assert!(
+            info.os_name.is_empty() || !info.os_version.contains(&info.os_name),
+            "os_version {:?} repeats os_name {:?}",
+            info.os_version,
+            info.os_name
+        );
         let later = MachineInfo {
             timestamp_ms: info.timestamp_ms + 1,
             ..info.clone()

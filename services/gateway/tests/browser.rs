@@ -1,10 +1,15 @@
 //! The dashboard in a real browser: Playwright (npm `playwright-core`)
 //! drives Debian's chromium against the real `sysmonstm-gateway` binary
-//! while three real `sysmonstm-agent` processes publish to a real hub. The
-//! driver (`web/test/browser.mjs`) checks that the cards update, that a
-//! chart draws and that a firing alert, published here as a real
-//! AlertEvent on ALERTS, appears, and that the rules editor adds, changes
-//! and removes rules in the bucket. Screenshots go to `target/screenshots/`.
+//! while three real `sysmonstm-agent` processes publish to a real hub, over
+//! a real database holding an hour of the first machine's history (rows
+//! written here in the persister's schema, its own migration) and a stored
+//! alert. The driver (`web/test/browser.mjs`) checks what a person would:
+//! the cards update with plausible numbers, the machine's facts match this
+//! machine, the live charts start from the stored minutes and label whole
+//! seconds, the history chart has the stored points, an alert published
+//! here as a real AlertEvent on ALERTS appears and then resolves, the
+//! events table fits its panel, and the rules editor adds, changes and
+//! removes rules in the bucket. Screenshots go to `target/screenshots/`.
 
 mod common;
 
@@ -19,6 +24,11 @@ use sysmonstm_schemas::{MachineId, streams, subjects, v1};
 
 const MACHINES: [&str; 3] = ["browser-a", "browser-b", "browser-c"];
 const TOKEN: &str = "browser-test-token-0123456789";
+/// The persister's schema, applied the way the persister applies it (one
+/// migration, run as is), without linking the persister.
+const BASELINE: &str = include_str!("../../persister/migrations/0001_baseline.sql");
+/// A stored event of a machine whose long name must wrap inside the panel.
+const STORED_ALERT_MACHINE: &str = "build-server-with-a-rather-long-name-01";
 
 /// Kills a child on drop so a failing test leaves nothing running.
 struct Proc(Child);
@@ -56,7 +66,12 @@ fn agent_binary() -> PathBuf {
 
 #[tokio::test]
 async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
-    let env = common::env(false).await;
+    let env = common::env(true).await;
+    // Built first: the seeded history ends now, and the driver expects its
+    // last minutes when it opens the machine page.
+    let agent = agent_binary();
+    let db = env.db.as_ref().expect("database").url().to_owned();
+    seed_history(&db, MACHINES[0]).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let port = sysmonstm_testkit::free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -68,13 +83,12 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
                 "--server",
                 &env.nats.url(),
             ])
-            .args(["--database-url", "postgres://postgres@127.0.0.1:9/none"])
+            .args(["--database-url", &db])
             .env("SYSMON_GATEWAY_API_TOKEN", TOKEN)
             .stderr(std::fs::File::create(tmp.path().join("gateway.log")).expect("log"))
             .spawn()
             .expect("gateway starts"),
     );
-    let agent = agent_binary();
     let _agents: Vec<Proc> = MACHINES
         .iter()
         .map(|m| {
@@ -109,6 +123,10 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         .env("SCREENSHOTS", &shots)
         .env("MACHINES", MACHINES.join(","))
         .env("ALERT", format!("{alert_machine}:{rule}"))
+        .env("STORED_ALERT", format!("{STORED_ALERT_MACHINE}:disk_full"))
+        .env("HISTORY_MACHINE", MACHINES[0])
+        .env("MEM_TOTAL_BYTES", mem_total_bytes().to_string())
+        .env("OS_NAME", os_name())
         .env("API_TOKEN", TOKEN)
         .env(
             "CHROMIUM_BIN",
@@ -132,15 +150,22 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut published = false;
+    let (mut published, mut resolved) = (false, false);
+    // The firing and its resolution share `since`: one alert.
+    let since = chrono::Utc::now().timestamp_millis() - 30_000;
     while let Some(line) = tokio::time::timeout_at(deadline.into(), rx.recv())
         .await
         .expect("driver finishes in time")
     {
         if line == "waiting-for-alert" && !published {
-            publish_alert(&env, &alert_machine, &rule).await;
+            publish_alert(&env, &alert_machine, &rule, since, v1::AlertState::Firing).await;
             writeln!(stdin, "published").expect("tell the driver");
             published = true;
+        }
+        if line == "waiting-for-resolve" && published && !resolved {
+            publish_alert(&env, &alert_machine, &rule, since, v1::AlertState::Resolved).await;
+            writeln!(stdin, "resolved").expect("tell the driver");
+            resolved = true;
         }
     }
     let status = driver.wait().expect("driver exits");
@@ -150,6 +175,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         "browser test failed (screenshots in {shots:?}); gateway log:\n{logs}"
     );
     assert!(published, "the driver never asked for the alert");
+    assert!(resolved, "the driver never asked for the alert to resolve");
     // The editor wrote through the API into the bucket the alerter watches.
     let kv = env
         .js
@@ -177,25 +203,112 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
     }
 }
 
+/// The persister's schema (plain path: the test does not depend on where
+/// TimescaleDB is installed) with an hour of `machine`'s snapshots, one a
+/// second up to now: CPU 10–40 %, memory 41–43 %, load 0.5; and a resolved
+/// alert of yesterday.
+async fn seed_history(url: &str, machine: &str) {
+    use sqlx::ConnectOptions as _;
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().expect("database URL");
+    let mut conn = opts
+        .options([("sysmon.storage", "plain")])
+        .connect()
+        .await
+        .expect("connect to the test database");
+    sqlx::raw_sql(BASELINE)
+        .execute(&mut conn)
+        .await
+        .expect("the persister's migration");
+    sqlx::query(
+        "SELECT sysmon_ensure_partitions((now() AT TIME ZONE 'UTC')::date - 2, \
+                                         (now() AT TIME ZONE 'UTC')::date + 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("partitions");
+    let rows = sqlx::query(
+        "INSERT INTO metrics (machine_id, ts, seq, interval_ms, cpu_percent, mem_total_bytes, \
+             mem_used_bytes, mem_used_percent, swap_used_percent, load1, load5, load15, \
+             process_count, net_rx_bps, net_tx_bps, disk_read_bps, disk_write_bps) \
+         SELECT $1, date_trunc('second', now()) - n * interval '1 second', 3601 - n, 1000, \
+                25 + 15 * sin(n / 120.0), 8589934592, 3600000000, 42 + sin(n / 60.0), 0, \
+                0.5, 0.4, 0.3, 200, 2048, 1024, 0, 4096 \
+         FROM generate_series(1, 3600) AS n",
+    )
+    .bind(machine)
+    .execute(&mut conn)
+    .await
+    .expect("history rows")
+    .rows_affected();
+    assert_eq!(rows, 3600);
+    // What the persister does every few seconds: the 1 min / 5 min / 1 h
+    // rollups the longer ranges read.
+    sqlx::query("SELECT sysmon_rollup_settle()")
+        .execute(&mut conn)
+        .await
+        .expect("rollups settled");
+    sqlx::query(
+        "INSERT INTO alerts (machine_id, rule, severity, state, metric, value, threshold, since, \
+             ts, message, msg_id) \
+         VALUES ($1, 'disk_full', 'warning', 'resolved', 'disk', 71.5, 85, \
+                 now() - interval '26 hours', now() - interval '25 hours', 'disk below 80 %', \
+                 'seeded:disk_full')",
+    )
+    .bind(STORED_ALERT_MACHINE)
+    .execute(&mut conn)
+    .await
+    .expect("stored alert");
+}
+
+/// This machine's memory as the agent reports it (MemTotal).
+fn mem_total_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
+
+/// The distribution's name (`NAME` in /etc/os-release), empty if unknown.
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
 /// A real AlertEvent, as the alerter publishes it (subject, Msg-Id).
-async fn publish_alert(env: &common::Env, machine: &MachineId, rule: &MachineId) {
+async fn publish_alert(
+    env: &common::Env,
+    machine: &MachineId,
+    rule: &MachineId,
+    since: i64,
+    state: v1::AlertState,
+) {
     env.js
         .get_or_create_stream(streams::alerts())
         .await
         .expect("ALERTS");
     let now = chrono::Utc::now().timestamp_millis();
-    let since = now - 30_000;
+    let (label, value, message) = match state {
+        v1::AlertState::Firing => ("firing", 97.5, "CPU above 90 % for 30 s"),
+        _ => ("resolved", 42.0, "CPU back below 85 %"),
+    };
     let ev = v1::AlertEvent {
         machine_id: machine.to_string(),
         rule: rule.to_string(),
         severity: v1::Severity::Critical as i32,
-        state: v1::AlertState::Firing as i32,
+        state: state as i32,
         metric: "cpu".into(),
-        value: 97.5,
+        value,
         threshold: 90.0,
         since_ms: since,
         timestamp_ms: now,
-        message: "CPU above 90 % for 30 s".into(),
+        message: message.into(),
         repeat: 0,
         trigger_seq: 0,
     };
@@ -203,7 +316,7 @@ async fn publish_alert(env: &common::Env, machine: &MachineId, rule: &MachineId)
         .send_publish(
             subjects::alert(v1::Severity::Critical, machine, rule),
             PublishMessage::build()
-                .message_id(format!("{machine}:{rule}:{since}:firing"))
+                .message_id(format!("{machine}:{rule}:{since}:{label}"))
                 .payload(ev.encode_to_vec().into()),
         )
         .await
