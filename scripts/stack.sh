@@ -16,7 +16,7 @@ root="$PWD"
 data="$root/.data"
 run="$data/run"
 profile="${SYSMON_PROFILE:-release}"
-parts=(nats-edge nats-hub persister alerter gateway agent)
+parts=(nats-edge nats-hub persister alerter notifier gateway agent)
 
 log() { echo "stack: $*" >&2; }
 
@@ -77,11 +77,16 @@ up() {
   machine="$("$bin/sysmonstm-agent" --once --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["machine_id"])')"
   if [ ! -f "$creds/operator.nk" ]; then
     "$cli" creds init "$creds" >/dev/null
-    for s in persister alerter gateway cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
+    for s in persister alerter gateway notifier cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
     "$cli" creds agent "$machine" --dir "$creds" >/dev/null
     log "made development credentials in .data/creds (operator, services, agent-$machine)"
   fi
   local users="$creds/users"
+  # Credentials made before the notifier existed: its own, and the CLI's
+  # again (silences and notify tests are new rights).
+  if [ ! -f "$users/notifier.creds" ]; then
+    for s in notifier cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
+  fi
 
   # The edge has an operator of its own (no hub credential works there, and
   # no edge credential at the hub): its authority, the stream admin's and
@@ -134,6 +139,9 @@ up() {
   wait_for "the persister" 60 http_ok http://127.0.0.1:9102/health
   NATS_CREDS="$users/alerter.creds" start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
   wait_for "the alerter" 30 http_ok http://127.0.0.1:9103/health
+  # Channels and routes: config/notifier.toml (a log channel only, by default).
+  NATS_CREDS="$users/notifier.creds" start notifier "$bin/sysmonstm-notifier" --config config/notifier.toml
+  wait_for "the notifier" 30 http_ok http://127.0.0.1:9104/health
   # The edge's streams source the hub's, which the persister and the alerter
   # have made by now; made once the link is up (a source's request sent
   # while the link is down, or before its hub stream exists, is asked again
@@ -158,6 +166,8 @@ up() {
 sysmonstm is up.
   dashboard:  http://127.0.0.1:8080/
   alerts:     NATS_CREDS=$users/cli.creds $cli alerts watch --since 1h
+  notifications: config/notifier.toml (log only: just logs notifier); silences:
+              NATS_CREDS=$users/cli.creds $cli silence add --machine '*' --for 1h
   this machine: $machine (credentials in .data/creds; add one: docs/operations.md)
   edge NATS:  nats://127.0.0.1:4223 (monitoring :8223, leaf link :7422; read with
               NATS_CREDS=$ecreds/users/edge-gateway.creds)
