@@ -209,7 +209,16 @@ impl Notifier {
                             tracing::warn!(error = %e, "ALERTS consumer error");
                             continue;
                         }
-                        None => break,
+                        None => {
+                            // The pull ended (the consumer or the hub went
+                            // away): set it up again, with back-off.
+                            tracing::warn!("ALERTS consumer ended; pulling again");
+                            match resume(&consumer, &shutdown).await {
+                                Some(m) => msgs = m,
+                                None => break,
+                            }
+                            continue;
+                        }
                     };
                     self.counters.received.inc();
                     let ev = match parse(&msg.subject, &msg.payload) {
@@ -287,6 +296,26 @@ impl Notifier {
         })
         .await;
         Ok(())
+    }
+}
+
+/// A new pull on `consumer`, tried with back-off until it works or
+/// `shutdown`.
+async fn resume(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    shutdown: &CancellationToken,
+) -> Option<jetstream::consumer::pull::Stream> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        match consumer.messages().await {
+            Ok(m) => return Some(m),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "cannot pull from ALERTS"),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -130,7 +130,7 @@ async fn a_500_is_tried_again_and_the_event_delivered_once() {
 /// them in progress at JetStream, so ack_wait (2 s here) redelivers none).
 #[tokio::test]
 async fn receiver_down_30s_then_every_event_is_delivered_once() {
-    let down_s: u64 = std::env::var("SYSMON_NOTIFIER_DOWN_S")
+    let down_s: u64 = std::env::var("SYSMON_TEST_DOWN_S")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
@@ -257,7 +257,7 @@ async fn a_channel_that_always_fails_is_given_up_and_recorded_and_others_go_on()
     rx.fail("bad", usize::MAX);
     let mut cfg = config(&nats);
     cfg.max_attempts = 4;
-    cfg.retry_initial_ms = 300;
+    cfg.retry_initial_ms = 500;
     cfg.channels.insert("bad".into(), webhook(rx.url("bad")));
     cfg.channels.insert("good".into(), webhook(rx.url("good")));
     cfg.channels.insert("gone".into(), webhook(rx.url("gone")));
@@ -422,7 +422,7 @@ async fn a_silence_stops_notifications_at_once_and_the_next_event_after_it_notif
         comment: "disk swap".into(),
         by: "test".into(),
         starts_ms: now,
-        ends_ms: now + 4000,
+        ends_ms: now + 6000,
     };
     let kv = js
         .get_key_value(streams::SILENCES_BUCKET)
@@ -431,7 +431,7 @@ async fn a_silence_stops_notifications_at_once_and_the_next_event_after_it_notif
     kv.create_with_ttl(
         &silence.id,
         serde_json::to_vec(&silence).expect("json").into(),
-        Duration::from_secs(4),
+        Duration::from_secs(6),
     )
     .await
     .expect("silence stored");
