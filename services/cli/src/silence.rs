@@ -4,10 +4,13 @@
 //! bucket and sends nothing for what a silence covers (the alert still fires
 //! and is stored).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use clap::Subcommand;
+use futures::StreamExt as _;
 use sysmonstm_kit::jetstream as js_kit;
 use sysmonstm_schemas::rules::{format_duration, parse_duration};
 use sysmonstm_schemas::silence::Silence;
@@ -136,5 +139,68 @@ pub async fn run(js: &jetstream::Context, cmd: SilenceCommand) -> anyhow::Result
             Ok(None) => anyhow::bail!("no silence {id:?}"),
             Err(e) => anyhow::bail!("cannot read silence {id}: {e}"),
         },
+    }
+}
+
+/// The silences in the bucket, followed live, for `alerts watch` to mark an
+/// event "muted" when one covered it at the event's time. A replayed event
+/// is judged by the silences still in the bucket (an ended one goes a
+/// minute after its end). Without a bucket (no notifier yet), nothing is
+/// muted.
+#[derive(Clone, Default)]
+pub struct Muted {
+    map: Arc<Mutex<HashMap<String, Silence>>>,
+}
+
+impl Muted {
+    /// The current silences, then every change in a task of its own (the
+    /// watch starts first, so nothing falls in between).
+    pub async fn follow(js: &jetstream::Context) -> Self {
+        let me = Self::default();
+        let Ok(kv) = js.get_key_value(streams::SILENCES_BUCKET).await else {
+            return me;
+        };
+        let watch = kv.watch_all().await.ok();
+        if let Ok(entries) = js_kit::current_entries(&kv).await {
+            for e in &entries {
+                me.apply(e);
+            }
+        }
+        if let Some(mut watch) = watch {
+            let m = me.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(e)) = watch.next().await {
+                    m.apply(&e);
+                }
+            });
+        }
+        me
+    }
+
+    fn apply(&self, e: &kv::Entry) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        match e.operation {
+            kv::Operation::Put => {
+                if let Ok(s) = serde_json::from_slice::<Silence>(&e.value)
+                    && s.validate().is_ok()
+                    && (map.len() < 100_000 || map.contains_key(&e.key))
+                {
+                    map.insert(e.key.clone(), s);
+                }
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                map.remove(&e.key);
+            }
+        }
+    }
+
+    /// Whether a silence covered `rule` on `machine` at `ts_ms`.
+    pub fn covers(&self, machine: &str, rule: &str, ts_ms: i64) -> bool {
+        self.map
+            .lock()
+            .map(|m| m.values().any(|s| s.silences(machine, rule, ts_ms)))
+            .unwrap_or(false)
     }
 }

@@ -8,6 +8,8 @@ mod common;
 use async_nats::jetstream;
 use common::*;
 use futures::StreamExt as _;
+use sysmonstm_kit::jetstream as js_kit;
+use sysmonstm_schemas::alert::EventKind;
 use sysmonstm_schemas::silence::Silence;
 use sysmonstm_schemas::{streams, subjects};
 use sysmonstm_testkit::NatsServer;
@@ -74,6 +76,23 @@ async fn silence_add_list_rm() {
     assert_eq!(s.comment, "disk swap");
     assert_eq!(s.by, "ops");
     assert_eq!(s.ends_ms - s.starts_ms, 2 * 3600 * 1000);
+
+    // `alerts watch` marks what the silence covers as muted; the rest not.
+    let now = s.starts_ms;
+    let mut w = Watcher::start(&js, &url, &["alerts", "watch", "--json"]).await;
+    for (m, rule) in [
+        ("web01", "disk_full"),
+        ("web01", "cpu_high"),
+        ("db01", "disk_full"),
+    ] {
+        js_kit::publish_alert(&js, &event(m, rule, EventKind::Firing, now))
+            .await
+            .expect("stored");
+        let j = w.next_json().await;
+        assert_eq!(j["machine"], m);
+        let muted = m == "web01" && rule == "disk_full";
+        assert_eq!(j["muted"], muted, "{j}");
+    }
 
     let (code, out, _) = run(&url, &["silence", "list"]).await;
     assert_eq!(code, 0);
