@@ -524,3 +524,52 @@ async fn notify_test_sends_one_message_and_answers() {
     );
     n.stop().await;
 }
+
+/// Garbage on ALERTS, and an event whose subject names another machine,
+/// are refused (terminated, counted by reason) and never sent; the events
+/// around them are.
+#[tokio::test]
+async fn bad_events_are_refused_and_counted_and_the_rest_goes_out() {
+    let nats = NatsServer::start();
+    let js = js(&nats).await;
+    let rx = Receiver::start().await;
+    let mut cfg = config(&nats);
+    cfg.channels.insert("hook".into(), webhook(rx.url("hook")));
+    cfg.routes.push(route(&["hook"]));
+    let n = Running::start(Notifier::new(cfg), &js).await;
+    let before = publish(&js, &alert("web01", "disk_full", EventKind::Firing, 0)).await;
+    js.publish(
+        "sysmon.alerts.critical.web01.cpu_high",
+        "\u{ff}garbage".into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    let forged = alert("web01", "cpu_high", EventKind::Firing, 0);
+    js.publish(
+        "sysmon.alerts.critical.db01.cpu_high",
+        forged.encode().into(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("stored");
+    let after = publish(&js, &alert("web02", "disk_full", EventKind::Firing, 0)).await;
+    all_acked(&js).await;
+    let got = rx.accepted_ids("hook");
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![before, after];
+        v.sort();
+        v
+    });
+    assert_eq!(n.counters.rejected.with_label_values(&["decode"]).get(), 1);
+    assert_eq!(
+        n.counters
+            .rejected
+            .with_label_values(&["machine_mismatch"])
+            .get(),
+        1
+    );
+    n.stop().await;
+}
