@@ -12,6 +12,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac as _};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
 use sysmonstm_schemas::rules::Severity;
 
@@ -81,6 +82,8 @@ impl std::fmt::Debug for Channel {
 #[derive(Debug)]
 pub struct Channels {
     http: reqwest::Client,
+    /// A bound on one whole send, whatever the channel's own time-outs.
+    timeout: Duration,
     map: BTreeMap<String, Channel>,
 }
 
@@ -98,14 +101,25 @@ fn read_secret(
 }
 
 fn smtp(name: &str, e: &EmailConfig, timeout: Duration) -> anyhow::Result<Mail> {
-    let builder = match e.tls {
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.host),
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.host),
-        SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-            &e.host,
-        )),
-    }
-    .map_err(|err| anyhow::anyhow!("channels.{name}.host: {err}"))?;
+    let tls_params = || -> anyhow::Result<TlsParameters> {
+        let mut b = TlsParameters::builder(e.host.clone());
+        if let Some(p) = &e.tls_ca {
+            let pem = std::fs::read(p).map_err(|err| {
+                anyhow::anyhow!("channels.{name}.tls_ca: cannot read {}: {err}", p.display())
+            })?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|err| anyhow::anyhow!("channels.{name}.tls_ca: {err}"))?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls()
+            .map_err(|err| anyhow::anyhow!("channels.{name}.tls: {err}"))
+    };
+    let tls = match e.tls {
+        SmtpTls::Starttls => Tls::Required(tls_params()?),
+        SmtpTls::Tls => Tls::Wrapper(tls_params()?),
+        SmtpTls::None => Tls::None,
+    };
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host).tls(tls);
     let mut builder = builder.port(e.port()).timeout(Some(timeout));
     let password = read_secret(
         &format!("channels.{name}.password"),
@@ -174,15 +188,30 @@ impl Channels {
                 },
             );
         }
-        Ok(Self { http, map })
+        Ok(Self {
+            http,
+            timeout: cfg.request_timeout(),
+            map,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Channel> {
         self.map.get(name)
     }
 
-    /// Sends one message with `events` (all of one machine) to `channel`.
+    /// Sends one message with `events` (all of one machine) to `channel`,
+    /// within `request_timeout_ms` (more is a failure for now).
     pub async fn send(&self, channel: &Channel, events: &[&Event]) -> Result<(), SendError> {
+        match tokio::time::timeout(self.timeout, self.send_once(channel, events)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Transient(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn send_once(&self, channel: &Channel, events: &[&Event]) -> Result<(), SendError> {
         let title = message::title(events);
         let text = message::text(events);
         let delivery = message::delivery_id(events);

@@ -165,6 +165,10 @@ pub struct EmailConfig {
     pub password: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted besides the platform's, for a server
+    /// whose certificate a private CA signed.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// `alerts@example.com` or `sysmonstm <alerts@example.com>`.
     pub from: String,
     pub to: Vec<String>,
@@ -353,6 +357,14 @@ impl NotifierConfig {
                         }
                     }
                     check_secret(&f("password"), &e.password, &e.password_file)?;
+                    if let Some(p) = &e.tls_ca
+                        && !p.is_file()
+                    {
+                        return Err(invalid(
+                            f("tls_ca"),
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
                 }
                 ChannelConfig::Log(_) => {}
             }

@@ -333,6 +333,7 @@ async fn mail_arrives_at_a_real_smtp_server_with_subject_and_body() {
             user: None,
             password: None,
             password_file: None,
+            tls_ca: None,
             from: "sysmonstm <alerts@example.com>".into(),
             to: vec![
                 "ops@example.com".into(),

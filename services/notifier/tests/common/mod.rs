@@ -183,8 +183,21 @@ pub struct Smtpd {
     pub dir: tempfile::TempDir,
 }
 
+/// How the test's SMTP server is protected.
+pub struct SmtpTlsSetup {
+    /// `starttls` or `tls`.
+    pub mode: &'static str,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub login: Option<(String, String)>,
+}
+
 impl Smtpd {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    pub async fn start_with(tls: Option<&SmtpTlsSetup>) -> Self {
         let python = std::env::var("SYSMON_SMTPD_PYTHON").expect(
             "SYSMON_SMTPD_PYTHON names the Python with aiosmtpd: \
              eval \"$(scripts/install-deps.sh)\"",
@@ -194,12 +207,15 @@ impl Smtpd {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/common/smtpd.py");
         let mail = dir.path().join("mail");
         std::fs::create_dir(&mail).expect("mail dir");
-        let child = std::process::Command::new(python)
-            .arg(&script)
-            .arg(&mail)
-            .arg(&portfile)
-            .spawn()
-            .expect("start aiosmtpd");
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(&script).arg(&mail).arg(&portfile);
+        if let Some(t) = tls {
+            cmd.arg(t.mode).arg(&t.cert).arg(&t.key);
+            if let Some((u, p)) = &t.login {
+                cmd.arg(u).arg(p);
+            }
+        }
+        let child = cmd.spawn().expect("start aiosmtpd");
         let port = eventually(WAIT, "aiosmtpd listening", || {
             let p = std::fs::read_to_string(&portfile).ok();
             async move { p.and_then(|p| p.trim().parse::<u16>().ok()) }
@@ -318,6 +334,7 @@ pub struct Running {
 
 impl Running {
     pub async fn start(n: Notifier, js: &jetstream::Context) -> Self {
+        sysmonstm_kit::telemetry::init_for_tests();
         let counters = n.counters();
         let token = CancellationToken::new();
         let task = tokio::spawn(n.run(token.clone()));
