@@ -388,6 +388,28 @@ async fn answer_tests(ctx: Arc<Ctx>, mut sub: async_nats::Subscriber, shutdown: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever arrives on ALERTS: no panic, and what is taken is what
+        /// the subject says it is.
+        #[test]
+        fn parse_never_panics_and_takes_only_its_own(
+            sev in "[a-z]{0,9}",
+            machine in "[a-z0-9_-]{0,12}",
+            rule in "[a-z0-9_-]{0,12}",
+            payload in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let subject = format!("sysmon.alerts.{sev}.{machine}.{rule}");
+            if let Ok(ev) = parse(&subject, &payload) {
+                prop_assert_eq!(&ev.alert.machine, &machine);
+                prop_assert_eq!(&ev.alert.rule, &rule);
+                prop_assert_eq!(ev.alert.severity.name(), sev.as_str());
+            }
+        }
+    }
 
     #[test]
     fn an_event_whose_subject_and_payload_differ_is_refused() {
