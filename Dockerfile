@@ -32,7 +32,7 @@ RUN cargo build --release --bins --locked \
  && mkdir -p /out \
  && cp target/release/sysmonstm target/release/sysmonstm-agent \
        target/release/sysmonstm-persister target/release/sysmonstm-alerter \
-       target/release/sysmonstm-gateway /out/
+       target/release/sysmonstm-gateway target/release/sysmonstm-notifier /out/
 
 FROM debian:bookworm-slim AS runtime
 # curl for the health checks only; ca-certificates for TLS to NATS or an
@@ -46,6 +46,7 @@ RUN apt-get update \
  && chown -R sysmon:sysmon /creds /srv/.data /var/lib/sysmonstm
 COPY --from=builder /out/ /usr/local/bin/
 COPY rules.example.toml /etc/sysmonstm/rules.toml
+COPY config/notifier.toml /etc/sysmonstm/notifier.toml
 COPY docker/creds.sh /usr/local/bin/sysmonstm-dev-creds
 USER 10001:10001
 WORKDIR /var/lib/sysmonstm

@@ -65,7 +65,7 @@ package:
 build:
     cargo build --release --workspace --bins
 
-# Run the whole stack natively: hub and edge nats-servers, PostgreSQL, persister, alerter, gateway, edge gateway and a local agent.
+# Run the whole stack natively: hub and edge nats-servers, PostgreSQL, persister, alerter, notifier, gateway, edge gateway and a local agent.
 up:
     @scripts/stack.sh up
 
@@ -85,7 +85,7 @@ down:
 status:
     @scripts/stack.sh status
 
-# The last lines of a part's log (nats-edge, nats-hub, persister, alerter, gateway, edge-gateway, agent), or of all.
+# The last lines of a part's log (nats-edge, nats-hub, persister, alerter, notifier, gateway, edge-gateway, agent), or of all.
 logs part="":
     @scripts/stack.sh logs {{part}}
 

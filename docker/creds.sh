@@ -13,7 +13,7 @@ edge="$data/creds-edge"
 made=""
 if [ ! -f "$hub/operator.nk" ]; then
   sysmonstm creds init "$hub"
-  for s in persister alerter gateway cli; do
+  for s in persister alerter gateway notifier cli; do
     sysmonstm creds service "$s" --dir "$hub"
   done
   sysmonstm creds agent "${SYSMON_AGENT_MACHINE:-docker-agent}" --dir "$hub"

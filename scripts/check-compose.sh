@@ -14,15 +14,15 @@ s = c["services"]
 bad = []
 def need(cond, what):
     if not cond: bad.append(what)
-ports = {"hub": {4222, 8222}, "edge": {4223, 8223, 7422}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "gateway": {8080}, "edge-gateway": {8081}}
-for name in ["creds", "edge", "hub", "edge-setup", "postgres", "persister", "alerter", "gateway", "edge-gateway", "agent"]:
+ports = {"hub": {4222, 8222}, "edge": {4223, 8223, 7422}, "postgres": {5432}, "persister": {9102}, "alerter": {9103}, "notifier": {9104}, "gateway": {8080}, "edge-gateway": {8081}}
+for name in ["creds", "edge", "hub", "edge-setup", "postgres", "persister", "alerter", "notifier", "gateway", "edge-gateway", "agent"]:
     need(name in s, f"service {name} is missing")
 for name, want in ports.items():
     got = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in s.get(name, {}).get("ports", [])}
     need(want <= got, f"{name} publishes {sorted(got)}, the native stack {sorted(want)}")
-for name in ["edge", "hub", "postgres", "persister", "alerter", "gateway", "edge-gateway"]:
+for name in ["edge", "hub", "postgres", "persister", "alerter", "notifier", "gateway", "edge-gateway"]:
     need("healthcheck" in s.get(name, {}), f"{name} has no health check")
-for name in ["persister", "alerter", "gateway", "edge-gateway", "agent"]:
+for name in ["persister", "alerter", "notifier", "gateway", "edge-gateway", "agent"]:
     env = s.get(name, {}).get("environment", {})
     need("NATS_URL" in env and "NATS_CREDS" in env, f"{name} lacks NATS_URL/NATS_CREDS")
     need("OTEL_EXPORTER_OTLP_ENDPOINT" in env, f"{name} lacks OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -38,6 +38,7 @@ need(eg.get("environment", {}).get("NATS_URL", "").startswith("nats://edge:"), "
 need(all("creds-edge" in str(v) for v in eg.get("volumes", [])), "the edge gateway mounts a hub credential")
 need(s["persister"]["environment"].get("SYSMON_PERSISTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "persister /metrics not on 0.0.0.0")
 need(s["alerter"]["environment"].get("SYSMON_ALERTER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "alerter /metrics not on 0.0.0.0")
+need(s["notifier"]["environment"].get("SYSMON_NOTIFIER_METRICS_LISTEN", "").startswith("0.0.0.0:"), "notifier /metrics not on 0.0.0.0")
 for n in ["edge", "hub"]:
     need(s[n]["depends_on"]["creds"]["condition"] == "service_completed_successfully", f"{n} starts before the creds")
 need(s["hub"]["depends_on"].get("edge", {}).get("condition") == "service_healthy", "the hub starts before the edge")
@@ -77,7 +78,7 @@ if [ -n "${SYSMON_BIN_DIR:-}" ] && [ -x "${NATS_SERVER_BIN:-}" ]; then
   run_creds() { PATH="$SYSMON_BIN_DIR:$PATH" SYSMON_DATA="$srv/.data" sh docker/creds.sh 2>&1; }
   out="$(run_creds)" || { echo "check-compose: docker/creds.sh failed: $out" >&2; exit 1; }
   run_creds | grep -q "already" || { echo "check-compose: docker/creds.sh is not idempotent" >&2; exit 1; }
-  for f in creds/users/persister.creds creds/users/alerter.creds creds/users/gateway.creds \
+  for f in creds/users/persister.creds creds/users/alerter.creds creds/users/gateway.creds creds/users/notifier.creds \
     creds/users/cli.creds creds/users/agent-docker-agent.creds creds/leaf-remote.conf \
     creds-edge/users/edge-admin.creds creds-edge/users/edge-gateway.creds; do
     [ -f "$srv/.data/$f" ] || { echo "check-compose: docker/creds.sh made no $f" >&2; exit 1; }

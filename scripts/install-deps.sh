@@ -14,6 +14,7 @@
 #     (tests only; plain PostgreSQL is used otherwise; where it is vendored,
 #     a failed install fails this script);
 #   - Node.js/npm (the dashboard build) and chromium (its browser test);
+#   - aiosmtpd, pinned (PyPI, a venv of its own): the notifier's mail test;
 #   - promtool, systemd-analyze and dpkg-deb for the checks beside cargo's,
 #     kubernetes-validate (PyPI, pinned, in a venv of its own: deploy/'s
 #     manifests against the API schemas it bundles, offline), and cargo-deny
@@ -139,6 +140,20 @@ if [ "$("$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null || true)" != "$
   "$KV_VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION" >&2
 fi
 
+# --- aiosmtpd: the real SMTP server the notifier's mail test sends to
+# (PyPI, pinned, in a venv of its own beside nats-server's).
+AIOSMTPD_VERSION="1.4.6"
+SMTP_VENV="$TOOLS/aiosmtpd-$AIOSMTPD_VERSION"
+if ! "$SMTP_VENV/bin/python" -c "import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != '$AIOSMTPD_VERSION')" 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv python3-pip
+  fi
+  log "installing aiosmtpd $AIOSMTPD_VERSION into $SMTP_VENV"
+  mkdir -p "$TOOLS"
+  [ -x "$SMTP_VENV/bin/pip" ] || python3 -m venv "$SMTP_VENV" >&2
+  "$SMTP_VENV/bin/pip" install -q --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION" >&2
+fi
+
 # --- cargo-deny: `just test` checks the licences and sources of every
 # dependency (deny.toml). Built from crates.io once into $TOOLS/cargo. Its
 # advisories check is not run: it needs the RustSec database, which is
@@ -155,5 +170,6 @@ echo "export NATS_SERVER_BIN='$NATS_SERVER_BIN'"
 echo "export SYSMON_TIMESCALEDB='$TIMESCALEDB'"
 echo "export CHROMIUM_BIN='$CHROMIUM_BIN'"
 echo "export KUBERNETES_VALIDATE_BIN='$KV_VENV/bin/kubernetes-validate'"
+echo "export SYSMON_SMTPD_PYTHON='$SMTP_VENV/bin/python'"
 echo "export PATH='$NATS_VENV/bin:$TOOLS/cargo/bin':\"\$PATH\""
 log "ready: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), nats-server $got, TimescaleDB=$TIMESCALEDB"

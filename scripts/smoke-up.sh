@@ -63,7 +63,7 @@ import random, socket
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 lo, hi = (20000, low) if low > 21000 else (10000, 65536)
 picked = []
-while len(picked) < 11:
+while len(picked) < 12:
     p = random.randrange(lo, hi)
     if p in picked:
         continue
@@ -83,7 +83,7 @@ export SYSMON_HUB_PORT="${ports[0]}" SYSMON_HUB_MONITOR_PORT="${ports[1]}" SYSMO
   SYSMON_EDGE_MONITOR_PORT="${ports[3]}" SYSMON_EDGE_LEAF_PORT="${ports[4]}" SYSMON_DASHBOARD_PORT="${ports[5]}" \
   SYSMON_EDGE_DASHBOARD_PORT="${ports[6]}" SYSMON_PG_PORT="${ports[7]}" \
   SYSMON_PERSISTER_METRICS_LISTEN="127.0.0.1:${ports[8]}" SYSMON_ALERTER_METRICS_LISTEN="127.0.0.1:${ports[9]}" \
-  SYSMON_EDGE_METRICS_PORT="${ports[10]}"
+  SYSMON_EDGE_METRICS_PORT="${ports[10]}" SYSMON_NOTIFIER_METRICS_LISTEN="127.0.0.1:${ports[11]}"
 web="http://127.0.0.1:$SYSMON_DASHBOARD_PORT"
 edge_mon="http://127.0.0.1:$SYSMON_EDGE_MONITOR_PORT"
 edge_web="http://127.0.0.1:$SYSMON_EDGE_DASHBOARD_PORT"

@@ -16,10 +16,11 @@
 # variable says otherwise (so `down`, `status` and a second `up` need none):
 #   SYSMON_HUB_PORT 4222, SYSMON_HUB_MONITOR_PORT 8222, SYSMON_EDGE_PORT 4223,
 #   SYSMON_EDGE_MONITOR_PORT 8223, SYSMON_EDGE_LEAF_PORT 7422,
-#   SYSMON_DASHBOARD_PORT 8080, SYSMON_EDGE_DASHBOARD_PORT 8081, SYSMON_EDGE_METRICS_PORT 9104,
+#   SYSMON_DASHBOARD_PORT 8080, SYSMON_EDGE_DASHBOARD_PORT 8081, SYSMON_EDGE_METRICS_PORT 9105,
 #   SYSMON_PG_PORT (5432, or the next free one from 55432 if 5432 is taken),
-#   SYSMON_PERSISTER_METRICS_LISTEN 127.0.0.1:9102 and
-#   SYSMON_ALERTER_METRICS_LISTEN 127.0.0.1:9103 (the services' own settings).
+#   SYSMON_PERSISTER_METRICS_LISTEN 127.0.0.1:9102,
+#   SYSMON_ALERTER_METRICS_LISTEN 127.0.0.1:9103 and
+#   SYSMON_NOTIFIER_METRICS_LISTEN 127.0.0.1:9104 (the services' own settings).
 # A port another process holds stops `up` with the port and its variable.
 # SYSMON_BIN_DIR: binaries built already (`just test` passes its own); then
 # nothing is built. SYSMON_PROFILE: the cargo profile to build (release).
@@ -29,7 +30,7 @@ root="$PWD"
 data="$root/.data"
 run="$data/run"
 profile="${SYSMON_PROFILE:-release}"
-parts=(nats-edge nats-hub persister alerter gateway edge-gateway agent)
+parts=(nats-edge nats-hub persister alerter notifier gateway edge-gateway agent)
 
 log() { echo "stack: $*" >&2; }
 die() {
@@ -50,12 +51,12 @@ alive() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && runs "$p"; }
 # The ports: a variable, else what the last `up` used, else the default.
 port_vars=(SYSMON_HUB_PORT SYSMON_HUB_MONITOR_PORT SYSMON_EDGE_PORT SYSMON_EDGE_MONITOR_PORT
   SYSMON_EDGE_LEAF_PORT SYSMON_DASHBOARD_PORT SYSMON_EDGE_DASHBOARD_PORT SYSMON_EDGE_METRICS_PORT
-  SYSMON_PERSISTER_METRICS_LISTEN SYSMON_ALERTER_METRICS_LISTEN)
+  SYSMON_PERSISTER_METRICS_LISTEN SYSMON_ALERTER_METRICS_LISTEN SYSMON_NOTIFIER_METRICS_LISTEN)
 declare -A port_default=(
   [SYSMON_HUB_PORT]=4222 [SYSMON_HUB_MONITOR_PORT]=8222 [SYSMON_EDGE_PORT]=4223
   [SYSMON_EDGE_MONITOR_PORT]=8223 [SYSMON_EDGE_LEAF_PORT]=7422 [SYSMON_DASHBOARD_PORT]=8080
-  [SYSMON_EDGE_DASHBOARD_PORT]=8081 [SYSMON_EDGE_METRICS_PORT]=9104 [SYSMON_PERSISTER_METRICS_LISTEN]=127.0.0.1:9102
-  [SYSMON_ALERTER_METRICS_LISTEN]=127.0.0.1:9103)
+  [SYSMON_EDGE_DASHBOARD_PORT]=8081 [SYSMON_EDGE_METRICS_PORT]=9105 [SYSMON_PERSISTER_METRICS_LISTEN]=127.0.0.1:9102
+  [SYSMON_ALERTER_METRICS_LISTEN]=127.0.0.1:9103 [SYSMON_NOTIFIER_METRICS_LISTEN]=127.0.0.1:9104)
 load_ports() {
   local v saved
   for v in "${port_vars[@]}"; do
@@ -69,6 +70,7 @@ load_ports() {
   edge_metrics_port="$SYSMON_EDGE_METRICS_PORT"
   persister_ops="$(ops_addr "$SYSMON_PERSISTER_METRICS_LISTEN")"
   alerter_ops="$(ops_addr "$SYSMON_ALERTER_METRICS_LISTEN")"
+  notifier_ops="$(ops_addr "$SYSMON_NOTIFIER_METRICS_LISTEN")"
 }
 save_ports() {
   local v
@@ -168,11 +170,16 @@ up() {
   machine="$("$bin/sysmonstm-agent" --once --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["machine_id"])')"
   if [ ! -f "$creds/operator.nk" ]; then
     "$cli" creds init "$creds" >/dev/null
-    for s in persister alerter gateway cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
+    for s in persister alerter gateway notifier cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
     "$cli" creds agent "$machine" --dir "$creds" >/dev/null
     log "made development credentials in .data/creds (operator, services, agent-$machine)"
   fi
   local users="$creds/users"
+  # Credentials made before the notifier existed: its own, and the CLI's
+  # again (silences and notify tests are new rights).
+  if [ ! -f "$users/notifier.creds" ]; then
+    for s in notifier cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
+  fi
 
   # The edge has an operator of its own (no hub credential works there, and
   # no edge credential at the hub): its authority, the stream admin's and
@@ -234,7 +241,8 @@ up() {
     || "$PG_BIN/psql" "$admin" -qc "CREATE DATABASE sysmon"
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/sysmon"
   export NATS_URL="nats://127.0.0.1:$hub_port"
-  export SYSMON_PERSISTER_METRICS_LISTEN="$persister_ops" SYSMON_ALERTER_METRICS_LISTEN="$alerter_ops"
+  export SYSMON_PERSISTER_METRICS_LISTEN="$persister_ops" SYSMON_ALERTER_METRICS_LISTEN="$alerter_ops" \
+    SYSMON_NOTIFIER_METRICS_LISTEN="$notifier_ops"
 
   need_ports persister SYSMON_PERSISTER_METRICS_LISTEN
   NATS_CREDS="$users/persister.creds" start persister "$bin/sysmonstm-persister"
@@ -242,6 +250,10 @@ up() {
   need_ports alerter SYSMON_ALERTER_METRICS_LISTEN
   NATS_CREDS="$users/alerter.creds" start alerter "$bin/sysmonstm-alerter" --rules rules.example.toml
   wait_for "the alerter" 30 http_ok "http://$alerter_ops/health"
+  # Channels and routes: config/notifier.toml (a log channel only, by default).
+  need_ports notifier SYSMON_NOTIFIER_METRICS_LISTEN
+  NATS_CREDS="$users/notifier.creds" start notifier "$bin/sysmonstm-notifier" --config config/notifier.toml
+  wait_for "the notifier" 30 http_ok "http://$notifier_ops/health"
   # The edge's streams source the hub's, which the persister and the alerter
   # have made by now; made once the link is up (a source's request sent
   # while the link is down, or before its hub stream exists, is asked again
@@ -279,6 +291,8 @@ sysmonstm is up.
   dashboard:  http://127.0.0.1:$web_port/
   edge dashboard (public, read-only): http://127.0.0.1:$edge_web_port/
   alerts:     ${nats_url}NATS_CREDS=$users/cli.creds $cli alerts watch --since 1h
+  notifications: config/notifier.toml (log only: just logs notifier); silences:
+              ${nats_url}NATS_CREDS=$users/cli.creds $cli silence add --machine '*' --for 1h
   this machine: $machine (credentials in .data/creds; add one: docs/operations.md)
   edge NATS:  nats://127.0.0.1:$edge_port (monitoring :$edge_mon, leaf link :$leaf_port; read with
               NATS_CREDS=$ecreds/users/edge-gateway.creds)

@@ -11,6 +11,7 @@ pub mod alert;
 pub mod headers;
 mod machine_id;
 pub mod rules;
+pub mod silence;
 pub mod streams;
 pub mod subjects;
 

@@ -298,6 +298,85 @@ pub fn alert_state_subject(key: &str) -> String {
     format!("$KV.{ALERT_STATE_BUCKET}.{key}")
 }
 
+/// The notifier's durable pull consumer on [`ALERTS`].
+pub const NOTIFIER_CONSUMER: &str = "notifier";
+/// Failures to deliver a notification (the notifier's record of giving up).
+pub const NOTIFICATIONS: &str = "NOTIFICATIONS";
+/// KV bucket of silences, one key per silence; each key expires with its
+/// silence (per-message TTL).
+pub const SILENCES_BUCKET: &str = "sysmon_silences";
+/// KV bucket of the notifications the notifier has delivered, one key per
+/// (channel, event): a redelivered event is not sent twice.
+pub const NOTIFIER_SENT_BUCKET: &str = "sysmon_notifier_sent";
+
+/// The notifier's consumer: durable, explicit acks (an event is acked only
+/// once every channel its routes chose took it), starting with the newest
+/// events (a new notifier does not page anyone about a year of history).
+/// `max_ack_pending` bounds the events in the notifier's hands at once.
+pub fn notifier_consumer(ack_wait: Duration, max_ack_pending: i64) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(NOTIFIER_CONSUMER.to_owned()),
+        description: Some("sysmonstm-notifier: alert events to people".to_owned()),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_ack_pending,
+        filter_subject: subjects::ALERTS_ALL.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// NOTIFICATIONS: the notifier's failures, kept 90 days, de-duplicated by
+/// Msg-Id (`<event id>:<channel>`), so a failure recorded again after a
+/// crash is stored once.
+pub fn notifications() -> stream::Config {
+    stream::Config {
+        name: NOTIFICATIONS.to_owned(),
+        description: Some("sysmonstm notifications the notifier gave up on".to_owned()),
+        subjects: vec![subjects::NOTIFY_FAILED_ALL.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_secs(90 * 24 * 3600),
+        duplicate_window: METRICS_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The silences bucket: per-key TTLs (a silence expires by itself), and a
+/// marker when one does, so a watcher sees it go.
+pub fn silences_bucket() -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: SILENCES_BUCKET.to_owned(),
+        description: "sysmonstm silences, JSON, one key per silence".to_owned(),
+        history: 1,
+        storage: stream::StorageType::File,
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+/// The delivered-notifications bucket: keys live for `ttl`, which must
+/// outlast the longest time an event can stay unacknowledged (a notifier
+/// down, a receiver down) and come back.
+pub fn notifier_sent_bucket(ttl: Duration) -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: NOTIFIER_SENT_BUCKET.to_owned(),
+        description: "sysmonstm-notifier: delivered (channel, event) pairs".to_owned(),
+        history: 1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The key of (channel, event) in [`NOTIFIER_SENT_BUCKET`]: the event's
+/// Msg-Id with `:` turned into `.` (its parts are subject tokens, so the key
+/// stays unique and valid), after the channel.
+pub fn notifier_sent_key(channel: &str, event_id: &str) -> String {
+    format!("{channel}.{}", event_id.replace(':', "."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

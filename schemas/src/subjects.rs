@@ -23,6 +23,32 @@ pub fn forget(machine: &MachineId) -> String {
     format!("sysmon.admin.forget.{machine}")
 }
 
+/// Failures to deliver a notification, of every machine and channel
+/// (stream NOTIFICATIONS binds this).
+pub const NOTIFY_FAILED_ALL: &str = "sysmon.notify.failed.*.*";
+
+/// Where the notifier records that it gave up delivering an alert event of
+/// `machine` to `channel` (a channel name has the machine id's characters).
+pub fn notify_failed(machine: &MachineId, channel: &MachineId) -> String {
+    format!("sysmon.notify.failed.{machine}.{channel}")
+}
+
+/// Requests to send a test message (`sysmonstm notify test <channel>`),
+/// answered by the running notifier on the reply subject.
+pub const NOTIFY_TEST_ALL: &str = "sysmon.admin.notify_test.*";
+
+/// Where `sysmonstm notify test <channel>` asks the notifier.
+pub fn notify_test(channel: &MachineId) -> String {
+    format!("sysmon.admin.notify_test.{channel}")
+}
+
+/// The channel a notify-test subject names.
+pub fn parse_notify_test(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("sysmon.admin.notify_test.")
+        .filter(|rest| !rest.is_empty() && !rest.contains('.'))
+}
+
 /// Where `machine` publishes its snapshots.
 pub fn metrics(machine: &MachineId) -> String {
     format!("sysmon.metrics.{machine}")
@@ -110,6 +136,9 @@ mod tests {
         assert_eq!(machine_of_metrics("sysmon.metrics.a.b"), None);
         assert_eq!(machine_of_metrics("sysmon.info.web01"), None);
         assert_eq!(forget(&m), "sysmon.admin.forget.web01");
+        assert_eq!(notify_failed(&m, &m), "sysmon.notify.failed.web01.web01");
+        assert_eq!(parse_notify_test(&notify_test(&m)), Some("web01"));
+        assert_eq!(parse_notify_test("sysmon.admin.notify_test.a.b"), None);
     }
 
     #[test]

@@ -51,9 +51,15 @@ enum Act {
     DeleteStream,
     /// Read ALERTS.
     ReadAlerts,
+    /// Put a silence (which mutes notifications).
+    PutSilence,
+    /// Record a notification failure on NOTIFICATIONS.
+    RecordNotifyFailure,
+    /// Mark a notification delivered (the notifier's dedupe bucket).
+    PutDelivered,
 }
 
-const ACTS: [Act; 7] = [
+const ACTS: [Act; 10] = [
     Act::SnapshotAsOther,
     Act::AlertEvent,
     Act::PutRule,
@@ -61,6 +67,9 @@ const ACTS: [Act; 7] = [
     Act::PurgeStream,
     Act::DeleteStream,
     Act::ReadAlerts,
+    Act::PutSilence,
+    Act::RecordNotifyFailure,
+    Act::PutDelivered,
 ];
 
 /// The policy: who may do what. Everything not listed is refused.
@@ -71,9 +80,10 @@ fn allowed(role: &Role, act: Act) -> bool {
         Role::Persister => matches!(act, ReadAlerts),
         Role::Alerter => matches!(act, AlertEvent | PutRule | PutAlertState | ReadAlerts),
         Role::Gateway => matches!(act, PutRule | ReadAlerts),
+        Role::Notifier => matches!(act, ReadAlerts | RecordNotifyFailure | PutDelivered),
         Role::Cli => matches!(
             act,
-            AlertEvent | PutRule | PutAlertState | PurgeStream | ReadAlerts
+            AlertEvent | PutRule | PutAlertState | PurgeStream | ReadAlerts | PutSilence
         ),
         Role::CliReadOnly => matches!(act, ReadAlerts),
         // Issued by the edge's authority, never by the hub's (tests/edge.rs).
@@ -98,6 +108,11 @@ async fn attempt(js: &jetstream::Context, act: Act) -> bool {
         }
         Act::DeleteStream => js.delete_stream("SCRATCH").await.is_ok(),
         Act::ReadAlerts => js.get_stream(streams::ALERTS).await.is_ok(),
+        Act::PutSilence => stored(js, &format!("$KV.{}.forged", streams::SILENCES_BUCKET)).await,
+        Act::RecordNotifyFailure => stored(js, "sysmon.notify.failed.victim.hook").await,
+        Act::PutDelivered => {
+            stored(js, &format!("$KV.{}.forged", streams::NOTIFIER_SENT_BUCKET)).await
+        }
     }
 }
 
@@ -120,6 +135,7 @@ async fn every_credential_may_do_what_its_role_needs_and_nothing_else() {
         Role::Cli,
         Role::CliReadOnly,
         Role::Loadgen,
+        Role::Notifier,
     ];
     let mut creds = Vec::new();
     for r in &roles {
@@ -155,6 +171,21 @@ async fn every_credential_may_do_what_its_role_needs_and_nothing_else() {
         .create_key_value(streams::alert_state_bucket())
         .await
         .expect("alert state bucket");
+    // The notifier makes its own: NOTIFICATIONS and both buckets.
+    let notifier = js_for(&url, &creds[6].1).await;
+    notifier
+        .create_stream(streams::notifications())
+        .await
+        .expect("the notifier creates NOTIFICATIONS");
+    for b in [
+        streams::silences_bucket(),
+        streams::notifier_sent_bucket(Duration::from_secs(3600)),
+    ] {
+        notifier
+            .create_key_value(b)
+            .await
+            .expect("the notifier creates its buckets");
+    }
     alerter
         .create_stream(jetstream::stream::Config {
             name: "SCRATCH".into(),

@@ -96,6 +96,9 @@ pub enum Role {
     Persister,
     Alerter,
     Gateway,
+    /// Takes alert events through its durable consumer, keeps its buckets,
+    /// records its failures, answers notify tests.
+    Notifier,
     /// Reads alerts, acknowledges them, edits rules, forgets machines.
     Cli,
     /// Reads only.
@@ -124,6 +127,7 @@ impl Role {
             Self::Persister => "persister".into(),
             Self::Alerter => "alerter".into(),
             Self::Gateway => "gateway".into(),
+            Self::Notifier => "notifier".into(),
             Self::Cli => "cli".into(),
             Self::CliReadOnly => "cli-read-only".into(),
             Self::Leaf => "leaf".into(),
@@ -238,6 +242,14 @@ impl Role {
                     &[subjects::METRICS_ALL, subjects::FORGET_ALL],
                 ])),
             ),
+            Self::Notifier => {
+                let pubs = notifier_publish();
+                let pubs: Vec<&str> = pubs.iter().map(String::as_str).collect();
+                (
+                    allow(&join(&[&pubs, &inbox])),
+                    allow(&join(&[&inbox, &[subjects::NOTIFY_TEST_ALL]])),
+                )
+            }
             Self::Cli => (
                 allow(&join(&[
                     JS_READ,
@@ -247,6 +259,9 @@ impl Role {
                         "$KV.sysmon_alert_state.>",
                         "$JS.API.STREAM.PURGE.*",
                         subjects::FORGET_ALL,
+                        "$KV.sysmon_silences.>",
+                        "$JS.API.STREAM.CREATE.KV_sysmon_silences",
+                        subjects::NOTIFY_TEST_ALL,
                     ],
                 ])),
                 allow(&inbox),
@@ -282,6 +297,42 @@ impl Role {
             ),
         }
     }
+}
+
+/// What the notifier may publish: its own consumer on ALERTS (made,
+/// read, pulled from, acked), its two buckets and NOTIFICATIONS (made,
+/// read; only the delivered bucket and failures written), the silences
+/// watched. Nothing on ALERTS, the rules or the alert state.
+fn notifier_publish() -> Vec<String> {
+    let alerts = streams::ALERTS;
+    let me = streams::NOTIFIER_CONSUMER;
+    let sil = format!("KV_{}", streams::SILENCES_BUCKET);
+    let sent = format!("KV_{}", streams::NOTIFIER_SENT_BUCKET);
+    let notif = streams::NOTIFICATIONS;
+    let mut v = vec![
+        "$JS.API.INFO".to_owned(),
+        format!("$JS.API.STREAM.INFO.{alerts}"),
+        format!("$JS.API.CONSUMER.CREATE.{alerts}.{me}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{alerts}.{me}"),
+        format!("$JS.API.CONSUMER.INFO.{alerts}.{me}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{alerts}.{me}"),
+        format!("$JS.ACK.{alerts}.{me}.>"),
+        // The silences watch: an ordered consumer of its own.
+        format!("$JS.API.CONSUMER.CREATE.{sil}"),
+        format!("$JS.API.CONSUMER.CREATE.{sil}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{sil}.>"),
+        format!("$JS.FC.{sil}.>"),
+        // Delivered keys: read one, write one.
+        format!("$JS.API.DIRECT.GET.{sent}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{sent}"),
+        format!("$KV.{}.>", streams::NOTIFIER_SENT_BUCKET),
+        subjects::NOTIFY_FAILED_ALL.replace("*.*", ">"),
+    ];
+    for s in [sil.as_str(), sent.as_str(), notif] {
+        v.push(format!("$JS.API.STREAM.INFO.{s}"));
+        v.push(format!("$JS.API.STREAM.CREATE.{s}"));
+    }
+    v
 }
 
 /// One user the authority issued.

@@ -12,3 +12,11 @@ pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
+
+/// Makes ring (the provider async-nats already uses) rustls's process-wide
+/// default, once; later calls change nothing. reqwest, built with rustls
+/// but without a provider of its own (the notifier's HTTP channels), panics
+/// when it builds a client without a default: call this before any client.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

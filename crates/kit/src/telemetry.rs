@@ -113,6 +113,9 @@ fn otlp_endpoint() -> Option<String> {
 fn tracer_provider(service: &str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     let service = service.to_owned();
+    // In a build where reqwest has rustls (the notifier's channels link it
+    // with no provider of its own), its client panics without a default.
+    crate::install_tls_provider();
     // Built on a thread of its own: reqwest's blocking client panics when it
     // is created or dropped inside a tokio runtime.
     std::thread::Builder::new()

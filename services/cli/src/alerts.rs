@@ -178,6 +178,7 @@ async fn watch(
         r_token.as_ref(),
     );
     let stream = js_kit::ensure_alerts(js).await?;
+    let silences = crate::silence::Muted::follow(js).await;
     let mut msgs = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter,
@@ -202,7 +203,8 @@ async fn watch(
             continue;
         }
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        if print::event(&ev, m.subject.as_str(), seq, json).is_err() {
+        let muted = silences.covers(&ev.machine, &ev.rule, ev.ts_ms);
+        if print::event(&ev, m.subject.as_str(), seq, muted, json).is_err() {
             break; // stdout closed
         }
     }

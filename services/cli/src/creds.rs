@@ -77,6 +77,7 @@ pub enum Service {
     Persister,
     Alerter,
     Gateway,
+    Notifier,
     Cli,
     /// At the edge (`--dir` the edge's authority): creates the edge streams.
     EdgeAdmin,
@@ -171,6 +172,7 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
                 (Service::Persister, false) => Role::Persister,
                 (Service::Alerter, false) => Role::Alerter,
                 (Service::Gateway, false) => Role::Gateway,
+                (Service::Notifier, false) => Role::Notifier,
                 (Service::Cli, false) => Role::Cli,
                 (Service::EdgeAdmin, false) => Role::EdgeAdmin,
                 (Service::EdgeGateway, false) => Role::EdgeGateway,

@@ -7,8 +7,10 @@ mod alerts;
 mod creds;
 mod edge;
 mod machines;
+mod notify;
 mod print;
 mod rules;
+mod silence;
 
 use std::path::PathBuf;
 
@@ -26,7 +28,7 @@ pub struct InvalidInput(pub String);
 #[command(
     name = "sysmonstm",
     version,
-    about = "Watch alerts, manage rules, list machines"
+    about = "Watch alerts, manage rules and silences, list machines"
 )]
 pub struct Cli {
     /// NATS server URL(s), comma separated.
@@ -93,6 +95,16 @@ enum Command {
         #[command(subcommand)]
         command: edge::EdgeCommand,
     },
+    /// Silences: no notifications for machines (and rules) for a while.
+    Silence {
+        #[command(subcommand)]
+        command: silence::SilenceCommand,
+    },
+    /// The notifier's channels: `notify test <channel>` sends a test message.
+    Notify {
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
+    },
     /// NATS credentials: the authority, and one per agent and service.
     Creds {
         #[command(subcommand)]
@@ -140,6 +152,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => machines::run_command(&js, command).await,
         Command::Machines { json, .. } => machines::run(&js, json).await,
         Command::Edge { command } => edge::run(&js, command).await,
+        Command::Silence { command } => silence::run(&js, command).await,
+        Command::Notify { command } => notify::run(&js, command).await,
         Command::Creds { .. } => Ok(()),
     }
 }

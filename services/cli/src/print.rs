@@ -17,6 +17,8 @@ pub fn rfc3339(ms: i64) -> String {
 #[derive(Serialize)]
 struct EventJson<'a> {
     stream_seq: u64,
+    /// A silence covered it: no notification went out.
+    muted: bool,
     subject: &'a str,
     machine: &'a str,
     rule: &'a str,
@@ -44,11 +46,18 @@ fn paint(on: bool, code: &str, text: &str) -> String {
 }
 
 /// Prints one event; `Err` only when stdout is gone.
-pub fn event(a: &Alert, subject: &str, stream_seq: u64, json: bool) -> std::io::Result<()> {
+pub fn event(
+    a: &Alert,
+    subject: &str,
+    stream_seq: u64,
+    muted: bool,
+    json: bool,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let j = EventJson {
             stream_seq,
+            muted,
             subject,
             machine: &a.machine,
             rule: &a.rule,
@@ -77,9 +86,14 @@ pub fn event(a: &Alert, subject: &str, stream_seq: u64, json: bool) -> std::io::
             EventKind::Resolved => paint(c, "32", "RESOLVED"),
             EventKind::Acknowledged => paint(c, "34", "ACKED   "),
         };
+        let muted = if muted {
+            paint(c, "2", " [muted]")
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{} {sev} {state} {}/{}  {}  (since {})",
+            "{} {sev} {state}{muted} {}/{}  {}  (since {})",
             rfc3339(a.ts_ms),
             a.machine,
             a.rule,

@@ -86,7 +86,7 @@ pub struct GatewayConfig {
     /// (`http_requests_per_s`).
     pub edge: bool,
     /// Address of a second listener with only `/metrics` and `/health`
-    /// (e.g. `127.0.0.1:9104`; port 0 picks one); empty: none. The hub's
+    /// (e.g. `127.0.0.1:9105`; port 0 picks one); empty: none. The hub's
     /// main listener serves `/metrics` too; the edge's does not (it faces
     /// the internet), so there this is where Prometheus scrapes.
     pub metrics_listen: String,
