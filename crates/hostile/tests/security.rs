@@ -134,8 +134,8 @@ async fn every_credential_may_do_what_its_role_needs_and_nothing_else() {
         Role::Gateway,
         Role::Cli,
         Role::CliReadOnly,
-        Role::Loadgen,
         Role::Notifier,
+        Role::Loadgen,
     ];
     let mut creds = Vec::new();
     for r in &roles {
