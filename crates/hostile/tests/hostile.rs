@@ -37,7 +37,12 @@ const NORMAL: &str = "normal-1";
 /// Resident memory each service may have after the attack. A service holds
 /// per machine a few KiB at most and its caches are bounded; these leave
 /// room for the allocator and the runtime, not for growth with input.
-const RSS_BOUND_MIB: [(&str, u64); 3] = [("persister", 128), ("alerter", 64), ("gateway", 128)];
+const RSS_BOUND_MIB: [(&str, u64); 4] = [
+    ("persister", 128),
+    ("alerter", 64),
+    ("gateway", 128),
+    ("notifier", 64),
+];
 
 /// A plain HTTP/1.1 request; returns (status, body), or None when the
 /// connection failed (the server is gone or refused).
@@ -182,10 +187,25 @@ async fn every_service_survives_hostile_input_and_a_normal_machine_still_goes_th
         &common,
     );
     let g_addr = gateway.addr().await;
+    // The notifier, with its log channel only: it takes ALERTS, garbage too.
+    let notifier_conf = work.path().join("notifier.toml");
+    std::fs::write(
+        &notifier_conf,
+        "group_window_ms = 0\n[channels.local]\ntype = \"log\"\n[[routes]]\nchannels = [\"local\"]\n",
+    )
+    .expect("notifier config");
+    let mut notifier = Proc::start(
+        "notifier",
+        "sysmonstm-notifier",
+        &["--config", notifier_conf.to_str().expect("utf-8 path")],
+        &[common[0], ("SYSMON_NOTIFIER_METRICS_LISTEN", "127.0.0.1:0")],
+    );
+    let n_addr = notifier.addr().await;
     for (name, addr) in [
         ("persister", p_addr),
         ("alerter", a_addr),
         ("gateway", g_addr),
+        ("notifier", n_addr),
     ] {
         eventually(WAIT, &format!("{name} answers /health"), || async move {
             http(addr, "GET", "/health")
@@ -455,6 +475,7 @@ async fn every_service_survives_hostile_input_and_a_normal_machine_still_goes_th
         (&mut persister, p_addr),
         (&mut alerter, a_addr),
         (&mut gateway, g_addr),
+        (&mut notifier, n_addr),
     ] {
         p.assert_alive();
         let (status, _) = http(addr, "GET", "/health").await.expect("health answers");
@@ -499,4 +520,28 @@ async fn every_service_survives_hostile_input_and_a_normal_machine_still_goes_th
         .await;
         promtool_check(name, &text);
     }
+    // The notifier refused the garbage on ALERTS by reason, and still told
+    // its channel about the normal machine's alert.
+    let text = eventually(
+        WAIT,
+        "the notifier counted the garbage and delivered the normal machine's alert",
+        || async move {
+            let (_, text) = http(n_addr, "GET", "/metrics").await?;
+            // Garbage of every size on both alert subjects (the decoder
+            // refuses it before the subject is looked at).
+            let rejected = series(
+                &text,
+                "sysmonstm_notifier_events_rejected_total{reason=\"decode\"}",
+            )
+            .is_some_and(|v| v >= 16.0);
+            let delivered = series(
+                &text,
+                "sysmonstm_notifier_events_total{outcome=\"delivered\"}",
+            )
+            .is_some_and(|v| v >= 1.0);
+            (rejected && delivered).then_some(text)
+        },
+    )
+    .await;
+    promtool_check("notifier", &text);
 }
