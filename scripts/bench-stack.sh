@@ -7,7 +7,8 @@
 # (crates/loadgen/examples/bench_stack.rs says what each one is).
 # Defaults: N=1000 R=1 D=1 M=20. BENCH_WARMUP_SECONDS (10),
 # BENCH_BREACH_PERCENT (10), BENCH_SILENT_PERCENT (2) tune the rest;
-# BENCH_PROFILE (release) picks the binaries' cargo profile.
+# BENCH_PROFILE (release) picks the binaries' cargo profile; BENCH_HUB_SYNC=default runs
+# the hub without `sync_interval: always` (to tell the fsyncs' part from the rest).
 # Needs the exports of scripts/install-deps.sh (the just recipe evals them).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,7 +23,9 @@
 //! Env: BENCH_MACHINES (1000), BENCH_RATE (1), BENCH_SECONDS (60),
 //! BENCH_WARMUP_SECONDS (10), BENCH_CLIENTS (20), BENCH_BREACH_PERCENT (10),
 //! BENCH_SILENT_PERCENT (2), SYSMON_BIN_DIR (the release binaries),
-//! SYSMON_BENCH_DATABASE_URL (an admin URL; a fresh database is made on it).
+//! SYSMON_BENCH_DATABASE_URL (an admin URL; a fresh database is made on it),
+//! BENCH_HUB_SYNC=default (the hub without `sync_interval: always`, to tell
+//! the fsyncs' part from the rest).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -254,6 +256,17 @@ fn cpu_model() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Interrupted, the run is dropped: every process it started is killed
+    // (their handles kill on drop) and the temp dirs go.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run() => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = term.recv() => bail!("terminated"),
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let machines: usize = env_or("BENCH_MACHINES", 1000);
     let rate: f64 = env_or("BENCH_RATE", 1.0);
     let seconds: u64 = env_or("BENCH_SECONDS", 60);
@@ -289,11 +302,22 @@ async fn main() -> anyhow::Result<()> {
             edge_auth.include_line()
         ),
     );
-    let hub = NatsServer::start_shipped_hub_with(&format!(
+    let hub_extra = format!(
         "{}\n{}",
         hub_auth.include_line(),
         hub_auth.leaf_remote_conf(&format!("nats-leaf://127.0.0.1:{leaf_port}"), &leaf)?
-    ));
+    );
+    // BENCH_HUB_SYNC=default: the hub without `sync_interval: always`, to
+    // tell the fsyncs' part from the rest.
+    let sync_always = std::env::var("BENCH_HUB_SYNC").map_or(true, |v| v != "default");
+    let hub = if sync_always {
+        NatsServer::start_shipped_hub_with(&hub_extra)
+    } else {
+        NatsServer::start_with(
+            &format!("domain: {}\n  max_file_store: 64GB", streams::HUB_DOMAIN),
+            &hub_extra,
+        )
+    };
     let db = TestDb::on(&admin_url).await;
     let pool = db.pool().await;
 
@@ -456,8 +480,13 @@ async fn main() -> anyhow::Result<()> {
         ack_timeout: Duration::from_secs(10),
     };
     println!(
-        "{machines} machines at {rate} Hz for {seconds} s (+{warmup} s warm-up), {clients} WebSocket clients; \
-         {}, {} cores; load average before: {}",
+        "{machines} machines at {rate} Hz for {seconds} s (+{warmup} s warm-up), {clients} WebSocket clients, \
+         hub {}; {}, {} cores; load average before: {}",
+        if sync_always {
+            "as shipped (sync_interval: always)"
+        } else {
+            "with default fsync"
+        },
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/loadavg")
