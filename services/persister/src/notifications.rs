@@ -181,7 +181,8 @@ pub async fn insert(pool: &PgPool, rows: &[FailureRow]) -> Result<u64, sqlx::Err
 }
 
 /// Waits for NOTIFICATIONS, binds the consumer, and stores failures until
-/// shutdown.
+/// shutdown. A pull that fails binds again: the stream is the notifier's and
+/// may have been removed and made anew, taking the consumer with it.
 pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
@@ -191,80 +192,95 @@ pub async fn run(
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
-    let Some(consumer) = bind(&js, ack_wait, max_backoff, &shutdown).await else {
-        return;
-    };
     let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let batch = tokio::select! {
-            b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
-            _ = shutdown.cancelled() => return,
+    loop {
+        let Some(consumer) = bind(&js, ack_wait, max_backoff, &shutdown).await else {
+            return;
         };
-        let msgs = match batch {
-            Ok(m) if m.is_empty() => continue,
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot pull from NOTIFICATIONS");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(max_backoff);
-                continue;
-            }
-        };
-        let now_ms = Utc::now().timestamp_millis();
-        let mut rows = Vec::with_capacity(msgs.len());
-        let mut accepted = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let id = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::MSG_ID))
-                .map(|v| v.as_str().to_owned());
-            match decode(&m.subject, &m.payload, id.as_deref(), now_ms, &limits) {
-                Ok(r) => {
-                    rows.push(r);
-                    accepted.push(m);
-                }
-                Err(why) => reject(&counters, &m, why.reason(), why.to_string()).await,
-            }
-        }
-        if rows.is_empty() {
-            continue;
-        }
-        // The batch in one statement; if PostgreSQL refuses its values, one
-        // record at a time, so the one it refuses is terminated and the rest
-        // stored.
-        let whole = insert_patiently(&pool, &rows, &accepted, &counters, max_backoff, &shutdown);
-        match whole.await {
-            None => return,
-            Some(Ok(())) => {
-                for m in &accepted {
-                    let _ = m.ack().await;
-                }
-            }
-            Some(Err(_)) => {
-                for (row, m) in rows.iter().zip(&accepted) {
-                    let one = std::slice::from_ref(row);
-                    let msg = std::slice::from_ref(m);
-                    match insert_patiently(&pool, one, msg, &counters, max_backoff, &shutdown).await
+        loop {
+            let batch = tokio::select! {
+                b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
+                _ = shutdown.cancelled() => return,
+            };
+            match batch {
+                Ok(m) => {
+                    backoff = Duration::from_millis(100);
+                    if !m.is_empty()
+                        && !store(&pool, &counters, m, &limits, max_backoff, &shutdown).await
                     {
-                        None => return,
-                        Some(Ok(())) => {
-                            let _ = m.ack().await;
-                        }
-                        Some(Err(e)) => {
-                            reject(&counters, m, "refused_by_database", e.to_string()).await
-                        }
+                        return;
                     }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff,
+                        "cannot pull from NOTIFICATIONS; binding it again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                    break;
                 }
             }
         }
     }
+}
+
+/// Checks a pulled batch, stores what passes and acks it, terminates the
+/// rest; false if shut down meanwhile (then nothing more is acked).
+async fn store(
+    pool: &PgPool,
+    counters: &Counters,
+    msgs: Vec<jetstream::Message>,
+    limits: &accept::Limits,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let now_ms = Utc::now().timestamp_millis();
+    let mut rows = Vec::with_capacity(msgs.len());
+    let mut accepted = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::MSG_ID))
+            .map(|v| v.as_str().to_owned());
+        match decode(&m.subject, &m.payload, id.as_deref(), now_ms, limits) {
+            Ok(r) => {
+                rows.push(r);
+                accepted.push(m);
+            }
+            Err(why) => reject(counters, &m, why.reason(), why.to_string()).await,
+        }
+    }
+    if rows.is_empty() {
+        return true;
+    }
+    // The batch in one statement; if PostgreSQL refuses its values, one
+    // record at a time, so the one it refuses is terminated and the rest
+    // stored.
+    match insert_patiently(pool, &rows, &accepted, counters, max_backoff, shutdown).await {
+        None => return false,
+        Some(Ok(())) => {
+            for m in &accepted {
+                let _ = m.ack().await;
+            }
+        }
+        Some(Err(_)) => {
+            for (row, m) in rows.iter().zip(&accepted) {
+                let one = std::slice::from_ref(row);
+                let msg = std::slice::from_ref(m);
+                match insert_patiently(pool, one, msg, counters, max_backoff, shutdown).await {
+                    None => return false,
+                    Some(Ok(())) => {
+                        let _ = m.ack().await;
+                    }
+                    Some(Err(e)) => reject(counters, m, "refused_by_database", e.to_string()).await,
+                }
+            }
+        }
+    }
+    true
 }
 
 /// The consumer on NOTIFICATIONS, once the stream exists. An absent stream

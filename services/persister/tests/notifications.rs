@@ -243,3 +243,36 @@ async fn a_record_the_database_refuses_is_terminated_and_the_rest_stored() {
     assert_eq!(rejected(&persister.counters, "refused_by_database"), 1);
     persister.stop().await;
 }
+
+/// NOTIFICATIONS is the notifier's, so it may go and come back (an operator
+/// removes it, a new hub): the persister binds it again and goes on
+/// storing, without a restart.
+#[tokio::test]
+async fn a_stream_removed_and_made_again_is_bound_again() {
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    js.create_stream(streams::notifications())
+        .await
+        .expect("NOTIFICATIONS");
+    let persister = spawn(config(&nats.url(), db.url()));
+    for (i, channel) in ["hook", "mail"].into_iter().enumerate() {
+        if i == 1 {
+            js.delete_stream(streams::NOTIFICATIONS)
+                .await
+                .expect("removed");
+            js.create_stream(streams::notifications())
+                .await
+                .expect("made again");
+        }
+        let event = format!("web01:cpu_high:{i}:firing");
+        let f = failure(&event, channel);
+        record(&js, &f, &headers::notify_failed_msg_id(&event, channel)).await;
+        eventually(WAIT, "the failure stored", || async {
+            (rows(&pool).await.len() == i + 1).then_some(())
+        })
+        .await;
+    }
+    persister.stop().await;
+}
