@@ -121,6 +121,18 @@ pub fn forget_subject(subject: &str) -> Result<MachineId, Reject> {
     machine_token(subject, "sysmon.admin.forget.")
 }
 
+/// The machine and the channel of `sysmon.notify.failed.<machine>.<channel>`,
+/// both validated (a channel name has a machine id's characters).
+pub fn notify_failed_subject(subject: &str) -> Result<(MachineId, MachineId), Reject> {
+    let (machine, channel) = subject
+        .strip_prefix("sysmon.notify.failed.")
+        .and_then(|rest| rest.split_once('.'))
+        .filter(|(m, c)| !m.is_empty() && !c.is_empty() && !c.contains('.'))
+        .ok_or_else(|| Reject::Subject(truncated(subject)))?;
+    let id = |t: &str| MachineId::parse(t).map_err(|_| Reject::MachineId(truncated(t)));
+    Ok((id(machine)?, id(channel)?))
+}
+
 fn machine_token(subject: &str, prefix: &str) -> Result<MachineId, Reject> {
     let token = subject
         .strip_prefix(prefix)
@@ -253,6 +265,23 @@ mod tests {
         );
         let m = MachineId::parse("db_2").expect("id");
         assert_eq!(forget_subject(&crate::subjects::forget(&m)).expect("ok"), m);
+        let c = MachineId::parse("hook").expect("valid");
+        assert_eq!(
+            notify_failed_subject(&crate::subjects::notify_failed(&m, &c)).expect("ok"),
+            (m.clone(), c)
+        );
+        for bad in [
+            "sysmon.notify.failed.web01",
+            "sysmon.notify.failed.web01.",
+            "sysmon.notify.failed..hook",
+            "sysmon.notify.failed.web01.hook.x",
+            "sysmon.metrics.web01",
+        ] {
+            assert_eq!(
+                notify_failed_subject(bad).expect_err(bad).reason(),
+                "subject"
+            );
+        }
         assert_eq!(
             forget_subject("sysmon.admin.forget.a.b")
                 .expect_err("two")

@@ -41,6 +41,13 @@ pub fn alert_msg_id(
     }
 }
 
+/// The value of [`MSG_ID`] for the notifier's record that it gave up
+/// delivering alert event `event_id` (that event's Msg-Id) to `channel`:
+/// recorded again after a crash, it is the same message.
+pub fn notify_failed_msg_id(event_id: &str, channel: &str) -> String {
+    format!("{event_id}:{channel}:failed")
+}
+
 /// `firing`, `resolved`, `acknowledged` (as in the `alerts.state` column).
 pub fn alert_state_token(state: crate::v1::AlertState) -> &'static str {
     use crate::v1::AlertState;

@@ -17,6 +17,8 @@ pub const ALERTS: &str = "ALERTS";
 pub const PERSISTER_CONSUMER: &str = "persister";
 /// The persister's durable pull consumer on [`ALERTS`].
 pub const PERSISTER_ALERTS_CONSUMER: &str = "persister_alerts";
+/// The persister's durable pull consumer on [`NOTIFICATIONS`].
+pub const PERSISTER_NOTIFICATIONS_CONSUMER: &str = "persister_notifications";
 /// The alerter's durable pull consumer on [`METRICS`].
 pub const ALERTER_CONSUMER: &str = "alerter";
 /// KV bucket holding the alert rules, one key per rule name.
@@ -229,6 +231,22 @@ pub fn persister_alerts_consumer(ack_wait: Duration) -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         filter_subject: subjects::ALERTS_ALL.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The persister's consumer on NOTIFICATIONS: every failure the notifier
+/// recorded, into the `notification_failures` table.
+pub fn persister_notifications_consumer(ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(PERSISTER_NOTIFICATIONS_CONSUMER.to_owned()),
+        description: Some(
+            "sysmonstm-persister: notifications given up on into PostgreSQL".to_owned(),
+        ),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        filter_subject: subjects::NOTIFY_FAILED_ALL.to_owned(),
         ..Default::default()
     }
 }

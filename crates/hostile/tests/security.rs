@@ -57,9 +57,12 @@ enum Act {
     RecordNotifyFailure,
     /// Mark a notification delivered (the notifier's dedupe bucket).
     PutDelivered,
+    /// Bind the persister's durable consumer on NOTIFICATIONS (to store
+    /// the failures).
+    ReadNotifyFailures,
 }
 
-const ACTS: [Act; 10] = [
+const ACTS: [Act; 11] = [
     Act::SnapshotAsOther,
     Act::AlertEvent,
     Act::PutRule,
@@ -70,6 +73,7 @@ const ACTS: [Act; 10] = [
     Act::PutSilence,
     Act::RecordNotifyFailure,
     Act::PutDelivered,
+    Act::ReadNotifyFailures,
 ];
 
 /// The policy: who may do what. Everything not listed is refused.
@@ -77,15 +81,27 @@ fn allowed(role: &Role, act: Act) -> bool {
     use Act::*;
     match role {
         Role::Agent(_) => false,
-        Role::Persister => matches!(act, ReadAlerts),
-        Role::Alerter => matches!(act, AlertEvent | PutRule | PutAlertState | ReadAlerts),
-        Role::Gateway => matches!(act, PutRule | ReadAlerts),
+        // Every credential that reads JetStream may read the failures; the
+        // persister needs it to store them (it waits for the stream, it
+        // does not make it).
+        Role::Persister => matches!(act, ReadAlerts | ReadNotifyFailures),
+        Role::Alerter => matches!(
+            act,
+            AlertEvent | PutRule | PutAlertState | ReadAlerts | ReadNotifyFailures
+        ),
+        Role::Gateway => matches!(act, PutRule | ReadAlerts | ReadNotifyFailures),
         Role::Notifier => matches!(act, ReadAlerts | RecordNotifyFailure | PutDelivered),
         Role::Cli => matches!(
             act,
-            AlertEvent | PutRule | PutAlertState | PurgeStream | ReadAlerts | PutSilence
+            AlertEvent
+                | PutRule
+                | PutAlertState
+                | PurgeStream
+                | ReadAlerts
+                | PutSilence
+                | ReadNotifyFailures
         ),
-        Role::CliReadOnly => matches!(act, ReadAlerts),
+        Role::CliReadOnly => matches!(act, ReadAlerts | ReadNotifyFailures),
         // Issued by the edge's authority, never by the hub's (tests/edge.rs).
         Role::Leaf | Role::EdgeAdmin | Role::EdgeGateway => false,
         // Bench hubs only: it simulates a fleet (its doc says so).
@@ -113,6 +129,16 @@ async fn attempt(js: &jetstream::Context, act: Act) -> bool {
         Act::PutDelivered => {
             stored(js, &format!("$KV.{}.forged", streams::NOTIFIER_SENT_BUCKET)).await
         }
+        Act::ReadNotifyFailures => match js.get_stream(streams::NOTIFICATIONS).await {
+            Ok(s) => s
+                .get_or_create_consumer(
+                    streams::PERSISTER_NOTIFICATIONS_CONSUMER,
+                    streams::persister_notifications_consumer(Duration::from_secs(30)),
+                )
+                .await
+                .is_ok(),
+            Err(_) => false,
+        },
     }
 }
 

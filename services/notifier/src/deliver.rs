@@ -201,6 +201,7 @@ async fn to_channel(ctx: &Ctx, name: &str, evs: Vec<&Event>) -> Sent {
     if pending.is_empty() {
         return Sent::Done;
     }
+    let first_attempt_ms = now_ms();
     let (outcome, mark) = match send_with_retries(ctx, channel, &pending).await {
         Ok(()) => {
             ctx.counters.messages_sent.inc();
@@ -209,7 +210,7 @@ async fn to_channel(ctx: &Ctx, name: &str, evs: Vec<&Event>) -> Sent {
         Err(None) => return Sent::Interrupted,
         Err(Some((attempts, why))) => {
             for e in &pending {
-                record_failure(ctx, name, e, attempts, &why).await;
+                record_failure(ctx, name, e, (first_attempt_ms, attempts), &why).await;
             }
             (Sent::GaveUp, "failed")
         }
@@ -257,7 +258,9 @@ async fn send_with_retries(
     }
 }
 
-async fn record_failure(ctx: &Ctx, channel: &str, e: &Event, attempts: u32, why: &str) {
+/// `tried`: when the first attempt began (Unix ms) and how many there were.
+async fn record_failure(ctx: &Ctx, channel: &str, e: &Event, tried: (i64, u32), why: &str) {
+    let (first_attempt_ms, attempts) = tried;
     ctx.counters.gave_up.inc();
     tracing::error!(channel, event = %e.id, attempts, error = why, "notification given up");
     let (Ok(m), Ok(c)) = (
@@ -275,11 +278,12 @@ async fn record_failure(ctx: &Ctx, channel: &str, e: &Event, attempts: u32, why:
         attempts,
         error: why.chars().take(1000).collect(),
         timestamp_ms: now_ms(),
+        first_attempt_ms,
     };
     let mut h = HeaderMap::new();
     h.insert(
         headers::MSG_ID,
-        format!("{}:{channel}:failed", e.id).as_str(),
+        headers::notify_failed_msg_id(&e.id, channel).as_str(),
     );
     let res = async {
         ctx.js

@@ -294,6 +294,11 @@ async fn a_channel_that_always_fails_is_given_up_and_recorded_and_others_go_on()
     assert_eq!(rec.channel, "bad");
     assert_eq!(rec.attempts, 4);
     assert!(rec.error.contains("500"), "{}", rec.error);
+    // Four tries with back-off between them: the first began before the last.
+    assert!(
+        rec.first_attempt_ms > 0 && rec.first_attempt_ms < rec.timestamp_ms,
+        "{rec:?}"
+    );
     n.stop().await;
 }
 

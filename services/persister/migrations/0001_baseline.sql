@@ -11,8 +11,8 @@
 -- default auto) forces a path; `sysmonstm_persister::migrate_with` sets it
 -- from the persister's `storage` option. Readers never branch: the same
 -- names (metrics, metrics_fs … metrics_proc, metrics_1m, metrics_5m,
--- metrics_1h, sysmon_history, machines, alerts) answer the same queries on
--- both paths.
+-- metrics_1h, sysmon_history, machines, alerts, notification_failures)
+-- answer the same queries on both paths.
 --
 -- This baseline replaced the pre-release migrations 0001…0010 before the
 -- first release; a database they made is refused by the persister (it
@@ -434,6 +434,30 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_machine_ts ON alerts (machine_id, ts DESC);
 CREATE INDEX alerts_ts ON alerts (ts DESC);
 COMMENT ON TABLE alerts IS 'sysmonstm: every alert event from the ALERTS stream, once (msg_id)';
+
+-- Notifications the notifier gave up on (NOTIFICATIONS): one row per
+-- (alert event, channel), so a failure recorded again or redelivered adds
+-- nothing. A plain table on both paths, kept like `alerts` (no retention:
+-- a few rows per failed delivery). `error` is bounded here as well as by
+-- the persister, which cuts longer text.
+CREATE TABLE notification_failures (
+    event_id         text        NOT NULL,
+    channel          text        NOT NULL,
+    machine_id       text        NOT NULL,
+    rule             text        NOT NULL,
+    msg_id           text        NOT NULL,
+    attempts         bigint      NOT NULL CHECK (attempts >= 0),
+    error            text        NOT NULL DEFAULT '' CHECK (char_length(error) <= 1000),
+    first_attempt_at timestamptz,
+    last_attempt_at  timestamptz NOT NULL,
+    received_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, channel)
+);
+CREATE INDEX notification_failures_machine_ts
+    ON notification_failures (machine_id, last_attempt_at DESC);
+CREATE INDEX notification_failures_ts ON notification_failures (last_attempt_at DESC);
+COMMENT ON TABLE notification_failures IS
+    'sysmonstm: notifications the notifier gave up on (NOTIFICATIONS), once per (event, channel)';
 
 -- History of one metric of one machine, from the coarsest source that
 -- fits: raw up to 2 h, 1 min up to 3 days, 5 min up to 35 days, else 1 h;

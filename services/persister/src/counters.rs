@@ -44,6 +44,11 @@ pub struct Counters {
     pub machines_stored: IntCounter,
     pub alerts_stored: IntCounter,
     pub alerts_duplicates: IntCounter,
+    /// Notification failure records refused, by reason
+    /// ([`FAILURE_REASONS`](crate::notifications::FAILURE_REASONS)).
+    pub rejected_notification: IntCounterVec,
+    pub notification_failures_stored: IntCounter,
+    pub notification_failures_duplicates: IntCounter,
     /// Messages of METRICS not yet delivered to the persister consumer.
     pub consumer_lag: IntGauge,
     /// Delivered, not yet acknowledged.
@@ -93,6 +98,20 @@ impl Default for Counters {
             alerts_duplicates: c(
                 "alert_events_duplicate_total",
                 "Alert events already stored.",
+            ),
+            rejected_notification: r.counter_vec(
+                "notification_failures_rejected_total",
+                "Notification failure records (NOTIFICATIONS) refused for good (terminated), by reason.",
+                "reason",
+                &crate::notifications::FAILURE_REASONS,
+            ),
+            notification_failures_stored: c(
+                "notification_failures_stored_total",
+                "Notification failures newly written.",
+            ),
+            notification_failures_duplicates: c(
+                "notification_failures_duplicate_total",
+                "Notification failures already stored (recorded again or redelivered).",
             ),
             consumer_lag: r.gauge(
                 "consumer_pending_messages",

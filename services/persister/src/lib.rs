@@ -10,7 +10,7 @@
 //! the snapshot refused, which is terminated and counted like a rejection.
 //!
 //! Beside it run: MachineInfo into `machines`, alert events into `alerts`,
-//! storage maintenance (partitions, retention) and the `/metrics` endpoint.
+//! the notifier's failures into `notification_failures`, storage maintenance (partitions, retention) and the `/metrics` endpoint.
 
 pub mod alerts;
 pub mod config;
@@ -19,6 +19,7 @@ pub mod counters;
 pub mod decode;
 pub mod machines;
 pub mod maintenance;
+pub mod notifications;
 pub mod store;
 mod wire;
 
@@ -88,8 +89,8 @@ impl Persister {
             return Ok(());
         };
         // One connection per writer, and one each for MachineInfo, alerts,
-        // maintenance and the rollups' settling.
-        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 4;
+        // notification failures, maintenance and the rollups' settling.
+        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 5;
         let Some((pool, mode)) = store::connect(
             &cfg.database_url,
             cfg.storage,
@@ -138,7 +139,8 @@ impl Persister {
         Ok(())
     }
 
-    /// The tasks beside the main loop: MachineInfo, alerts, maintenance,
+    /// The tasks beside the main loop: MachineInfo, alerts, notification
+    /// failures, maintenance,
     /// the lag gauge, and on the plain path the rollups' settling.
     fn spawn_side(
         &self,
@@ -172,6 +174,15 @@ impl Persister {
                 Arc::clone(&self.counters),
                 ack_wait,
                 cfg.replicas,
+                max_backoff,
+                shutdown.clone(),
+            )),
+            tokio::spawn(notifications::run(
+                js.clone(),
+                pool.clone(),
+                Arc::clone(&self.counters),
+                ack_wait,
+                cfg.limits(),
                 max_backoff,
                 shutdown.clone(),
             )),

@@ -38,6 +38,16 @@ pub enum SchemaError {
          DATABASE_URL at a new database, or drop this one"
     )]
     Unrecorded(String),
+    /// Made by an earlier version of the baseline (before the first
+    /// release the baseline is edited in place, e.g. when a table is added):
+    /// sqlx sees its checksum differ. It cannot be upgraded either.
+    #[error(
+        "database {0:?} was created by an earlier pre-release version of the baseline migration \
+         (its checksum differs from this persister's) and cannot be upgraded; nothing was \
+         changed. Drop it (`DROP DATABASE {0}`) or point DATABASE_URL at a new database, and the \
+         persister creates the schema there"
+    )]
+    EarlierBaseline(String),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -47,7 +57,10 @@ pub enum SchemaError {
 impl SchemaError {
     /// Retrying cannot help: the database must be replaced first.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::PreRelease(_) | Self::Unrecorded(_))
+        matches!(
+            self,
+            Self::PreRelease(_) | Self::Unrecorded(_) | Self::EarlierBaseline(_)
+        )
     }
 }
 
@@ -71,7 +84,17 @@ pub async fn migrate_with(pool: &PgPool, storage: Storage) -> Result<(), SchemaE
         .connect_with(opts)
         .await?;
     let r = match check_origin(&one).await {
-        Ok(()) => MIGRATOR.run(&one).await.map_err(SchemaError::from),
+        // sqlx compares the recorded checksums before it runs anything.
+        Ok(()) => match MIGRATOR.run(&one).await {
+            Err(sqlx::migrate::MigrateError::VersionMismatch(1)) => {
+                let db: Result<String, _> = sqlx::query_scalar("SELECT current_database()::text")
+                    .fetch_one(&one)
+                    .await;
+                db.map_err(SchemaError::from)
+                    .and_then(|db| Err(SchemaError::EarlierBaseline(db)))
+            }
+            r => r.map_err(SchemaError::from),
+        },
         Err(e) => Err(e),
     };
     one.close().await;

@@ -228,3 +228,45 @@ async fn the_baseline_is_one_migration_and_runs_once() {
     .expect("columns");
     assert_eq!(arrays, ["cpu_per_core"]);
 }
+
+/// A database an earlier version of the baseline made (the baseline is
+/// edited in place before the first release, so its recorded checksum
+/// differs) is refused with what to do, unchanged, and the persister stops
+/// on it instead of retrying for ever.
+#[tokio::test]
+async fn a_database_of_an_earlier_baseline_is_refused_with_what_to_do() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    migrate_with(&pool, Storage::Plain).await.expect("migrates");
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&pool)
+        .await
+        .expect("an earlier checksum");
+    let err = migrate_with(&pool, Storage::Plain)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, SchemaError::EarlierBaseline(_)) && err.is_permanent(),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("DROP DATABASE"), "{err}");
+    let checksum: String = sqlx::query_scalar(
+        "SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("record");
+    assert_eq!(checksum, "00", "the record is as it was");
+
+    let nats = NatsServer::start();
+    let persister = spawn(config(&nats.url(), db.url()));
+    let ended = tokio::time::timeout(WAIT, persister.task)
+        .await
+        .expect("the persister stops instead of retrying")
+        .expect("task not panicked");
+    let err = ended.expect_err("run ends with an error");
+    assert!(
+        format!("{err:#}").contains("earlier pre-release version"),
+        "{err:#}"
+    );
+}
