@@ -315,3 +315,89 @@ async fn silences_held_are_bounded_and_invalid_ones_counted() {
     })
     .await;
 }
+
+/// The persister's schema, applied as the persister applies it.
+const BASELINE: &str = include_str!("../../persister/migrations/0001_baseline.sql");
+
+#[tokio::test]
+async fn a_stored_event_is_muted_when_a_silence_covered_it_at_its_time() {
+    use sqlx::ConnectOptions as _;
+    let env = env(true).await;
+    let db = env.db.as_ref().expect("database").url().to_owned();
+    let opts: sqlx::postgres::PgConnectOptions = db.parse().expect("database URL");
+    let mut conn = opts
+        .options([("sysmon.storage", "plain")])
+        .connect()
+        .await
+        .expect("connect");
+    sqlx::raw_sql(BASELINE)
+        .execute(&mut conn)
+        .await
+        .expect("the persister's migration");
+    // web-1 ten minutes ago (in the silence) and three hours ago (before
+    // it); db-1 ten minutes ago (another machine).
+    for (machine, ago, id) in [
+        ("web-1", "10 minutes", "in"),
+        ("web-1", "3 hours", "before"),
+        ("db-1", "10 minutes", "other"),
+    ] {
+        sqlx::query(
+            "INSERT INTO alerts (machine_id, rule, severity, state, metric, value, threshold, \
+                 since, ts, message, msg_id) \
+             VALUES ($1, 'cpu_high', 'critical', 'firing', 'cpu', 97.5, 90, \
+                     now() - $2::interval, now() - $2::interval, 'CPU above 90 %', $3)",
+        )
+        .bind(machine)
+        .bind(ago)
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .expect("stored alert");
+    }
+    let kv = sysmonstm_kit::jetstream::ensure_kv(&env.js, streams::silences_bucket())
+        .await
+        .expect("silences bucket");
+    let s = Silence {
+        starts_ms: now_ms() - 3_600_000,
+        ..silence("swap", "web-*", None, now_ms() + 3_600_000)
+    };
+    put(&kv, &s).await;
+    let (app, _shared, _running) = start(&env, env.config()).await;
+    let by_age = sysmonstm_testkit::eventually(WAIT, "the stored event marked", || async {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/api/alerts")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("router answers");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).ok()?;
+        let rows = v["alerts"].as_array()?.clone();
+        (rows.len() == 3 && rows.iter().any(|r| r["muted"] == true)).then_some(rows)
+    })
+    .await;
+    let find = |machine: &str, newest: bool| {
+        let mut rows: Vec<&Value> = by_age
+            .iter()
+            .filter(|r| r["machine_id"] == machine)
+            .collect();
+        rows.sort_by_key(|r| r["timestamp_ms"].as_i64());
+        if newest {
+            rows.last().copied()
+        } else {
+            rows.first().copied()
+        }
+        .cloned()
+        .expect("row")
+    };
+    let inside = find("web-1", true);
+    assert_eq!(inside["muted"], true, "{inside}");
+    assert_eq!(inside["silence"]["id"], "swap", "{inside}");
+    let before = find("web-1", false);
+    assert_eq!(before["muted"], false, "before the silence: {before}");
+    assert!(before.get("silence").is_none(), "{before}");
+    assert_eq!(find("db-1", true)["muted"], false);
+}
