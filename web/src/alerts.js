@@ -40,6 +40,15 @@ export class AlertsPanel {
   }
 
   onLive(a) {
+    // The same event sent again (re-marked when a silence comes or goes, or
+    // after a reconnect) replaces its row in place; a new one goes first.
+    const i = this.live.findIndex(
+      (x) => x.machine_id === a.machine_id && x.rule === a.rule && x.state === a.state && x.timestamp_ms === a.timestamp_ms
+    );
+    if (i >= 0) {
+      this.live[i] = a;
+      return;
+    }
     this.live.unshift(a);
     this.live = this.live.slice(0, 50);
   }
