@@ -4,8 +4,9 @@
 // gateway and three agents, and publishes a firing AlertEvent when this
 // script prints "waiting-for-alert" (it answers on stdin).
 //
-// It then prints "waiting-for-resolve" and the test publishes the alert's
-// resolution.
+// It then prints "waiting-for-silence" (the test puts a silence of that
+// alert in the silences bucket: it shows muted until the silence's end) and
+// "waiting-for-resolve" (the test publishes the alert's resolution).
 //
 // env: BASE_URL, CHROMIUM_BIN, SCREENSHOTS (dir), MACHINES (comma list),
 //      ALERT (machine:rule expected to fire), API_TOKEN (the gateway's token,
@@ -134,6 +135,20 @@ try {
   });
   check(fit.tableRight <= fit.panelRight && fit.cellsOutside === 0 && fit.spilling.length === 0, "the events table overflows its panel: " + JSON.stringify(fit));
   step("events table fits its panel: " + JSON.stringify(fit));
+
+  // A silence of the firing alert: still listed, greyed, "muted until
+  // HH:MM", not in the count of what needs a person; its event too.
+  console.log("waiting-for-silence");
+  await nextLine();
+  const mutedSel = `li.alert.muted[data-alert="${alertKey}"] .muted-badge`;
+  await page.waitForSelector(mutedSel, { timeout: WAIT });
+  const badge = await page.$eval(mutedSel, (e) => e.textContent.trim());
+  check(/^muted until (\d\d-\d\d )?\d\d:\d\d$/.test(badge), "muted badge reads " + JSON.stringify(badge));
+  await page.waitForSelector(`.recent tr.muted[data-alert="${alertKey}"][data-state="firing"] .muted-badge`, { timeout: WAIT });
+  const counts = await page.$$eval(".alerts h3 .count", (es) => es.map((e) => e.textContent));
+  check(counts[0] === "0" && counts[1] === "+1 muted", "firing counts with a muted alert: " + JSON.stringify(counts));
+  step("muted alert shown: " + badge + ", counts " + JSON.stringify(counts));
+  await page.screenshot({ path: join(shots, "overview-muted.png"), fullPage: true });
 
   // The alert resolves: it leaves "Firing now", its resolution is an event.
   console.log("waiting-for-resolve");

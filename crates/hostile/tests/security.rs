@@ -53,6 +53,9 @@ enum Act {
     ReadAlerts,
     /// Put a silence (which mutes notifications).
     PutSilence,
+    /// Watch the silences bucket (the notifier sends nothing for what a
+    /// silence covers; the gateway shows it muted).
+    ReadSilences,
     /// Record a notification failure on NOTIFICATIONS.
     RecordNotifyFailure,
     /// Mark a notification delivered (the notifier's dedupe bucket).
@@ -62,7 +65,7 @@ enum Act {
     ReadNotifyFailures,
 }
 
-const ACTS: [Act; 11] = [
+const ACTS: [Act; 12] = [
     Act::SnapshotAsOther,
     Act::AlertEvent,
     Act::PutRule,
@@ -71,6 +74,7 @@ const ACTS: [Act; 11] = [
     Act::DeleteStream,
     Act::ReadAlerts,
     Act::PutSilence,
+    Act::ReadSilences,
     Act::RecordNotifyFailure,
     Act::PutDelivered,
     Act::ReadNotifyFailures,
@@ -81,16 +85,22 @@ fn allowed(role: &Role, act: Act) -> bool {
     use Act::*;
     match role {
         Role::Agent(_) => false,
-        // Every credential that reads JetStream may read the failures; the
-        // persister needs it to store them (it waits for the stream, it
-        // does not make it).
-        Role::Persister => matches!(act, ReadAlerts | ReadNotifyFailures),
+        // Every credential that reads JetStream may read the failures and
+        // the silences; the persister needs the failures to store them (it
+        // waits for the stream, it does not make it).
+        Role::Persister => matches!(act, ReadAlerts | ReadNotifyFailures | ReadSilences),
         Role::Alerter => matches!(
             act,
-            AlertEvent | PutRule | PutAlertState | ReadAlerts | ReadNotifyFailures
+            AlertEvent | PutRule | PutAlertState | ReadAlerts | ReadNotifyFailures | ReadSilences
         ),
-        Role::Gateway => matches!(act, PutRule | ReadAlerts | ReadNotifyFailures),
-        Role::Notifier => matches!(act, ReadAlerts | RecordNotifyFailure | PutDelivered),
+        Role::Gateway => matches!(
+            act,
+            PutRule | ReadAlerts | ReadNotifyFailures | ReadSilences
+        ),
+        Role::Notifier => matches!(
+            act,
+            ReadAlerts | ReadSilences | RecordNotifyFailure | PutDelivered
+        ),
         Role::Cli => matches!(
             act,
             AlertEvent
@@ -100,8 +110,9 @@ fn allowed(role: &Role, act: Act) -> bool {
                 | ReadAlerts
                 | PutSilence
                 | ReadNotifyFailures
+                | ReadSilences
         ),
-        Role::CliReadOnly => matches!(act, ReadAlerts | ReadNotifyFailures),
+        Role::CliReadOnly => matches!(act, ReadAlerts | ReadNotifyFailures | ReadSilences),
         // Issued by the edge's authority, never by the hub's (tests/edge.rs).
         Role::Leaf | Role::EdgeAdmin | Role::EdgeGateway => false,
         // Bench hubs only: it simulates a fleet (its doc says so).
@@ -125,6 +136,7 @@ async fn attempt(js: &jetstream::Context, act: Act) -> bool {
         Act::DeleteStream => js.delete_stream("SCRATCH").await.is_ok(),
         Act::ReadAlerts => js.get_stream(streams::ALERTS).await.is_ok(),
         Act::PutSilence => stored(js, &format!("$KV.{}.forged", streams::SILENCES_BUCKET)).await,
+        Act::ReadSilences => read_silence(js).await,
         Act::RecordNotifyFailure => stored(js, "sysmon.notify.failed.victim.hook").await,
         Act::PutDelivered => {
             stored(js, &format!("$KV.{}.forged", streams::NOTIFIER_SENT_BUCKET)).await
@@ -141,6 +153,25 @@ async fn attempt(js: &jetstream::Context, act: Act) -> bool {
         },
     }
 }
+
+/// True when a watch of the silences bucket brings the silence put there
+/// before the checks (`SEEN_SILENCE`).
+async fn read_silence(js: &jetstream::Context) -> bool {
+    use futures::StreamExt as _;
+    let Ok(kv) = js.get_key_value(streams::SILENCES_BUCKET).await else {
+        return false;
+    };
+    let Ok(mut watch) = kv.watch_with_history(SEEN_SILENCE).await else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(REFUSED_AFTER, watch.next()).await,
+        Ok(Some(Ok(e))) if e.key == SEEN_SILENCE
+    )
+}
+
+/// The key of the silence every reader of the bucket should see.
+const SEEN_SILENCE: &str = "seen";
 
 async fn purge(js: &jetstream::Context) -> bool {
     match js.get_stream(streams::MACHINES).await {
@@ -212,6 +243,15 @@ async fn every_credential_may_do_what_its_role_needs_and_nothing_else() {
             .await
             .expect("the notifier creates its buckets");
     }
+    // A silence, put by the CLI as `silence add` puts one.
+    js_for(&url, &creds[4].1)
+        .await
+        .get_key_value(streams::SILENCES_BUCKET)
+        .await
+        .expect("the CLI opens the silences bucket")
+        .put(SEEN_SILENCE, "{}".into())
+        .await
+        .expect("the CLI puts a silence");
     alerter
         .create_stream(jetstream::stream::Config {
             name: "SCRATCH".into(),

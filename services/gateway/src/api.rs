@@ -283,13 +283,15 @@ pub async fn alerts(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
         .fetch_all(pool(&s)?)
         .await
         .map_err(|e| db_error(e, "state"))?;
-        let alerts: Vec<Value> = rows.iter().map(alert_row).collect();
+        let alerts: Vec<Value> = rows.iter().map(|r| alert_row(r, &s.silences)).collect();
         Ok(Json(json!({ "alerts": alerts })).into_response())
     }
     .await)
 }
 
-fn alert_row(r: &sqlx::postgres::PgRow) -> Value {
+/// A stored event, marked muted when a silence still in the bucket covered
+/// it at the event's time (as `sysmonstm alerts watch` marks it).
+fn alert_row(r: &sqlx::postgres::PgRow, silences: &crate::silences::Silences) -> Value {
     let ms = |c: &str| {
         r.try_get::<Option<DateTime<Utc>>, _>(c)
             .ok()
@@ -298,7 +300,12 @@ fn alert_row(r: &sqlx::postgres::PgRow) -> Value {
     };
     let text = |c: &str| r.try_get::<Option<String>, _>(c).ok().flatten();
     let num = |c: &str| r.try_get::<Option<f64>, _>(c).ok().flatten();
-    json!({
+    let silence = match (text("machine_id"), text("rule"), ms("ts")) {
+        (Some(m), Some(rule), Some(ts)) => silences.muting(&m, &rule, ts),
+        _ => None,
+    };
+    let mut row = json!({
+        "muted": silence.is_some(),
         "id": r.try_get::<i64, _>("id").ok(),
         "machine_id": text("machine_id"),
         "rule": text("rule"),
@@ -310,7 +317,11 @@ fn alert_row(r: &sqlx::postgres::PgRow) -> Value {
         "since_ms": ms("since"),
         "timestamp_ms": ms("ts"),
         "message": text("message"),
-    })
+    });
+    if let (Some(silence), Some(o)) = (silence, row.as_object_mut()) {
+        o.insert("silence".into(), json!(silence));
+    }
+    row
 }
 
 /// The latest event of every (machine, rule) seen on ALERTS: what is firing

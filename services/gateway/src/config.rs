@@ -112,6 +112,9 @@ pub struct GatewayConfig {
     /// gateway creates when it is first (MACHINES, ALERTS, the rules
     /// bucket): 1 to 5, 3 on a cluster. Applies when a stream is created.
     pub replicas: Replicas,
+    /// Silences held at once (1 ..= 100000, as the notifier's); more are
+    /// ignored and counted (`silences_refused_total{reason="max_silences"}`).
+    pub max_silences: usize,
     pub nats: NatsConfig,
 }
 
@@ -186,6 +189,7 @@ impl Default for GatewayConfig {
             http_requests_per_s: 20,
             http_burst: 100,
             replicas: Replicas::ONE,
+            max_silences: 10_000,
             nats: NatsConfig::default(),
         }
     }
@@ -248,6 +252,7 @@ impl GatewayConfig {
             1_000_000,
         )?;
         range("http_burst", self.http_burst, 1, 1_000_000)?;
+        range("max_silences", self.max_silences, 1, 100_000)?;
         crate::names::Names::new(&self.edge_machines)?;
         Ok(())
     }

@@ -154,6 +154,23 @@ pub struct Alert {
     pub message: String,
     /// 0 for the first firing event, 1, 2 … for reminders.
     pub repeat: u32,
+    /// A silence covers it, so no notification goes out: now for the
+    /// latest event of a rule (`/api/alerts/live`, `/ws`), at the event's
+    /// time for a stored one; never at the edge, which has no silences.
+    pub muted: bool,
+    /// The silence, when muted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silence: Option<Mute>,
+}
+
+/// The silence that mutes an alert, as the dashboard shows it (of several,
+/// the one that ends last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mute {
+    pub id: String,
+    pub comment: String,
+    /// Unix milliseconds.
+    pub ends_ms: i64,
 }
 
 fn percent(part: u64, whole: u64) -> Option<f64> {
@@ -361,6 +378,8 @@ pub fn alert(subject: &str, payload: &[u8], now_ms: i64, limits: &Limits) -> Res
         timestamp_ms: a.timestamp_ms,
         message: a.message,
         repeat: a.repeat,
+        muted: false,
+        silence: None,
     })
 }
 

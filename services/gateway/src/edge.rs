@@ -424,6 +424,8 @@ pub async fn alerts(s: &Shared, q: &AlertsQuery<'_>) -> Result<Value, ApiError> 
                 "since_ms": a.since_ms,
                 "timestamp_ms": a.timestamp_ms,
                 "message": a.message,
+                // No silences at the edge (the hub's bucket is not sourced).
+                "muted": false,
             })
         })
         .collect();

@@ -42,17 +42,26 @@ impl Kind {
     }
 }
 
-/// Starts the three feeds and the forget follower; they run until `shutdown`.
+/// Starts the three feeds, the forget follower and the silences follower;
+/// they run until `shutdown`.
 pub fn spawn(shared: &Arc<Shared>, shutdown: &CancellationToken) {
-    // Forget requests are the hub's: none reaches the edge, whose
-    // credential may not subscribe to them.
+    // Forget requests and silences are the hub's: neither reaches the edge,
+    // whose credential may not read them.
     if !shared.config.edge {
-        let shared = Arc::clone(shared);
-        let shutdown = shutdown.clone();
+        let s = Arc::clone(shared);
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = follow_forget(&shared) => {}
-                _ = shutdown.cancelled() => {}
+                _ = follow_forget(&s) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        let s = Arc::clone(shared);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::silences::follow(s) => {}
+                _ = stop.cancelled() => {}
             }
         });
     }
@@ -284,6 +293,7 @@ async fn follow_forget(shared: &Shared) {
 pub fn forget(shared: &Shared, machine: &str) {
     shared.latest.invalidate(machine);
     shared.info.invalidate(machine);
+    let _writing = shared.alert_writes.lock();
     let prefix = format!("{machine}:");
     let keys: Vec<String> = shared
         .alerts
@@ -322,7 +332,7 @@ fn fan_out_span(spans: &mut Vec<tracing::Span>, msg: &async_nats::Message) {
     }
 }
 
-fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {
+pub(crate) fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {
     #[derive(Serialize)]
     struct Frame<'a, T> {
         #[serde(rename = "type")]
@@ -337,13 +347,17 @@ fn frame<T: Serialize>(kind: &str, data: &T) -> Arc<str> {
 
 /// Decodes one message into the caches and onto the fan-out channel.
 fn apply(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) {
+    // An alert is compared, replaced and sent under `alert_writes`, so a
+    // re-marking by the silences can neither overwrite a newer event nor
+    // reach the clients after it.
+    let _writing = (kind == Kind::Alerts).then(|| shared.alert_writes.lock());
     if let Some(u) = decode(shared, kind, subject, payload) {
         send(shared, vec![u]);
     }
 }
 
 /// Puts a batch of updates on the fan-out channel.
-fn send(shared: &Shared, batch: Vec<Update>) {
+pub(crate) fn send(shared: &Shared, batch: Vec<Update>) {
     if !batch.is_empty() {
         // No receiver (no client) is not an error.
         let _ = shared.updates.send(Arc::from(batch));
@@ -419,6 +433,7 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                     return None;
                 }
                 let key = format!("{}:{}", alert.machine_id, alert.rule);
+                shared.silences.mark(&mut alert, now_ms);
                 // Last-per-subject replays one event per severity of a rule;
                 // keep the newest.
                 let newer = shared

@@ -28,6 +28,7 @@ pub mod names;
 pub mod params;
 pub mod rate;
 pub mod rules_edit;
+pub mod silences;
 pub mod state;
 pub mod ws;
 

@@ -88,6 +88,11 @@ pub struct Counters {
     pub ws_refused_rate: IntCounter,
     pub ws_subscribes_limited: IntCounter,
     pub rejected: Rejected,
+    /// Silences not held, by reason: `invalid` (not a valid silence) or
+    /// `max_silences` (that many were held).
+    pub silences_refused: IntCounterVec,
+    /// Silences held now (the bucket's, ended ones until their key goes).
+    pub silences: IntGauge,
     http_connections_open: IntGauge,
     http_connections_refused: IntCounter,
     cache_hit_ratio_latest: Gauge,
@@ -259,6 +264,13 @@ impl Default for Counters {
                     rejected("alert_events_rejected_total", "Alert events"),
                 ],
             },
+            silences_refused: r.counter_vec(
+                "silences_refused_total",
+                "Silences from the silences bucket not held, by reason.",
+                "reason",
+                &crate::silences::REFUSALS,
+            ),
+            silences: r.gauge("silences", "Silences held now (muting alerts shown)."),
             http_connections_open: r.gauge("http_connections_open", "HTTP connections open now."),
             http_connections_refused: c(
                 "http_connections_refused_total",
@@ -304,6 +316,12 @@ pub struct Shared {
     pub info: Cache<String, Arc<(Info, Arc<str>)>>,
     /// The latest event of each `machine:rule`.
     pub alerts: Cache<String, Arc<(Alert, Arc<str>)>>,
+    /// Held while an entry of `alerts` is read and replaced: the alerts feed
+    /// and the silences (which re-mark entries) must not overwrite each
+    /// other's newer entry.
+    pub alert_writes: std::sync::Mutex<()>,
+    /// The silences bucket, followed on the hub (empty at the edge).
+    pub silences: crate::silences::Silences,
     pub history: moka::future::Cache<HistoryKey, HistoryAnswer>,
     /// Batches of updates, in order of arrival.
     pub updates: broadcast::Sender<Arc<[Update]>>,
@@ -396,6 +414,8 @@ impl Shared {
                 |k: &String, a: &Arc<(Alert, Arc<str>)>| k.len() + 2 * a.1.len() + 256,
             )
             .build(),
+            alert_writes: std::sync::Mutex::new(()),
+            silences: Default::default(),
             history: moka::future::Cache::builder()
                 .max_capacity(max_bytes.max(1))
                 .weigher(move |_k: &HistoryKey, v: &HistoryAnswer| {

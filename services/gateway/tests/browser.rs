@@ -7,7 +7,8 @@
 //! the cards update with plausible numbers, the machine's facts match this
 //! machine, the live charts start from the stored minutes and label whole
 //! seconds, the history chart has the stored points, an alert published
-//! here as a real AlertEvent on ALERTS appears and then resolves, the
+//! here as a real AlertEvent on ALERTS appears, shows "muted until HH:MM"
+//! once a silence of it is in the silences bucket, and then resolves, the
 //! events table fits its panel, and the rules editor adds, changes and
 //! removes rules in the bucket. Screenshots go to `target/screenshots/`.
 
@@ -150,7 +151,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut published, mut resolved) = (false, false);
+    let (mut published, mut silenced, mut resolved) = (false, false, false);
     // The firing and its resolution share `since`: one alert.
     let since = chrono::Utc::now().timestamp_millis() - 30_000;
     while let Some(line) = tokio::time::timeout_at(deadline.into(), rx.recv())
@@ -161,6 +162,11 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
             publish_alert(&env, &alert_machine, &rule, since, v1::AlertState::Firing).await;
             writeln!(stdin, "published").expect("tell the driver");
             published = true;
+        }
+        if line == "waiting-for-silence" && published && !silenced {
+            put_silence(&env, &alert_machine, &rule).await;
+            writeln!(stdin, "silenced").expect("tell the driver");
+            silenced = true;
         }
         if line == "waiting-for-resolve" && published && !resolved {
             publish_alert(&env, &alert_machine, &rule, since, v1::AlertState::Resolved).await;
@@ -175,6 +181,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
         "browser test failed (screenshots in {shots:?}); gateway log:\n{logs}"
     );
     assert!(published, "the driver never asked for the alert");
+    assert!(silenced, "the driver never asked for a silence");
     assert!(resolved, "the driver never asked for the alert to resolve");
     // The editor wrote through the API into the bucket the alerter watches.
     let kv = env
@@ -195,6 +202,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
     for f in [
         "overview.png",
         "overview-alert.png",
+        "overview-muted.png",
         "machine.png",
         "rules.png",
     ] {
@@ -279,6 +287,27 @@ fn os_name() -> String {
         .find_map(|l| l.strip_prefix("NAME="))
         .map(|v| v.trim_matches('"').to_owned())
         .unwrap_or_default()
+}
+
+/// A silence of `rule` on `machine` for two hours, as `sysmonstm silence
+/// add` stores it.
+async fn put_silence(env: &common::Env, machine: &MachineId, rule: &MachineId) {
+    let kv = sysmonstm_kit::jetstream::ensure_kv(&env.js, streams::silences_bucket())
+        .await
+        .expect("silences bucket");
+    let now = chrono::Utc::now().timestamp_millis();
+    let s = sysmonstm_schemas::silence::Silence {
+        id: "browser-silence".into(),
+        machines: machine.to_string(),
+        rule: Some(rule.to_string()),
+        comment: "browser test".into(),
+        by: "browser.rs".into(),
+        starts_ms: now,
+        ends_ms: now + 2 * 3600 * 1000,
+    };
+    kv.put(&s.id, serde_json::to_vec(&s).expect("JSON").into())
+        .await
+        .expect("silence stored");
 }
 
 /// A real AlertEvent, as the alerter publishes it (subject, Msg-Id).

@@ -231,10 +231,13 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
     assert_eq!(a["machine_id"], "web-1", "{alerts}");
     assert_eq!(a["rule"], "cpu_high", "{alerts}");
     assert_eq!(a["state"], "firing", "{alerts}");
+    // No silences reach the edge: nothing is muted there.
+    assert_eq!(a["muted"], false, "{alerts}");
     let none = get_json(addr, "/api/alerts?state=resolved").await;
     assert_eq!(none["alerts"].as_array().map(Vec::len), Some(0), "{none}");
     let live = get_json(addr, "/api/alerts/live").await;
     assert_eq!(live["alerts"][0]["rule"], "cpu_high", "{live}");
+    assert_eq!(live["alerts"][0]["muted"], false, "{live}");
 
     // A range longer than the read budget: one sampled snapshot per step,
     // never more gets than steps.
