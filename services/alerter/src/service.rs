@@ -6,7 +6,7 @@
 //! each as the hub receives it; the durable consumer `alerter` gets it once
 //! the hub has stored it — with `sync_interval: always`, after an fsync that
 //! takes milliseconds, seconds on a busy disk. Whichever comes first is
-//! evaluated, the second is only acknowledged (newest timestamp per machine),
+//! evaluated, the second is only acknowledged (the latest per machine, [`Latest`]),
 //! so an alert does not wait for the disk, and the consumer still guarantees
 //! that every stored snapshot is seen: those the subscription missed while
 //! disconnected, and the backlog after a restart.
@@ -51,6 +51,35 @@ use sysmonstm_kit::telemetry;
 use sysmonstm_schemas::alert::Alert;
 use sysmonstm_schemas::rules::file as rules_file;
 use tracing::Instrument as _;
+
+/// What "already seen" is measured against, per machine: the highest seq
+/// and the latest time evaluated so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Latest {
+    seq: u64,
+    timestamp_ms: i64,
+}
+
+impl Latest {
+    /// Whether `self` (a snapshot) is new after `seen`: a higher seq than
+    /// any evaluated (the agent's seq only grows, across restarts too: so
+    /// also in the same millisecond, or after the agent's clock stepped
+    /// back), or a later time than any (an agent that lost its state dir
+    /// counts from 1 again). The same snapshot twice (subscription and
+    /// consumer), a retry of an older one and a spool replay are neither.
+    /// By time alone, the second of two snapshots taken in one millisecond
+    /// was never evaluated, and a clock stepped back silenced the machine's
+    /// rules until it caught up; by the last snapshot's (seq, time) pair, a
+    /// retry from before a clock step back was evaluated again.
+    fn is_new_after(&self, seen: &Latest) -> bool {
+        self.seq > seen.seq || self.timestamp_ms > seen.timestamp_ms
+    }
+
+    fn absorb(&mut self, other: &Latest) {
+        self.seq = self.seq.max(other.seq);
+        self.timestamp_ms = self.timestamp_ms.max(other.timestamp_ms);
+    }
+}
 
 pub struct Alerter {
     config: AlerterConfig,
@@ -196,7 +225,7 @@ impl Alerter {
         let mut live = js.client().subscribe(subjects::METRICS_ALL).await?;
         let mut forgets = js.client().subscribe(subjects::FORGET_ALL).await?;
         let mut snapshots = consumer.messages().await?;
-        let mut newest = std::collections::HashMap::<String, i64>::new();
+        let mut newest = std::collections::HashMap::<String, Latest>::new();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(rules = engine.rules().count(), restored, "alerter ready");
@@ -275,7 +304,7 @@ impl Alerter {
     async fn on_snapshot(
         &self,
         engine: &mut Engine,
-        newest: &mut std::collections::HashMap<String, i64>,
+        newest: &mut std::collections::HashMap<String, Latest>,
         (subject, payload, headers): (&str, &[u8], Option<&async_nats::HeaderMap>),
         via_consumer: bool,
         js: &jetstream::Context,
@@ -303,14 +332,18 @@ impl Alerter {
         // Each snapshot comes twice (subscription and consumer); an older
         // one after a newer (a backlog) would only turn the clock back. Only
         // accepted timestamps get here, so none is beyond the skew.
+        let this = Latest {
+            seq: snap.seq,
+            timestamp_ms: snap.timestamp_ms,
+        };
         match newest.get_mut(&snap.machine_id) {
-            Some(t) if *t >= snap.timestamp_ms => {
+            Some(seen) if !this.is_new_after(seen) => {
                 Counters::add(&c.snapshots_already_seen, 1);
                 return;
             }
-            Some(t) => *t = snap.timestamp_ms,
+            Some(seen) => seen.absorb(&this),
             None => {
-                newest.insert(snap.machine_id.clone(), snap.timestamp_ms);
+                newest.insert(snap.machine_id.clone(), this);
             }
         }
         if snap.timestamp_ms < now.saturating_sub(self.config.max_snapshot_age_ms()) {
@@ -338,7 +371,7 @@ impl Alerter {
     async fn retire(
         &self,
         engine: &mut Engine,
-        newest: &mut std::collections::HashMap<String, i64>,
+        newest: &mut std::collections::HashMap<String, Latest>,
         now: i64,
         js: &jetstream::Context,
         tx: &mpsc::Sender<InFlight>,
@@ -360,7 +393,7 @@ impl Alerter {
     async fn on_forget(
         &self,
         engine: &mut Engine,
-        newest: &mut std::collections::HashMap<String, i64>,
+        newest: &mut std::collections::HashMap<String, Latest>,
         msg: &async_nats::Message,
         js: &jetstream::Context,
         tx: &mpsc::Sender<InFlight>,

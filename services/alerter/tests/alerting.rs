@@ -238,6 +238,49 @@ async fn a_rule_changed_while_snapshots_flow_applies_without_restart() {
     alerter.stop().await;
 }
 
+/// Two snapshots of one machine in one millisecond, and one after its clock
+/// stepped back, are three snapshots: each is evaluated (the seq says which
+/// is later). Only the same snapshot again (its retry) is "already seen".
+#[tokio::test]
+async fn snapshots_in_one_millisecond_or_after_a_clock_step_back_are_each_evaluated() {
+    let nats = NatsServer::start_hub();
+    let js = js_for(&nats.url()).await;
+    let (rules, _) = setup(&js).await;
+    put_rule(
+        &rules,
+        &rule(r#"{"name":"cpu_high","metric":"cpu","threshold":99,"severity":"critical"}"#),
+    )
+    .await;
+    let alerter = spawn(config(&nats.url()));
+    ready(&js).await;
+    let mut web = Machine::new("web01").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .expect("clock");
+    let mut a = web.snapshot(10.0);
+    a.timestamp_ms = now;
+    let mut b = web.snapshot(10.0);
+    b.timestamp_ms = now;
+    let mut c = web.snapshot(10.0);
+    c.timestamp_ms = now - 3_000;
+    for s in [&a, &b, &c, &b] {
+        publish_snapshot(&js, s).await;
+    }
+    let counters = alerter.counters.clone();
+    eventually(WAIT, "the three stored snapshots delivered", || {
+        let c = counters.clone();
+        async move { (Counters::get(&c.snapshots_received) == 3).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        Counters::get(&counters.snapshots_evaluated),
+        3,
+        "same millisecond (seq 2) and clock stepped back (seq 3) are new snapshots"
+    );
+    alerter.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_machine_fires_on_the_timer_and_resolves_when_back() {
     let nats = NatsServer::start_hub();
