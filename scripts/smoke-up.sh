@@ -43,6 +43,7 @@ started=() # name=pid of everything a `just up` started, also what stopped since
 cleanup() {
   local p
   [ -z "${holder:-}" ] || kill "$holder" 2>/dev/null || true
+  [ -z "${watcher:-}" ] || kill "$watcher" 2>/dev/null || true
   if [ -d "$copy/.data/run" ]; then (cd "$copy" && timeout 120 just down >/dev/null 2>&1) || true; fi
   for p in "${started[@]}"; do runs "${p#*=}" && kill -9 "${p#*=}" 2>/dev/null; done
   rm -rf "$copy" "$copy".*.out "$copy".*.err
@@ -230,13 +231,18 @@ cli() { NATS_URL="nats://127.0.0.1:$SYSMON_HUB_PORT" NATS_CREDS="$copy/.data/cre
 cli rules set 'name="smoke_up" metric="processes" op=">=" threshold=1 severity="info"' >/dev/null \
   || fail "sysmonstm rules set"
 watch="$copy.watch.out"
-cli alerts watch --since 1h --json >"$watch" 2>"$copy.watch.err" &
+# Not through `cli`: a backgrounded function is a subshell, and killing it
+# left the `sysmonstm` it ran following for ever (seen after a CI run).
+NATS_URL="nats://127.0.0.1:$SYSMON_HUB_PORT" NATS_CREDS="$copy/.data/creds/users/cli.creds" \
+  "$bin/sysmonstm" alerts watch --since 1h --json >"$watch" 2>"$copy.watch.err" &
 watcher=$!
 until_ok 30 "alerts watch shows smoke_up firing" \
   python3 -c 'import json,sys; sys.exit(0 if any(e.get("rule") == "smoke_up" and e.get("state") == "firing" for e in map(json.loads, open(sys.argv[1]))) else 1)' "$watch"
 kill -0 "$watcher" 2>/dev/null || fail "alerts watch exited: $(cat "$copy.watch.err")"
 kill "$watcher"
 wait "$watcher" 2>/dev/null || true
+gone "$watcher" || fail "alerts watch (pid $watcher) is still running after it was stopped"
+watcher=
 say "alerts watch --since 1h --json: $(grep -c . "$watch") event(s), smoke_up firing"
 
 # 4. A second `up` changes nothing; one after the gateway died restarts it.
