@@ -17,7 +17,6 @@ mod common;
 use common::Proc;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +24,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use prost::Message as _;
 use serde_json::Value;
 use sysmonstm_schemas::v1;
+use sysmonstm_testkit::prom::{promtool_check, series};
 use sysmonstm_testkit::{NatsServer, TestDb, eventually};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -62,40 +62,6 @@ async fn http(addr: SocketAddr, method: &str, target: &str) -> Option<(u16, Stri
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
-}
-
-/// `promtool check metrics` (Debian's `prometheus` package, which `just test`
-/// installs) on an exposition: format and naming conventions.
-fn promtool_check(name: &str, text: &str) {
-    use std::io::Write as _;
-    let bin = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut child = Command::new(&bin)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); `just test` installs it"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics refuses the {name}'s /metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of one series in a Prometheus exposition.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn now_ms() -> i64 {

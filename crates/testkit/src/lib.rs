@@ -22,6 +22,7 @@ mod cluster;
 mod nats;
 mod pg;
 mod port;
+pub mod prom;
 pub mod snapshots;
 
 pub use cluster::NatsCluster;

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use sysmonstm_schemas::alert::EventKind;
+use sysmonstm_testkit::prom::{promtool_check, series};
 use sysmonstm_testkit::{NatsServer, eventually};
 
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -22,37 +23,6 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let status = out.get(9..12)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
-}
-
-fn series(text: &str, key: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    let bin = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut child = Command::new(&bin)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); `just test` installs it"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool refuses the notifier's /metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 struct Child(std::process::Child);
@@ -187,7 +157,7 @@ async fn the_binary_survives_garbage_counts_it_and_still_delivers() {
         Some(0.0),
         "no garbage became a silence"
     );
-    promtool_check(&text);
+    promtool_check("notifier", &text);
     // Everything it took was acknowledged or terminated.
     all_acked(&js).await;
 }
