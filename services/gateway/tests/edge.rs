@@ -225,8 +225,13 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
     assert_eq!(h["max"][19], 40.0, "{h}");
     assert_eq!(h["ts"][0], t0 + 5_000, "{h}");
 
-    // Alerts from the edge's ALERTS.
-    let alerts = get_json(addr, "/api/alerts").await;
+    // Alerts from the edge's ALERTS, once the edge has sourced the event
+    // (it crosses the leaf link after the hub stored it).
+    let alerts = eventually(WAIT, "the alert event at the edge", || async move {
+        let alerts = get_json(addr, "/api/alerts").await;
+        (alerts["alerts"][0]["machine_id"] == "web-1").then_some(alerts)
+    })
+    .await;
     let a = &alerts["alerts"][0];
     assert_eq!(a["machine_id"], "web-1", "{alerts}");
     assert_eq!(a["rule"], "cpu_high", "{alerts}");
