@@ -5,8 +5,13 @@ use crate::MachineId;
 /// Root of all sysmonstm subjects.
 pub const ROOT: &str = "sysmon";
 
-/// Snapshots of every machine (stream METRICS binds this).
+/// Snapshots of every machine, as agents publish them (stream METRICS binds
+/// this when it is not split into partitions: [`crate::streams::Partitions`]).
 pub const METRICS_ALL: &str = "sysmon.metrics.*";
+/// Every snapshot as subscribers see it: published (`sysmon.metrics.<m>`),
+/// or as the hub's account maps it to a partition
+/// (`sysmon.metrics.<p>.<m>`). Live subscriptions use this.
+pub const METRICS_LIVE: &str = "sysmon.metrics.>";
 /// Machine facts of every machine.
 pub const INFO_ALL: &str = "sysmon.info.*";
 /// Alert events of every severity, machine and rule (stream ALERTS binds this).
@@ -106,11 +111,22 @@ pub fn parse_alert(subject: &str) -> Option<(&str, &str, &str)> {
     Some((sev, machine, rule))
 }
 
-/// The machine a metrics subject belongs to, if it is one.
+/// The machine a metrics subject belongs to, if it is one: as published
+/// (`sysmon.metrics.<m>`) or mapped to a partition (`sysmon.metrics.<p>.<m>`,
+/// `p` a partition number).
 pub fn machine_of_metrics(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix("sysmon.metrics.")
-        .filter(|rest| !rest.is_empty() && !rest.contains('.'))
+    let rest = subject.strip_prefix("sysmon.metrics.")?;
+    let machine = match rest.split_once('.') {
+        None => rest,
+        Some((p, m)) => {
+            let partition = !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+            if !partition {
+                return None;
+            }
+            m
+        }
+    };
+    (!machine.is_empty() && !machine.contains('.')).then_some(machine)
 }
 
 /// Every reply inbox under the default prefix (services and the CLI).
@@ -134,6 +150,10 @@ mod tests {
         assert_eq!(machine_of_metrics(&metrics(&m)), Some("web01"));
         assert_eq!(machine_of_metrics("sysmon.metrics."), None);
         assert_eq!(machine_of_metrics("sysmon.metrics.a.b"), None);
+        assert_eq!(machine_of_metrics("sysmon.metrics.3.web01"), Some("web01"));
+        assert_eq!(machine_of_metrics("sysmon.metrics.3."), None);
+        assert_eq!(machine_of_metrics("sysmon.metrics.3.a.b"), None);
+        assert_eq!(machine_of_metrics("sysmon.metrics.1234.a"), None);
         assert_eq!(machine_of_metrics("sysmon.info.web01"), None);
         assert_eq!(forget(&m), "sysmon.admin.forget.web01");
         assert_eq!(notify_failed(&m, &m), "sysmon.notify.failed.web01.web01");

@@ -429,13 +429,21 @@ where
     hub_streams(hub_url, c).await;
     leaf_link_up(edge_monitor).await;
     let admin = jetstream::new(connect(edge_url, &c.edge_admin, None).await);
-    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default())
-        .await
-        .expect("edge streams");
+    sysmonstm_kit::jetstream::ensure_edge_streams(
+        &admin,
+        &streams::EdgeLimits::default(),
+        streams::Partitions::ONE,
+    )
+    .await
+    .expect("edge streams");
     // A second setup is harmless and keeps the hub as the source.
-    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default())
-        .await
-        .expect("edge streams again");
+    sysmonstm_kit::jetstream::ensure_edge_streams(
+        &admin,
+        &streams::EdgeLimits::default(),
+        streams::Partitions::ONE,
+    )
+    .await
+    .expect("edge streams again");
     let mut m = admin
         .get_stream(streams::METRICS)
         .await
@@ -836,9 +844,13 @@ async fn linked(c: &Creds) -> (NatsServer, NatsServer) {
     hub_streams(&hub.url(), c).await;
     leaf_link_up(&monitor).await;
     let admin = jetstream::new(connect(&edge.url(), &c.edge_admin, None).await);
-    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default())
-        .await
-        .expect("edge streams");
+    sysmonstm_kit::jetstream::ensure_edge_streams(
+        &admin,
+        &streams::EdgeLimits::default(),
+        streams::Partitions::ONE,
+    )
+    .await
+    .expect("edge streams");
     let (id, path) = &c.agents[0];
     let js =
         jetstream::new(connect(&hub.url(), path, Some(&subjects::agent_inbox_prefix(id))).await);

@@ -190,7 +190,14 @@ impl Role {
             Self::Agent(m) => match MachineId::parse(m) {
                 Ok(id) => (
                     Permission {
-                        allow: vec![subjects::metrics(&id), subjects::info(&id)],
+                        // The hub checks a publish against the subject after
+                        // its account mapped it to a METRICS partition
+                        // (`sysmon.metrics.<p>.<m>`), so both forms.
+                        allow: vec![
+                            subjects::metrics(&id),
+                            format!("sysmon.metrics.*.{id}"),
+                            subjects::info(&id),
+                        ],
                         deny: Vec::new(),
                     },
                     Permission {
@@ -227,7 +234,7 @@ impl Role {
                 ])),
                 allow(&join(&[
                     &inbox,
-                    &[subjects::METRICS_ALL, subjects::FORGET_ALL],
+                    &[subjects::METRICS_LIVE, subjects::FORGET_ALL],
                 ])),
             ),
             // The gateway answers forget requests too.
@@ -239,7 +246,7 @@ impl Role {
                 ])),
                 allow(&join(&[
                     &inbox,
-                    &[subjects::METRICS_ALL, subjects::FORGET_ALL],
+                    &[subjects::METRICS_LIVE, subjects::FORGET_ALL],
                 ])),
             ),
             Self::Notifier => {
@@ -292,7 +299,7 @@ impl Role {
             // change, nothing towards the hub.
             Self::EdgeGateway => (allow(EDGE_READ), allow(&inbox)),
             Self::Loadgen => (
-                allow(&[subjects::METRICS_ALL, subjects::INFO_ALL]),
+                allow(&[subjects::METRICS_LIVE, subjects::INFO_ALL]),
                 allow(&inbox),
             ),
         }
@@ -377,6 +384,7 @@ pub struct Authority {
     account: KeyPair,
     signing: KeyPair,
     issued: Vec<Issued>,
+    partitions: streams::Partitions,
 }
 
 impl std::fmt::Debug for Authority {
@@ -392,6 +400,9 @@ impl std::fmt::Debug for Authority {
 const SEEDS: [&str; 4] = ["operator.nk", "system.nk", "sysmon.nk", "sysmon-signing.nk"];
 /// Holds `edge` in an edge authority's directory; absent for the hub's.
 const DOMAIN_FILE: &str = "domain";
+/// Holds the hub's METRICS partition count when it is not 1
+/// (`sysmonstm creds partitions`); the account JWT maps subjects by it.
+const PARTITIONS_FILE: &str = "metrics-partitions";
 
 fn now_s() -> i64 {
     std::time::SystemTime::now()
@@ -456,6 +467,7 @@ impl Authority {
             account: KeyPair::new_account(),
             signing: KeyPair::new_account(),
             issued: Vec::new(),
+            partitions: streams::Partitions::ONE,
         };
         for (file, kp) in SEEDS
             .iter()
@@ -502,6 +514,16 @@ impl Authority {
             }
             Err(_) => Domain::Hub,
         };
+        let partitions_path = dir.join(PARTITIONS_FILE);
+        let partitions = match std::fs::read_to_string(&partitions_path) {
+            Ok(t) => t
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| e.to_string())
+                .and_then(|n| streams::Partitions::new(n).map_err(|e| e.to_string()))
+                .map_err(|e| CredsError::Damaged(partitions_path, e))?,
+            Err(_) => streams::Partitions::ONE,
+        };
         Ok(Self {
             dir: dir.to_owned(),
             domain,
@@ -510,6 +532,7 @@ impl Authority {
             account,
             signing,
             issued,
+            partitions,
         })
     }
 
@@ -528,6 +551,30 @@ impl Authority {
 
     pub fn domain(&self) -> Domain {
         self.domain
+    }
+
+    /// How many partitions the account maps METRICS subjects into.
+    pub fn partitions(&self) -> streams::Partitions {
+        self.partitions
+    }
+
+    /// Maps METRICS subjects into `partitions` from now on: rewrites the
+    /// account JWT in `resolver.conf` (a hub reload applies it). Every
+    /// service reading METRICS must be given the same count. Only the hub's
+    /// authority maps; an edge's refuses.
+    pub fn set_partitions(&mut self, partitions: streams::Partitions) -> Result<(), CredsError> {
+        if self.domain != Domain::Hub {
+            return Err(CredsError::Damaged(
+                self.dir.clone(),
+                "METRICS partitions are the hub's: this is an edge authority".into(),
+            ));
+        }
+        self.partitions = partitions;
+        write_secret(
+            &self.dir.join(PARTITIONS_FILE),
+            &format!("{}\n", partitions.get()),
+        )?;
+        self.save()
     }
 
     /// The SYSMON account's public key (a leaf remote's `account`).
@@ -681,6 +728,19 @@ impl Authority {
                 limits: AccountLimits::open(true),
                 signing_keys: vec![self.signing.public_key()],
                 revocations,
+                mappings: self
+                    .partitions
+                    .mapping()
+                    .map(|(from, to)| {
+                        BTreeMap::from([(
+                            from,
+                            vec![jwt::WeightedMapping {
+                                subject: to,
+                                weight: 100,
+                            }],
+                        )])
+                    })
+                    .unwrap_or_default(),
             },
         };
         Ok(jwt::encode(claims, &self.operator)?)
@@ -771,6 +831,7 @@ impl Authority {
                     limits: AccountLimits::open(false),
                     signing_keys: Vec::new(),
                     revocations: BTreeMap::new(),
+                    mappings: BTreeMap::new(),
                 },
             },
             &self.operator,
@@ -892,7 +953,11 @@ mod tests {
         let claims: Claims<UserNats> = jwt::decode(jwt_text).expect("verifies");
         assert_eq!(
             claims.nats.publish.allow,
-            ["sysmon.metrics.web-1", "sysmon.info.web-1"]
+            [
+                "sysmon.metrics.web-1",
+                "sysmon.metrics.*.web-1",
+                "sysmon.info.web-1"
+            ]
         );
         assert_eq!(claims.nats.subscribe.allow, ["_INBOX_web-1.>"]);
         assert_eq!(claims.nats.issuer_account, a.account_public_key());

@@ -155,8 +155,9 @@ pub async fn ensure_alerts_on(
 pub async fn ensure_edge_streams(
     js: &jetstream::Context,
     limits: &streams::EdgeLimits,
+    partitions: streams::Partitions,
 ) -> Result<(), JetStreamError> {
-    for cfg in streams::edge_streams(limits) {
+    for cfg in streams::edge_streams(limits, partitions) {
         let name = cfg.name.clone();
         let setup = |why: String| JetStreamError::Setup {
             what: format!("the edge stream {name}"),
@@ -184,6 +185,64 @@ pub async fn ensure_edge_streams(
         }
     }
     Ok(())
+}
+
+/// Opens every METRICS stream (one per partition, partition 0 first),
+/// creating a missing one with `limits` on `replicas` servers. Logs when an
+/// existing one has other replicas than configured.
+pub async fn ensure_metrics(
+    js: &jetstream::Context,
+    partitions: streams::Partitions,
+    replicas: Replicas,
+    limits: &streams::MetricsLimits,
+) -> Result<Vec<jetstream::stream::Stream>, JetStreamError> {
+    let mut out = Vec::with_capacity(partitions.get());
+    for cfg in partitions.configs(limits) {
+        let name = cfg.name.clone();
+        let s = js
+            .get_or_create_stream(replicas.stream(cfg))
+            .await
+            .map_err(|e| JetStreamError::Setup {
+                what: name,
+                why: e.to_string(),
+            })?;
+        replicas.check(s.cached_info());
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Opens every METRICS stream, none created (their retention is the
+/// persister's to set): an error while one is missing.
+pub async fn metrics_streams(
+    js: &jetstream::Context,
+    partitions: streams::Partitions,
+) -> Result<Vec<jetstream::stream::Stream>, JetStreamError> {
+    let mut out = Vec::with_capacity(partitions.get());
+    for name in partitions.names() {
+        let s = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| JetStreamError::Setup {
+                what: name,
+                why: e.to_string(),
+            })?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// The last snapshot of every machine, from every METRICS partition, as
+/// (subject as stored, payload).
+pub async fn last_snapshots(
+    js: &jetstream::Context,
+    partitions: streams::Partitions,
+) -> Result<Vec<(String, bytes::Bytes)>, JetStreamError> {
+    let mut out = Vec::new();
+    for p in 0..partitions.get() {
+        out.extend(last_per_subject(js, &partitions.name(p), &partitions.filter(p)).await?);
+    }
+    Ok(out)
 }
 
 /// Opens a KV bucket, creating it with `config` if it does not exist.

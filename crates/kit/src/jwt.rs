@@ -112,6 +112,16 @@ pub struct AccountNats {
     /// User public key → Unix seconds: users issued at or before are refused.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub revocations: BTreeMap<String, i64>,
+    /// Subject mappings of the account: source → destinations by weight.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub mappings: BTreeMap<String, Vec<WeightedMapping>>,
+}
+
+/// One destination of a subject mapping; weights of a source add up to 100.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WeightedMapping {
+    pub subject: String,
+    pub weight: u8,
 }
 
 /// Subjects allowed and denied for publish or subscribe.

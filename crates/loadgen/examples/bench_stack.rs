@@ -377,7 +377,12 @@ async fn run() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default()).await?;
+    sysmonstm_kit::jetstream::ensure_edge_streams(
+        &admin,
+        &streams::EdgeLimits::default(),
+        streams::Partitions::ONE,
+    )
+    .await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));

@@ -26,7 +26,7 @@ pub mod prom;
 pub mod snapshots;
 
 pub use cluster::NatsCluster;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, partition_mapping};
 pub use pg::{PgCluster, TEST_DATABASE_URL, TestDb, refresh_rollups};
 pub use port::{PortHold, free_port};
 pub use snapshots::RealSnapshots;

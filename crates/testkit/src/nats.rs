@@ -69,6 +69,13 @@ impl NatsServer {
         })
     }
 
+    /// A hub (`sync_interval: always`) whose global account maps METRICS
+    /// subjects into `partitions`, as `sysmonstm creds partitions` makes the
+    /// hub's account do in operator mode.
+    pub fn start_partitioned(partitions: sysmonstm_schemas::streams::Partitions) -> Self {
+        Self::start_with("sync_interval: always", &partition_mapping(partitions))
+    }
+
     /// A server configured as the hub ships (`nats/hub.conf`: its name,
     /// JetStream domain, limits and `sync_interval`), for benchmarks whose
     /// figures must hold for the hub as shipped. Only its listen address,
@@ -317,5 +324,14 @@ fn log_since(log: &Path, from: u64) -> String {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The config line that maps METRICS subjects into `partitions` in the
+/// global account of a server without operator mode (empty for one).
+pub fn partition_mapping(partitions: sysmonstm_schemas::streams::Partitions) -> String {
+    match partitions.mapping() {
+        Some((from, to)) => format!("mappings = {{ {from:?}: {to:?} }}\n"),
+        None => String::new(),
     }
 }

@@ -55,6 +55,17 @@ pub enum CredsCommand {
         #[arg(long, default_value = "nats-leaf://127.0.0.1:7422")]
         url: String,
     },
+    /// Split the hub's METRICS into N partition streams (1 to 16; 1 is one
+    /// stream): the account maps each machine's snapshots to its partition.
+    /// Reload the hub, and give every service the same
+    /// `metrics_partitions` (SYSMON_METRICS_PARTITIONS) before any snapshot
+    /// is published under the new count.
+    Partitions {
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=16))]
+        n: u64,
+        #[arg(long, env = "SYSMON_CREDS_DIR", default_value = ".data/creds")]
+        dir: PathBuf,
+    },
     /// Revoke what was issued under NAME (as `list` shows it, e.g.
     /// `agent-web-1`); servers refuse it after a config reload.
     Revoke {
@@ -183,6 +194,27 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
                 .issue(role)
                 .map_err(input)?;
             println!("{}", path.display());
+        }
+        CredsCommand::Partitions { n, dir } => {
+            let partitions = sysmonstm_schemas::streams::Partitions::new(n)
+                .map_err(|e| InvalidInput(e.to_string()))?;
+            let mut a = Authority::open(&dir).map_err(input)?;
+            if a.domain() != Domain::Hub {
+                return Err(InvalidInput(format!(
+                    "{} holds an edge authority; partitions are the hub's",
+                    dir.display()
+                ))
+                .into());
+            }
+            a.set_partitions(partitions).map_err(input)?;
+            println!(
+                "METRICS is split into {n} partition(s) in {}",
+                dir.join("resolver.conf").display()
+            );
+            eprintln!(
+                "reload the hub (nats-server --signal reload), then run every service with \
+                 SYSMON_METRICS_PARTITIONS={n}"
+            );
         }
         CredsCommand::Revoke { name, dir } => {
             let mut a = Authority::open(&dir).map_err(input)?;

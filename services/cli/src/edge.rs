@@ -22,12 +22,23 @@ pub enum EdgeCommand {
         /// METRICS at the edge drops its oldest beyond this many MiB.
         #[arg(long, default_value_t = 2048)]
         max_mb: u32,
+        /// How many partitions the hub's METRICS is split into (the hub's
+        /// `metrics_partitions`); the edge's one METRICS sources them all.
+        #[arg(long, env = "SYSMON_METRICS_PARTITIONS", default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..=u64::from(streams::Partitions::MAX)))]
+        metrics_partitions: u64,
     },
 }
 
 pub async fn run(js: &async_nats::jetstream::Context, cmd: EdgeCommand) -> anyhow::Result<()> {
     match cmd {
-        EdgeCommand::Setup { max_age, max_mb } => {
+        EdgeCommand::Setup {
+            max_age,
+            max_mb,
+            metrics_partitions,
+        } => {
+            let partitions = streams::Partitions::new(metrics_partitions)
+                .map_err(|e| InvalidInput(format!("--metrics-partitions: {e}")))?;
             let max_age =
                 parse_duration(&max_age).map_err(|e| InvalidInput(format!("--max-age: {e}")))?;
             if max_age < Duration::from_secs(60) {
@@ -40,10 +51,15 @@ pub async fn run(js: &async_nats::jetstream::Context, cmd: EdgeCommand) -> anyho
                 max_age,
                 max_bytes: i64::from(max_mb) * 1024 * 1024,
             };
-            sysmonstm_kit::jetstream::ensure_edge_streams(js, &limits).await?;
+            sysmonstm_kit::jetstream::ensure_edge_streams(js, &limits, partitions).await?;
             for name in streams::EDGE_SOURCED {
+                let sources = if name == streams::METRICS {
+                    partitions.names().join(", ")
+                } else {
+                    name.to_owned()
+                };
                 println!(
-                    "edge stream {name}: sources {name} in domain {}",
+                    "edge stream {name}: sources {sources} in domain {}",
                     streams::HUB_DOMAIN
                 );
             }

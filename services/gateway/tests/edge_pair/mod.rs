@@ -111,9 +111,13 @@ impl EdgePair {
         })
         .await;
         let admin = jetstream::new(connect(&edge.url(), &edge_admin, None).await);
-        sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default())
-            .await
-            .expect("edge streams");
+        sysmonstm_kit::jetstream::ensure_edge_streams(
+            &admin,
+            &streams::EdgeLimits::default(),
+            streams::Partitions::ONE,
+        )
+        .await
+        .expect("edge streams");
         Self {
             hub,
             edge,
