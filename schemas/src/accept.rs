@@ -106,9 +106,13 @@ pub fn payload_size(len: usize, limits: &Limits) -> Result<(), Reject> {
     Ok(())
 }
 
-/// The machine of `sysmon.metrics.<machine>`, validated.
+/// The machine of `sysmon.metrics.<machine>`, or of
+/// `sysmon.metrics.<p>.<machine>` as the hub's account maps it to METRICS
+/// partition `p` (`streams::Partitions`), validated.
 pub fn metrics_subject(subject: &str) -> Result<MachineId, Reject> {
-    machine_token(subject, "sysmon.metrics.")
+    let token = crate::subjects::machine_of_metrics(subject)
+        .ok_or_else(|| Reject::Subject(truncated(subject)))?;
+    MachineId::parse(token).map_err(|_| Reject::MachineId(truncated(token)))
 }
 
 /// The machine of `sysmon.info.<machine>`, validated.
@@ -249,12 +253,21 @@ mod tests {
             (&format!("sysmon.metrics.{long}")[..], "machine_id"),
             ("sysmon.metrics.", "subject"),
             ("sysmon.metrics.a.b", "subject"),
+            ("sysmon.metrics.3.a.b", "subject"),
+            ("sysmon.metrics.3.UPPER", "machine_id"),
             ("sysmon.info.a", "subject"),
         ] {
             let e = snapshot(subject, fields("x", NOW, 1000), NOW, &l).expect_err(subject);
             assert_eq!(e.reason(), reason, "{subject}: {e}");
             assert!(e.to_string().len() < 200, "error text is bounded: {e}");
         }
+        // As the hub's account maps it to METRICS partition 3.
+        assert_eq!(
+            metrics_subject("sysmon.metrics.3.web-1")
+                .expect("mapped")
+                .as_str(),
+            "web-1"
+        );
         assert_eq!(
             info_subject("sysmon.info.db_2").expect("ok").as_str(),
             "db_2"

@@ -86,6 +86,12 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// How many partitions the hub's METRICS is split into (the hub's
+        /// `metrics_partitions`, `sysmonstm creds partitions N`): snapshots
+        /// are read from, and purged in, `METRICS_<p>`.
+        #[arg(long, env = "SYSMON_METRICS_PARTITIONS", default_value_t = 1, global = true,
+              value_parser = clap::value_parser!(u64).range(1..=u64::from(sysmonstm_schemas::streams::Partitions::MAX)))]
+        metrics_partitions: u64,
         #[command(subcommand)]
         command: Option<machines::MachinesCommand>,
     },
@@ -110,6 +116,13 @@ enum Command {
         #[command(subcommand)]
         command: creds::CredsCommand,
     },
+}
+
+/// `--metrics-partitions` as the contract's count (exit code 2 when out of
+/// range; clap has checked it already).
+fn partitions(n: u64) -> anyhow::Result<sysmonstm_schemas::streams::Partitions> {
+    Ok(sysmonstm_schemas::streams::Partitions::new(n)
+        .map_err(|e| InvalidInput(format!("--metrics-partitions: {e}")))?)
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -148,9 +161,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules { command } => rules::run(&js, command).await,
         Command::Machines {
             command: Some(command),
+            metrics_partitions,
             ..
-        } => machines::run_command(&js, command).await,
-        Command::Machines { json, .. } => machines::run(&js, json).await,
+        } => machines::run_command(&js, command, partitions(metrics_partitions)?).await,
+        Command::Machines {
+            json,
+            metrics_partitions,
+            ..
+        } => machines::run(&js, json, partitions(metrics_partitions)?).await,
         Command::Edge { command } => edge::run(&js, command).await,
         Command::Silence { command } => silence::run(&js, command).await,
         Command::Notify { command } => notify::run(&js, command).await,

@@ -1,16 +1,17 @@
 //! `sysmonstm machines`: each machine's facts (MACHINES) and its latest
-//! snapshot (METRICS), both read last-per-subject, so the cost does not grow
-//! with history.
+//! snapshot (METRICS, every partition of it: `--metrics-partitions`), both
+//! read last-per-subject, so the cost does not grow with history.
 //!
 //! `sysmonstm machines forget <id>` removes a machine everywhere it is kept:
 //! it asks the running services (`sysmon.admin.forget.<id>`: the alerter
 //! drops it from memory, resolves its firing alerts and deletes its states;
 //! the persister deletes its `machines` row; the gateway drops it from its
 //! caches and from every dashboard) and gathers their answers, then
-//! purges its subject from METRICS and MACHINES and its keys from the alert
-//! state bucket, so that no service brings it back at its next start. Its
-//! history (rows in `metrics`, events in ALERTS) stays. A machine whose agent
-//! still runs comes back with its next snapshot.
+//! purges its subject from METRICS (its partition's stream) and MACHINES
+//! and its keys from the alert state bucket, so that no service brings it
+//! back at its next start. Its history (rows in `metrics`, events in ALERTS)
+//! stays. A machine whose agent still runs comes back with its next
+//! snapshot.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,8 @@ use clap::Subcommand;
 use futures::StreamExt as _;
 use prost::Message as _;
 use serde::Serialize;
-use sysmonstm_kit::jetstream::{ensure_kv, last_per_subject};
+use sysmonstm_kit::jetstream::{ensure_kv, last_per_subject, last_snapshots};
+use sysmonstm_schemas::streams::Partitions;
 use sysmonstm_schemas::{MachineId, accept, streams, subjects, v1};
 
 use crate::{InvalidInput, print};
@@ -63,17 +65,26 @@ impl MachinesCommand {
     }
 }
 
-pub async fn run_command(js: &jetstream::Context, cmd: MachinesCommand) -> anyhow::Result<()> {
+pub async fn run_command(
+    js: &jetstream::Context,
+    cmd: MachinesCommand,
+    parts: Partitions,
+) -> anyhow::Result<()> {
     match cmd {
         MachinesCommand::Forget { machine, wait_ms } => {
             let m = MachineId::parse(&machine)
                 .map_err(|e| InvalidInput(format!("machine {machine:?}: {e}")))?;
-            forget(js, &m, Duration::from_millis(wait_ms.min(60_000))).await
+            forget(js, &m, Duration::from_millis(wait_ms.min(60_000)), parts).await
         }
     }
 }
 
-async fn forget(js: &jetstream::Context, m: &MachineId, wait: Duration) -> anyhow::Result<()> {
+async fn forget(
+    js: &jetstream::Context,
+    m: &MachineId,
+    wait: Duration,
+    parts: Partitions,
+) -> anyhow::Result<()> {
     // The running services first, so that what they still hold in flight
     // is dropped before the streams are purged.
     let client = js.client();
@@ -101,8 +112,8 @@ async fn forget(js: &jetstream::Context, m: &MachineId, wait: Duration) -> anyho
             None => println!("{s}: no answer (not running?); what it keeps is removed below"),
         }
     }
-    let purge = |stream: &'static str, filter: String| async move {
-        match js.get_stream(stream).await {
+    let purge = |stream: String, filter: String| async move {
+        match js.get_stream(&stream).await {
             Ok(s) => s
                 .purge()
                 .filter(filter)
@@ -112,9 +123,13 @@ async fn forget(js: &jetstream::Context, m: &MachineId, wait: Duration) -> anyho
             Err(_) => Ok(0),
         }
     };
-    let snapshots = purge(streams::METRICS, subjects::metrics(m)).await?;
-    println!("METRICS: {snapshots} snapshots of {m} purged");
-    let facts = purge(streams::MACHINES, subjects::info(m)).await?;
+    // Its snapshots are in its partition's stream, under the subject the
+    // hub's account mapped them to (`METRICS` and `sysmon.metrics.<m>`
+    // when not split).
+    let metrics = parts.stream_of(m.as_str());
+    let snapshots = purge(metrics.clone(), parts.subject_of(m)).await?;
+    println!("{metrics}: {snapshots} snapshots of {m} purged");
+    let facts = purge(streams::MACHINES.to_owned(), subjects::info(m)).await?;
     println!("MACHINES: {facts} facts of {m} purged");
     let kv = ensure_kv(js, streams::alert_state_bucket()).await?;
     let states = kv
@@ -147,7 +162,7 @@ struct Row {
     load1: Option<f64>,
 }
 
-pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
+pub async fn run(js: &jetstream::Context, json: bool, parts: Partitions) -> anyhow::Result<()> {
     let mut infos: BTreeMap<String, v1::MachineInfo> = BTreeMap::new();
     // Only what `schemas::accept` takes from a subject: a valid machine id
     // whose payload is its own (anyone can publish a made-up token).
@@ -164,7 +179,8 @@ pub async fn run(js: &jetstream::Context, json: bool) -> anyhow::Result<()> {
         }
     }
     let mut snaps: BTreeMap<String, v1::Snapshot> = BTreeMap::new();
-    for (subject, p) in last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await? {
+    // The last snapshot of each machine from every partition of METRICS.
+    for (subject, p) in last_snapshots(js, parts).await? {
         match (
             accept::metrics_subject(&subject),
             v1::Snapshot::decode(p.as_ref()),

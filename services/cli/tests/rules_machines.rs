@@ -158,3 +158,87 @@ async fn machines_leaves_out_made_up_tokens_and_payloads_of_other_machines() {
     assert_eq!(rows[0]["machine"], "web01");
     assert!(err.contains("3 subjects left out"), "{err}");
 }
+
+/// METRICS split into four partitions (the hub's account maps each
+/// machine's subject into `METRICS_<p>`): `machines` lists a machine of
+/// every partition, and `machines forget` purges the machine's snapshots
+/// from its partition's stream and nothing of the others'.
+#[tokio::test]
+async fn machines_and_forget_work_on_every_partition_of_metrics() {
+    let parts = streams::Partitions::new(4).expect("4");
+    let nats = NatsServer::start_partitioned(parts);
+    let url = nats.url();
+    let js = jetstream::new(async_nats::connect(&url).await.expect("connect"));
+    let metrics = sysmonstm_kit::jetstream::ensure_metrics(
+        &js,
+        parts,
+        sysmonstm_kit::jetstream::Replicas::ONE,
+        &streams::MetricsLimits {
+            max_bytes: 256 * 1024 * 1024,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("METRICS partitions");
+    js.get_or_create_stream(streams::machines())
+        .await
+        .expect("MACHINES");
+    let mut ids = Vec::new();
+    for p in 0..parts.get() {
+        let name = (0..1000)
+            .map(|i| format!("host-{i}"))
+            .find(|n| parts.of(n) == p)
+            .expect("a machine in every partition");
+        let mut m = Machine::new(&name).await;
+        m.publish(&js, 10.0).await;
+        m.publish(&js, 20.0).await;
+        ids.push(m.id.clone());
+    }
+    let listed = |out: &str| -> Vec<String> {
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["status"] == "online" && r["cpu"] == 20.0)
+            .filter_map(|r| r["machine"].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut all: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    all.sort();
+    let (code, out, err) = run(&url, &["machines", "--json", "--metrics-partitions", "4"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&out), all, "{out}");
+
+    // The count from the environment, as every service takes it.
+    let gone = &ids[2];
+    let out = cli(&url)
+        .env("SYSMON_METRICS_PARTITIONS", "4")
+        .args(["machines", "forget", gone.as_str(), "--wait-ms", "0"])
+        .output()
+        .await
+        .expect("run sysmonstm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("METRICS_2: 2 snapshots of {gone} purged")),
+        "{text}"
+    );
+    for (p, s) in metrics.into_iter().enumerate() {
+        let mut s = s;
+        let n = s.info().await.expect("info").state.messages;
+        assert_eq!(n, if p == 2 { 0 } else { 2 }, "METRICS_{p}");
+    }
+    let (code, out, err) = run(&url, &["machines", "--json", "--metrics-partitions", "4"]).await;
+    assert_eq!(code, 0, "{err}");
+    all.retain(|m| m != gone.as_str());
+    assert_eq!(listed(&out), all, "{out}");
+
+    let (code, _, err) = run(&url, &["machines", "--metrics-partitions", "17"]).await;
+    assert_eq!(code, 2, "{err}");
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
-use sysmonstm_schemas::accept;
+use sysmonstm_schemas::{accept, streams};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -115,6 +115,12 @@ pub struct GatewayConfig {
     /// Silences held at once (1 ..= 100000, as the notifier's); more are
     /// ignored and counted (`silences_refused_total{reason="max_silences"}`).
     pub max_silences: usize,
+    /// How many streams the hub's METRICS is split into (1 to 16, the hub
+    /// account's `sysmonstm creds partitions N`; 1 is the single stream
+    /// `METRICS`). The hub gateway reads the latest snapshot of every
+    /// machine from each `METRICS_<p>`; the edge gateway reads a machine's
+    /// history under the subject its partition stores it as.
+    pub metrics_partitions: streams::Partitions,
     pub nats: NatsConfig,
 }
 
@@ -190,6 +196,7 @@ impl Default for GatewayConfig {
             http_burst: 100,
             replicas: Replicas::ONE,
             max_silences: 10_000,
+            metrics_partitions: streams::Partitions::ONE,
             nats: NatsConfig::default(),
         }
     }
@@ -321,6 +328,31 @@ mod tests {
             !format!("{cfg:?}").contains("1234567890123456789"),
             "the token is printed"
         );
+    }
+
+    #[test]
+    fn metrics_partitions_load_from_the_file_and_a_bad_count_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("gateway.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).expect("write");
+            sysmonstm_kit::config::load::<GatewayConfig>(Some(&file), "SYSMON_GWTEST_NONE_")
+        };
+        assert_eq!(
+            load("").expect("loads").metrics_partitions,
+            streams::Partitions::ONE
+        );
+        assert_eq!(
+            load("metrics_partitions = 4\n")
+                .expect("loads")
+                .metrics_partitions
+                .get(),
+            4
+        );
+        for bad in ["0", "17", "-1"] {
+            let e = load(&format!("metrics_partitions = {bad}\n")).expect_err(bad);
+            assert!(e.to_string().contains("metrics_partitions"), "{bad}: {e}");
+        }
     }
 
     #[test]

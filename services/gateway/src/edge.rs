@@ -115,7 +115,8 @@ pub async fn history(s: &Shared, public: &MachineId, hq: &HistoryQuery) -> Resul
         return Err(ApiError::not_found(format!("no machine {public}")));
     };
     let real = MachineId::parse(&real).map_err(|_| ApiError::not_found("no such machine"))?;
-    let subject = subjects::metrics(&real);
+    // The edge's METRICS keeps the subjects of the hub's partitions.
+    let subject = s.config.metrics_partitions.subject_of(&real);
     let from_ms = hq.from.timestamp_millis();
     // `to` is inclusive at the hub; one past it here.
     let to_ms = hq.to.timestamp_millis().saturating_add(1);

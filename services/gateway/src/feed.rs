@@ -98,13 +98,15 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
         return follow_edge(shared, kind, backoff).await;
     }
     // METRICS carries the persister's retention settings, so only the
-    // persister creates it; the parameter-free MACHINES and ALERTS may be
-    // created by whoever needs them first (contract).
+    // persister creates it (each of its partitions); the parameter-free
+    // MACHINES and ALERTS may be created by whoever needs them first
+    // (contract).
     let (stream, filter) = match kind {
-        Kind::Metrics => (
-            js.get_stream(streams::METRICS).await?,
-            subjects::METRICS_ALL,
-        ),
+        Kind::Metrics => {
+            let parts = shared.config.metrics_partitions;
+            let streams = sysmonstm_kit::jetstream::metrics_streams(js, parts).await?;
+            return follow_metrics(shared, &streams, backoff).await;
+        }
         Kind::Machines => (
             js.get_or_create_stream(shared.config.replicas.stream(streams::machines()))
                 .await?,
@@ -116,9 +118,6 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
             subjects::ALERTS_ALL,
         ),
     };
-    if kind == Kind::Metrics {
-        return follow_metrics(shared, &stream, backoff).await;
-    }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: filter.to_owned(),
@@ -142,10 +141,13 @@ async fn follow_once(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
 /// message of every subject first (every machine seen in the retained
 /// window: its latest snapshot, facts and alert events), then each new one
 /// as the edge stores it. The streams are made by `sysmonstm edge setup`;
-/// until they exist the feed waits (the edge gateway creates nothing).
+/// until they exist the feed waits (the edge gateway creates nothing). The
+/// edge's one METRICS sources every partition of the hub's and keeps their
+/// subjects, `sysmon.metrics.<p>.<m>` when the hub's is split: its filter
+/// takes both forms.
 async fn follow_edge(shared: &Shared, kind: Kind, backoff: &mut Duration) -> anyhow::Result<()> {
     let (name, filter) = match kind {
-        Kind::Metrics => (streams::METRICS, subjects::METRICS_ALL),
+        Kind::Metrics => (streams::METRICS, subjects::METRICS_LIVE),
         Kind::Machines => (streams::MACHINES, subjects::INFO_ALL),
         Kind::Alerts => (streams::ALERTS, subjects::ALERTS_ALL),
     };
@@ -185,38 +187,32 @@ async fn follow_edge(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
     Ok(())
 }
 
-/// Snapshots: the latest of every machine from the stream, then live ones
-/// from a plain subscription to `sysmon.metrics.>`. A consumer delivers a
+/// Snapshots: the latest of every machine from the streams (every
+/// partition of METRICS, read side by side), then live ones from a plain
+/// subscription to `sysmon.metrics.>`, which sees a snapshot as published
+/// (`sysmon.metrics.<m>`) and as the hub's account maps it to its partition
+/// (`sysmon.metrics.<p>.<m>`). A consumer delivers a
 /// message only once the hub has stored it — with `sync_interval: always`,
 /// after an fsync that takes milliseconds, or far longer on a busy disk —
 /// while a subscriber gets it as the hub receives it. The live view needs no
 /// more: what it misses while disconnected is replaced by the next snapshot
 /// a second later, and what is stored is the persister's business. The
-/// subscription is made before the stream is read, so nothing falls in
+/// subscription is made before the streams are read, so nothing falls in
 /// between; [`apply`] keeps the newer of two snapshots of a machine.
 async fn follow_metrics(
     shared: &Shared,
-    stream: &jetstream::stream::Stream,
+    streams: &[jetstream::stream::Stream],
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let mut live = shared.js.client().subscribe(subjects::METRICS_ALL).await?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subjects::METRICS_ALL.to_owned(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await?;
-    if consumer.cached_info().num_pending > 0 {
-        let mut latest = consumer.messages().await?;
-        while let Some(msg) = latest.next().await {
-            let msg = msg?;
-            apply(shared, Kind::Metrics, msg.subject.as_str(), &msg.payload);
-            if msg.info().map_or(true, |i| i.pending == 0) {
-                break;
-            }
-        }
-    }
+    let mut live = shared.js.client().subscribe(subjects::METRICS_LIVE).await?;
+    let parts = shared.config.metrics_partitions;
+    futures::future::try_join_all(
+        streams
+            .iter()
+            .enumerate()
+            .map(|(p, stream)| latest_of(shared, stream, parts.filter(p))),
+    )
+    .await?;
     tracing::info!(kind = ?Kind::Metrics, "following");
     *backoff = Duration::from_millis(100);
     // Snapshots of many machines arrive in bursts: what is already there
@@ -251,6 +247,33 @@ async fn follow_metrics(
             }
         }
         send(shared, batch);
+    }
+    Ok(())
+}
+
+/// The last snapshot of every machine in one METRICS stream (`filter`: the
+/// subjects it binds), into the caches.
+async fn latest_of(
+    shared: &Shared,
+    stream: &jetstream::stream::Stream,
+    filter: String,
+) -> anyhow::Result<()> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.cached_info().num_pending > 0 {
+        let mut latest = consumer.messages().await?;
+        while let Some(msg) = latest.next().await {
+            let msg = msg?;
+            apply(shared, Kind::Metrics, msg.subject.as_str(), &msg.payload);
+            if msg.info().map_or(true, |i| i.pending == 0) {
+                break;
+            }
+        }
     }
     Ok(())
 }

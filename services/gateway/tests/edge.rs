@@ -258,6 +258,66 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
     assert_eq!(h["avg"][4], 10.0, "{h}");
 }
 
+/// The hub's METRICS split into four partitions: the edge's one METRICS
+/// sources them all and keeps their subjects (`sysmon.metrics.<p>.<m>`),
+/// and the edge gateway at `metrics_partitions = 4` shows a machine of
+/// every partition, its history (read whole and sampled, under its
+/// partition's subject) and its next snapshot live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_reads_every_partition_of_the_hubs_metrics() {
+    let parts = sysmonstm_schemas::streams::Partitions::new(4).expect("4");
+    let mut pair = EdgePair::start_partitioned(parts).await;
+    let machines: Vec<String> = (0..parts.get())
+        .map(|p| {
+            (0..1000)
+                .map(|i| format!("host-{i}"))
+                .find(|n| parts.of(n) == p)
+                .expect("a machine in every partition")
+        })
+        .collect();
+    let t0 = now_ms() - 100_000;
+    for (k, m) in machines.iter().enumerate() {
+        for seq in 1..=5u64 {
+            let cpu = (k * 10) as f32 + seq as f32;
+            pair.snapshot(m, seq, t0 + (seq as i64) * 5_000, cpu).await;
+        }
+    }
+    let edge = serve(pair.gateway_config()).await;
+    let addr = edge.addr;
+    for m in &machines {
+        machine_at(addr, m, 5).await;
+    }
+    let (from, to) = (t0, t0 + 100_000);
+    for (k, m) in machines.iter().enumerate() {
+        let path = format!("/api/machines/{m}/history?metric=cpu&from={from}&to={to}");
+        let h = get_json(addr, &path).await;
+        assert_eq!(h["resolution"], "raw", "{m}: {h}");
+        assert_eq!(h["points"], 5, "{m}: {h}");
+        assert_eq!(h["avg"][0], (k * 10 + 1) as f64, "{m}: {h}");
+        assert_eq!(h["ts"][4], t0 + 25_000, "{m}: {h}");
+    }
+    let sampled = serve(GatewayConfig {
+        edge_max_read: 2,
+        ..pair.gateway_config()
+    })
+    .await;
+    let m = &machines[3];
+    machine_at(sampled.addr, m, 5).await;
+    let h = get_json(
+        sampled.addr,
+        &format!("/api/machines/{m}/history?metric=cpu&from={from}&to={to}"),
+    )
+    .await;
+    assert_eq!(h["resolution"], "sampled", "{h}");
+    assert_eq!(h["points"], 5, "each stored snapshot once: {h}");
+    assert_eq!(h["max"][4], 35.0, "{h}");
+
+    let mut client = ws(addr).await;
+    ws_until(&mut client, "the latest of a machine", summary_of(m, 5)).await;
+    pair.snapshot(m, 6, now_ms(), 50.0).await;
+    ws_until(&mut client, "its next snapshot, live", summary_of(m, 6)).await;
+}
+
 /// The routes of the hub's gateway, read from its router, with their
 /// parameters filled in, and paths no route serves.
 fn every_path() -> Vec<String> {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Agent, WAIT, env, publish_snapshot, wait_latest};
+use common::{Agent, WAIT, env, env_partitioned, publish_snapshot, wait_latest};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use sysmonstm_gateway::{Gateway, GatewayConfig};
@@ -775,4 +775,69 @@ async fn a_forgotten_machine_leaves_the_caches_and_every_client() {
     assert!(!matches!(bad, Ok(Ok(_))), "an invalid forget was answered");
     assert!(reqwest_like(addr, "/api/machines").await.contains("kept-1"));
     drop(k);
+}
+
+/// METRICS split into four partitions (the hub's account maps a machine's
+/// `sysmon.metrics.<m>` to `sysmon.metrics.<p>.<m>`, stream `METRICS_<p>`
+/// stores it) and the gateway at `metrics_partitions = 4`: the latest
+/// snapshot of a machine in every partition is found at start, and each
+/// one's next snapshot reaches a WebSocket client live.
+#[tokio::test]
+async fn every_partition_of_metrics_is_read_and_followed_live() {
+    let parts = sysmonstm_schemas::streams::Partitions::new(4).expect("4");
+    let env = env_partitioned(parts).await;
+    // One machine in each partition.
+    let mut agents = Vec::new();
+    for p in 0..parts.get() {
+        let name = (0..1000)
+            .map(|i| format!("host-{i}"))
+            .find(|n| parts.of(n) == p)
+            .expect("a machine in every partition");
+        let mut a = Agent::new(&name).await;
+        a.publish(&env.js).await;
+        a.publish(&env.js).await;
+        agents.push(a);
+    }
+    for name in parts.names() {
+        let mut s = env.js.get_stream(&name).await.expect("partition stream");
+        let n = s.info().await.expect("info").state.messages;
+        assert_eq!(n, 2, "{name} holds its machine's two snapshots");
+    }
+    // The gateway starts after the snapshots: it finds them in the streams.
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let ids: Vec<String> = agents.iter().map(|a| a.id.to_string()).collect();
+    sysmonstm_testkit::eventually(WAIT, "every partition's machine listed", || async {
+        let (_, body) = reqwest_body(addr, "/api/machines").await;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let mut listed: Vec<(String, u64)> = v["machines"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m["machine_id"].as_str()?.to_owned(),
+                    m["latest"]["seq"].as_u64()?,
+                ))
+            })
+            .collect();
+        listed.sort();
+        let mut want: Vec<(String, u64)> = ids.iter().map(|i| (i.clone(), 2)).collect();
+        want.sort();
+        (listed == want).then_some(())
+    })
+    .await;
+
+    let mut ws = connect(addr).await;
+    for a in &mut agents {
+        let live = a.publish(&env.js).await;
+        let id = a.id.to_string();
+        until(&mut ws, &format!("live summary of {id}"), |u| {
+            is(u, "summary", &id, live.seq)
+        })
+        .await;
+    }
+    assert_eq!(
+        counter(addr, "sysmonstm_gateway_decode_errors_total").await,
+        0
+    );
 }

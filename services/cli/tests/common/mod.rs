@@ -38,6 +38,7 @@ pub fn cli(url: &str) -> Command {
         .env_remove("NATS_NKEY")
         .env_remove("NATS_USER")
         .env_remove("NATS_TOKEN")
+        .env_remove("SYSMON_METRICS_PARTITIONS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,6 +17,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Env {
     pub nats: NatsServer,
+    /// METRICS' partitions on this hub (the gateway's `metrics_partitions`).
+    pub parts: streams::Partitions,
     pub js: jetstream::Context,
     pub db: Option<TestDb>,
     pub shutdown: CancellationToken,
@@ -47,6 +49,39 @@ pub async fn env(with_db: bool) -> Env {
     js.get_or_create_stream(streams::metrics(&limits()))
         .await
         .expect("METRICS");
+    finish(nats, js, streams::Partitions::ONE, with_db).await
+}
+
+/// A hub whose account maps METRICS subjects into `parts` partitions, with
+/// their streams (`METRICS_0` …) and MACHINES as the persister creates them.
+pub async fn env_partitioned(parts: streams::Partitions) -> Env {
+    sysmonstm_kit::telemetry::init_for_tests();
+    let nats = NatsServer::start_partitioned(parts);
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to test nats");
+    let js = jetstream::new(client);
+    // Test servers have 4 GB of file store: a small METRICS in all.
+    sysmonstm_kit::jetstream::ensure_metrics(
+        &js,
+        parts,
+        sysmonstm_kit::jetstream::Replicas::ONE,
+        &streams::MetricsLimits {
+            max_bytes: 256 * 1024 * 1024,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("METRICS partitions");
+    finish(nats, js, parts, false).await
+}
+
+async fn finish(
+    nats: NatsServer,
+    js: jetstream::Context,
+    parts: streams::Partitions,
+    with_db: bool,
+) -> Env {
     js.get_or_create_stream(streams::machines())
         .await
         .expect("MACHINES");
@@ -57,6 +92,7 @@ pub async fn env(with_db: bool) -> Env {
     };
     Env {
         nats,
+        parts,
         js,
         db,
         shutdown: CancellationToken::new(),
@@ -74,6 +110,7 @@ impl Env {
                 // A port nothing listens on: the pool is lazy, so only the
                 // endpoints that need the database notice.
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:9/none".into()),
+            metrics_partitions: self.parts,
             ..GatewayConfig::default()
         };
         cfg.nats.servers = vec![self.nats.url()];

@@ -23,6 +23,9 @@ pub struct EdgePair {
     pub edge: NatsServer,
     /// The edge gateway's credential (`creds service edge-gateway`).
     pub edge_gateway: PathBuf,
+    /// METRICS' partitions at the hub (the edge gateway's
+    /// `metrics_partitions`).
+    pub parts: streams::Partitions,
     hub_auth: Authority,
     alerter: jetstream::Context,
     agents: std::collections::HashMap<String, jetstream::Context>,
@@ -58,9 +61,19 @@ impl EdgePair {
     /// Both servers, the link up, the hub's streams and the edge's sourcing
     /// ones made.
     pub async fn start() -> Self {
+        Self::start_partitioned(streams::Partitions::ONE).await
+    }
+
+    /// As [`EdgePair::start`], with the hub's METRICS split into `parts`
+    /// (`sysmonstm creds partitions`, the persister's `ensure_metrics`,
+    /// `sysmonstm edge setup --metrics-partitions`).
+    pub async fn start_partitioned(parts: streams::Partitions) -> Self {
         sysmonstm_kit::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut hub_auth = Authority::init(&dir.path().join("hub")).expect("hub authority");
+        if parts.is_split() {
+            hub_auth.set_partitions(parts).expect("partitions");
+        }
         let mut edge_auth =
             Authority::init_for(&dir.path().join("edge"), Domain::Edge).expect("edge authority");
         let leaf = edge_auth.issue(Role::Leaf).expect("leaf");
@@ -89,12 +102,12 @@ impl EdgePair {
             ),
         );
         let p = jetstream::new(connect(&hub.url(), &persister, None).await);
-        p.create_stream(streams::metrics(&streams::MetricsLimits {
+        for cfg in parts.configs(&streams::MetricsLimits {
             max_bytes: 256 << 20,
             ..Default::default()
-        }))
-        .await
-        .expect("METRICS");
+        }) {
+            p.create_stream(cfg).await.expect("METRICS");
+        }
         p.create_stream(streams::machines())
             .await
             .expect("MACHINES");
@@ -114,7 +127,7 @@ impl EdgePair {
         sysmonstm_kit::jetstream::ensure_edge_streams(
             &admin,
             &streams::EdgeLimits::default(),
-            streams::Partitions::ONE,
+            parts,
         )
         .await
         .expect("edge streams");
@@ -122,6 +135,7 @@ impl EdgePair {
             hub,
             edge,
             edge_gateway,
+            parts,
             hub_auth,
             alerter,
             agents: Default::default(),
@@ -248,6 +262,7 @@ impl EdgePair {
             edge: true,
             // Nothing listens there; the edge must never try.
             database_url: "postgres://postgres@127.0.0.1:9/none".into(),
+            metrics_partitions: self.parts,
             ..Default::default()
         };
         cfg.nats.servers = vec![self.edge.url()];
