@@ -57,9 +57,9 @@ pub enum CredsCommand {
     },
     /// Split the hub's METRICS into N partition streams (1 to 16; 1 is one
     /// stream): the account maps each machine's snapshots to its partition.
-    /// Reload the hub, and give every service the same
-    /// `metrics_partitions` (SYSMON_METRICS_PARTITIONS) before any snapshot
-    /// is published under the new count.
+    /// Reload the hub, and give every service that reads METRICS the same
+    /// `metrics_partitions` (SYSMON_<SERVICE>_METRICS_PARTITIONS) before any
+    /// snapshot is published under the new count.
     Partitions {
         #[arg(value_parser = clap::value_parser!(u64).range(1..=16))]
         n: u64,
@@ -212,8 +212,10 @@ pub fn run(cmd: CredsCommand) -> anyhow::Result<()> {
                 dir.join("resolver.conf").display()
             );
             eprintln!(
-                "reload the hub (nats-server --signal reload), then run every service with \
-                 SYSMON_METRICS_PARTITIONS={n}"
+                "reload the hub (nats-server --signal reload), then give every service that reads \
+                 METRICS the same count: metrics_partitions = {n} (SYSMON_PERSISTER_METRICS_PARTITIONS, \
+                 SYSMON_ALERTER_METRICS_PARTITIONS, SYSMON_GATEWAY_METRICS_PARTITIONS; \
+                 SYSMON_METRICS_PARTITIONS for `sysmonstm machines` and `edge setup`)"
             );
         }
         CredsCommand::Revoke { name, dir } => {
