@@ -227,9 +227,14 @@ export class MachinePage {
       .join("");
     const disks = d.disks.map((k) => `<tr><td>${esc(k.name)}</td><td>${rate(k.read_bytes_per_s)}</td><td>${rate(k.write_bytes_per_s)}</td></tr>`).join("");
     const head = (...h) => `<thead><tr>${h.map((x) => `<th>${x}</th>`).join("")}</tr></thead>`;
+    // The public edge leaves processes out (edge_show_processes): no empty tables then.
+    const processes =
+      d.top_cpu.length || d.top_memory.length
+        ? `<div class="table"><h3>Top CPU</h3><table class="top-cpu">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_cpu)}</tbody></table></div>
+      <div class="table"><h3>Top memory</h3><table class="top-mem">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_memory)}</tbody></table></div>`
+        : "";
     this.el.querySelector(".tables").innerHTML = `
-      <div class="table"><h3>Top CPU</h3><table class="top-cpu">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_cpu)}</tbody></table></div>
-      <div class="table"><h3>Top memory</h3><table class="top-mem">${head("PID", "Name", "CPU %", "RSS")}<tbody>${procs(d.top_memory)}</tbody></table></div>
+      ${processes}
       <div class="table"><h3>Filesystems</h3><table class="filesystems">${head("Mount", "Type", "Used", "%")}<tbody>${fs}</tbody></table></div>
       <div class="table"><h3>Interfaces</h3><table class="interfaces">${head("Name", "Rx", "Tx", "Errors/s")}<tbody>${ifs}</tbody></table></div>
       <div class="table"><h3>Disks</h3><table class="disks">${head("Name", "Read", "Write")}<tbody>${disks}</tbody></table></div>`;

@@ -72,6 +72,9 @@ try {
     await page.click('button[data-range="1h"]');
   }
   step("history: " + (await page.$eval(".history-note", (e) => e.textContent)));
+  await page.waitForSelector(".tables table.filesystems", { timeout: WAIT });
+  if (await page.$(".tables table.top-cpu, .tables table.top-mem")) throw new Error("the public page lists the machine's processes");
+  step("the machine's tables, without its processes");
   await clean("the machine page");
   await page.screenshot({ path: join(shots, "edge.png"), fullPage: true });
 

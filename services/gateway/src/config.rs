@@ -101,6 +101,10 @@ pub struct GatewayConfig {
     /// the edge's streams. A longer range is answered from one sample per
     /// step instead (at most `history_max_points` message gets).
     pub edge_max_read: u32,
+    /// At the edge: whether a machine's snapshot keeps its top processes
+    /// (pid, name, CPU, memory). Off: the public copy shows the numbers,
+    /// not what runs on the machine.
+    pub edge_show_processes: bool,
     /// At the edge: requests (REST, WebSocket connects, assets) one address
     /// may make per second on average ...
     pub http_requests_per_s: u32,
@@ -192,6 +196,7 @@ impl Default for GatewayConfig {
             metrics_listen: String::new(),
             edge_machines: BTreeMap::new(),
             edge_max_read: 20_000,
+            edge_show_processes: false,
             http_requests_per_s: 20,
             http_burst: 100,
             replicas: Replicas::ONE,

@@ -401,6 +401,11 @@ fn decode(shared: &Shared, kind: Kind, subject: &str, payload: &[u8]) -> Option<
                     Counters::inc(&c.machines_hidden);
                     return None;
                 }
+                if shared.config.edge && !shared.config.edge_show_processes {
+                    // What runs on a machine is not for the public copy.
+                    detail.top_cpu.clear();
+                    detail.top_memory.clear();
+                }
                 let machine = detail.summary.machine_id.clone();
                 let stale = shared
                     .latest

@@ -202,6 +202,13 @@ async fn the_edge_serves_machines_live_updates_history_and_alerts_without_postgr
         .filter_map(|m| m["machine_id"].as_str())
         .collect();
     assert_eq!(ids, ["web-1"], "the list is the window's");
+    // What runs on the machine stays at the hub: no process in the public
+    // copy, by default, in the answer or in any live message.
+    let detail = get_json(addr, "/api/machines/web-1/metrics").await;
+    assert_eq!(detail["seq"], 20, "{detail}");
+    assert_eq!(detail["top_cpu"], serde_json::json!([]), "{detail}");
+    assert_eq!(detail["top_memory"], serde_json::json!([]), "{detail}");
+    assert!(!detail.to_string().contains("secret-batch-job"), "{detail}");
 
     // Live: a new snapshot at the hub reaches a WebSocket client at the edge.
     let mut client = ws(addr).await;
@@ -282,11 +289,18 @@ async fn the_edge_reads_every_partition_of_the_hubs_metrics() {
             pair.snapshot(m, seq, t0 + (seq as i64) * 5_000, cpu).await;
         }
     }
-    let edge = serve(pair.gateway_config()).await;
+    // An operator who wants the processes public says so.
+    let edge = serve(sysmonstm_gateway::GatewayConfig {
+        edge_show_processes: true,
+        ..pair.gateway_config()
+    })
+    .await;
     let addr = edge.addr;
     for m in &machines {
         machine_at(addr, m, 5).await;
     }
+    let detail = get_json(addr, &format!("/api/machines/{}/metrics", machines[0])).await;
+    assert_eq!(detail["top_cpu"][0]["name"], "secret-batch-job", "{detail}");
     let (from, to) = (t0, t0 + 100_000);
     for (k, m) in machines.iter().enumerate() {
         let path = format!("/api/machines/{m}/history?metric=cpu&from={from}&to={to}");

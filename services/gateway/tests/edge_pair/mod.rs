@@ -178,6 +178,18 @@ impl EdgePair {
                 ..Default::default()
             }),
             process_count: 120,
+            top_cpu: vec![v1::Process {
+                pid: 4242,
+                name: "secret-batch-job".into(),
+                cpu_percent: cpu,
+                rss_bytes: 1 << 30,
+            }],
+            top_memory: vec![v1::Process {
+                pid: 4242,
+                name: "secret-batch-job".into(),
+                cpu_percent: cpu,
+                rss_bytes: 1 << 30,
+            }],
             ..Default::default()
         };
         let js = self.agent(&id).await;
