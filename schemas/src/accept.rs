@@ -106,9 +106,14 @@ pub fn payload_size(len: usize, limits: &Limits) -> Result<(), Reject> {
     Ok(())
 }
 
-/// The machine of `sysmon.metrics.<machine>`, validated.
+/// The machine of `sysmon.metrics.<machine>`, or of the subject the hub's
+/// account mapped it to when METRICS is split into partitions
+/// (`sysmon.metrics.<p>.<machine>`, [`crate::streams::Partitions`]),
+/// validated.
 pub fn metrics_subject(subject: &str) -> Result<MachineId, Reject> {
-    machine_token(subject, "sysmon.metrics.")
+    let token = crate::subjects::machine_of_metrics(subject)
+        .ok_or_else(|| Reject::Subject(truncated(subject)))?;
+    MachineId::parse(token).map_err(|_| Reject::MachineId(truncated(token)))
 }
 
 /// The machine of `sysmon.info.<machine>`, validated.
@@ -238,6 +243,15 @@ mod tests {
         )
         .expect("accepted");
         assert_eq!(m.as_str(), "web-1");
+        // As the hub's account maps it to a METRICS partition.
+        let m = snapshot(
+            "sysmon.metrics.3.web-1",
+            fields("web-1", NOW, 1000),
+            NOW,
+            &Limits::default(),
+        )
+        .expect("accepted when mapped");
+        assert_eq!(m.as_str(), "web-1");
     }
 
     #[test]
@@ -249,6 +263,9 @@ mod tests {
             (&format!("sysmon.metrics.{long}")[..], "machine_id"),
             ("sysmon.metrics.", "subject"),
             ("sysmon.metrics.a.b", "subject"),
+            ("sysmon.metrics.3.a.b", "subject"),
+            ("sysmon.metrics.1234.x", "subject"),
+            ("sysmon.metrics.3.UPPER", "machine_id"),
             ("sysmon.info.a", "subject"),
         ] {
             let e = snapshot(subject, fields("x", NOW, 1000), NOW, &l).expect_err(subject);
