@@ -106,9 +106,10 @@ pub fn payload_size(len: usize, limits: &Limits) -> Result<(), Reject> {
     Ok(())
 }
 
-/// The machine of `sysmon.metrics.<machine>`, or of
-/// `sysmon.metrics.<p>.<machine>` as the hub's account maps it to METRICS
-/// partition `p` (`streams::Partitions`), validated.
+/// The machine of `sysmon.metrics.<machine>`, or of the subject the hub's
+/// account mapped it to when METRICS is split into partitions
+/// (`sysmon.metrics.<p>.<machine>`, [`crate::streams::Partitions`]),
+/// validated.
 pub fn metrics_subject(subject: &str) -> Result<MachineId, Reject> {
     let token = crate::subjects::machine_of_metrics(subject)
         .ok_or_else(|| Reject::Subject(truncated(subject)))?;
@@ -242,6 +243,15 @@ mod tests {
         )
         .expect("accepted");
         assert_eq!(m.as_str(), "web-1");
+        // As the hub's account maps it to a METRICS partition.
+        let m = snapshot(
+            "sysmon.metrics.3.web-1",
+            fields("web-1", NOW, 1000),
+            NOW,
+            &Limits::default(),
+        )
+        .expect("accepted when mapped");
+        assert_eq!(m.as_str(), "web-1");
     }
 
     #[test]
@@ -254,6 +264,7 @@ mod tests {
             ("sysmon.metrics.", "subject"),
             ("sysmon.metrics.a.b", "subject"),
             ("sysmon.metrics.3.a.b", "subject"),
+            ("sysmon.metrics.1234.x", "subject"),
             ("sysmon.metrics.3.UPPER", "machine_id"),
             ("sysmon.info.a", "subject"),
         ] {

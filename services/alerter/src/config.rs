@@ -11,6 +11,7 @@ use sysmonstm_kit::config::ConfigError;
 use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
 use sysmonstm_schemas::accept;
+use sysmonstm_schemas::streams::Partitions;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -56,6 +57,11 @@ pub struct AlerterConfig {
     /// alert-state buckets): 1 ..= 5, default 1; 3 on a cluster. Applies when
     /// a stream is created.
     pub replicas: Replicas,
+    /// How many streams METRICS is split into (1 ..= 16; default 1, the
+    /// single stream `METRICS`): the hub account's mapping
+    /// (`sysmonstm creds partitions`), as the persister's. The alerter
+    /// keeps its durable consumer `alerter` on each `METRICS_<p>`.
+    pub metrics_partitions: Partitions,
     pub nats: NatsConfig,
 }
 
@@ -74,6 +80,7 @@ impl Default for AlerterConfig {
             stream_max_age_hours: 7 * 24,
             stream_max_mib: 10 * 1024,
             replicas: Replicas::ONE,
+            metrics_partitions: Partitions::ONE,
             nats: NatsConfig::default(),
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! The rule engine ([`engine`]) is pure: it sees domain [`sample::Sample`]s
 //! and a time in milliseconds, and returns changes. Everything with NATS is
-//! around it: the durable consumer `alerter` on METRICS, the rules bucket
+//! around it: the durable consumer `alerter` on METRICS (on each of its
+//! partitions, `metrics_partitions`), the rules bucket
 //! watched for changes, the state bucket that survives restarts, the ALERTS
 //! stream the events go to.
 

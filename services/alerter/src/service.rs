@@ -9,7 +9,9 @@
 //! evaluated, the second is only acknowledged (the latest per machine, [`Latest`]),
 //! so an alert does not wait for the disk, and the consumer still guarantees
 //! that every stored snapshot is seen: those the subscription missed while
-//! disconnected, and the backlog after a restart.
+//! disconnected, and the backlog after a restart. METRICS split into
+//! partitions has the consumer `alerter` on each stream; their messages are
+//! merged, and each consumer is acknowledged (cumulatively) on its own.
 //!
 //! Events are sent from that task at once (low latency); a second task waits
 //! for JetStream's ack of each, publishes again with the same Msg-Id if it
@@ -122,13 +124,12 @@ impl Alerter {
         }
         let client = cfg.nats.connect("sysmonstm-alerter", true).await?;
         let js = jetstream::new(client);
+        let parts = cfg.metrics_partitions;
         let setup = || async {
             let r = cfg.replicas;
             let alerts = js_kit::ensure_alerts_on(&js, r).await?;
             r.check(alerts.cached_info());
-            let metrics = js
-                .get_or_create_stream(r.stream(streams::metrics(&cfg.metrics_limits())))
-                .await?;
+            let metrics = js_kit::ensure_metrics(&js, parts, r, &cfg.metrics_limits()).await?;
             let rules_kv = js_kit::ensure_kv(&js, r.kv(streams::rules_bucket())).await?;
             let state_kv = js_kit::ensure_kv(&js, r.kv(streams::alert_state_bucket())).await?;
             anyhow::Ok((alerts, metrics, rules_kv, state_kv))
@@ -209,30 +210,53 @@ impl Alerter {
         self.seed_machines(&mut engine, &js).await;
 
         let wanted = streams::alerter_consumer(Duration::from_secs(cfg.ack_wait_s.max(1)));
-        // Cumulative acks only work on a consumer made for them; one left by
-        // an older alerter (explicit acks) would redeliver nearly everything.
-        // The server cannot change an ack policy, so it is made again.
-        if let Ok(info) = metrics.consumer_info(streams::ALERTER_CONSUMER).await
-            && info.config.ack_policy != wanted.ack_policy
-        {
-            tracing::warn!(old = ?info.config.ack_policy, "alerter consumer has another ack policy; making it again");
-            metrics.delete_consumer(streams::ALERTER_CONSUMER).await?;
+        let mut consumers = Vec::with_capacity(metrics.len());
+        for (p, metrics) in metrics.iter().enumerate() {
+            // Cumulative acks only work on a consumer made for them; one left by
+            // an older alerter (explicit acks) would redeliver nearly everything.
+            // The server cannot change an ack policy, so it is made again.
+            if let Ok(info) = metrics.consumer_info(streams::ALERTER_CONSUMER).await
+                && info.config.ack_policy != wanted.ack_policy
+            {
+                tracing::warn!(stream = %parts.name(p), old = ?info.config.ack_policy,
+                    "alerter consumer has another ack policy; making it again");
+                metrics.delete_consumer(streams::ALERTER_CONSUMER).await?;
+            }
+            let wanted = consumer::pull::Config {
+                filter_subject: parts.filter(p),
+                ..wanted.clone()
+            };
+            consumers.push(
+                metrics
+                    .get_or_create_consumer(streams::ALERTER_CONSUMER, wanted)
+                    .await?,
+            );
         }
-        let consumer = metrics
-            .get_or_create_consumer(streams::ALERTER_CONSUMER, wanted)
-            .await?;
-        // Subscribed before the consumer starts, so the two overlap.
-        let mut live = js.client().subscribe(subjects::METRICS_ALL).await?;
+        // Subscribed before the consumers start, so the two overlap; mapped
+        // to a partition, a snapshot's subject has one token more.
+        let mut live = js.client().subscribe(subjects::METRICS_LIVE).await?;
         let mut forgets = js.client().subscribe(subjects::FORGET_ALL).await?;
-        let mut snapshots = consumer.messages().await?;
+        // Every partition's messages in one stream, each tagged with its
+        // partition; a consumer's end is a `None` of its own.
+        let mut merged = Vec::with_capacity(consumers.len());
+        for (p, c) in consumers.iter().enumerate() {
+            let msgs = c.messages().await?;
+            merged.push(
+                msgs.map(move |m| (p, Some(m)))
+                    .chain(futures::stream::iter([(p, None)]))
+                    .boxed(),
+            );
+        }
+        let mut snapshots = futures::stream::select_all(merged);
         let mut newest = std::collections::HashMap::<String, Latest>::new();
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(rules = engine.rules().count(), restored, "alerter ready");
         // Snapshots are acknowledged cumulatively (AckPolicy::All): the last
         // one evaluated, every ACK_EVERY messages or ACK_FLUSH. One ack per
-        // snapshot would be an fsynced write on the hub for each.
-        let (mut unacked, mut unacked_n): (Option<jetstream::Message>, usize) = (None, 0);
+        // snapshot would be an fsynced write on the hub for each. An ack
+        // covers its own consumer only: one pending ack per partition.
+        let mut unacked = Unacked::new(consumers.len());
         let mut ack_flush = tokio::time::interval(ACK_FLUSH);
 
         loop {
@@ -245,17 +269,13 @@ impl Alerter {
                     None => anyhow::bail!("the METRICS subscription ended"),
                 },
                 m = snapshots.next() => match m {
-                    Some(Ok(msg)) => {
+                    Some((p, Some(Ok(msg)))) => {
                         self.on_snapshot(&mut engine, &mut newest, (msg.subject.as_str(), &msg.payload, msg.headers.as_ref()), true, &js, &tx).await;
-                        unacked_n += 1;
-                        unacked = Some(msg);
-                        if unacked_n >= ACK_EVERY {
-                            ack_up_to(unacked.take()).await;
-                            unacked_n = 0;
-                        }
+                        unacked.evaluated(p, msg).await;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "pull from METRICS failed; retrying"),
-                    None => anyhow::bail!("the METRICS consumer ended"),
+                    Some((p, Some(Err(e)))) => tracing::warn!(error = %e, stream = %parts.name(p), "pull from METRICS failed; retrying"),
+                    Some((p, None)) => anyhow::bail!("the METRICS consumer on {} ended", parts.name(p)),
+                    None => anyhow::bail!("the METRICS consumers ended"),
                 },
                 e = rule_watch.next() => match e {
                     Some(Ok(entry)) => self.apply_rule(&mut engine, &entry, &js, &tx).await,
@@ -278,10 +298,7 @@ impl Alerter {
                     Some(Err(e)) => tracing::warn!(error = %e, "ALERTS ack watch error"),
                     None => anyhow::bail!("the ALERTS ack watch ended"),
                 },
-                _ = ack_flush.tick() => {
-                    ack_up_to(unacked.take()).await;
-                    unacked_n = 0;
-                }
+                _ = ack_flush.tick() => unacked.flush().await,
                 _ = tick.tick() => {
                     let now = self.clock.now_ms();
                     let changes = engine.on_tick(now);
@@ -290,7 +307,7 @@ impl Alerter {
                 }
             }
         }
-        ack_up_to(unacked.take()).await;
+        unacked.flush().await;
         drop(tx);
         // Let the events already sent be confirmed and their states stored.
         let _ = tokio::time::timeout(Duration::from_secs(5), confirm).await;
@@ -522,7 +539,7 @@ impl Alerter {
     /// last heard of.
     async fn seed_machines(&self, engine: &mut Engine, js: &jetstream::Context) {
         let now = self.clock.now_ms();
-        match js_kit::last_per_subject(js, streams::METRICS, subjects::METRICS_ALL).await {
+        match js_kit::last_snapshots(js, self.config.metrics_partitions).await {
             Ok(lasts) => {
                 let limits = self.config.accept_limits();
                 for (subject, payload) in lasts {
@@ -575,6 +592,38 @@ impl Alerter {
                 None => None,
             };
             self.queue(tx, InFlight { change, ack }).await;
+        }
+    }
+}
+
+/// The last snapshot evaluated and not yet acknowledged, and how many, of
+/// each METRICS partition's consumer.
+struct Unacked(Vec<(Option<jetstream::Message>, usize)>);
+
+impl Unacked {
+    fn new(partitions: usize) -> Self {
+        Self((0..partitions).map(|_| (None, 0)).collect())
+    }
+
+    /// `msg` of partition `p` was evaluated: acknowledged with those before
+    /// it once ACK_EVERY are waiting.
+    async fn evaluated(&mut self, p: usize, msg: jetstream::Message) {
+        let Some((last, n)) = self.0.get_mut(p) else {
+            return;
+        };
+        *last = Some(msg);
+        *n += 1;
+        if *n >= ACK_EVERY {
+            ack_up_to(last.take()).await;
+            *n = 0;
+        }
+    }
+
+    /// Acknowledges every partition's last evaluated snapshot.
+    async fn flush(&mut self) {
+        for (last, n) in &mut self.0 {
+            ack_up_to(last.take()).await;
+            *n = 0;
         }
     }
 }

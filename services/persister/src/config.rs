@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sysmonstm_kit::jetstream::Replicas;
 use sysmonstm_kit::nats::NatsConfig;
+use sysmonstm_schemas::streams::Partitions;
 
 /// Which storage path a new database gets (decided once, by the first
 /// migration; an existing database keeps its path).
@@ -61,7 +62,8 @@ pub struct PersisterConfig {
     pub linger_ms: u64,
     /// Batches in flight at once, each pulled, written and acknowledged by
     /// a task of its own on a connection of its own: while one waits for
-    /// the database, the next is pulled and decoded.
+    /// the database, the next is pulled and decoded. Spread over the METRICS
+    /// partitions, at least one per partition.
     pub writers: usize,
     /// Most unacknowledged messages the consumer hands out.
     pub max_ack_pending: i64,
@@ -82,6 +84,12 @@ pub struct PersisterConfig {
     /// creates (METRICS, MACHINES, ALERTS; its consumers follow): 1 to 5,
     /// 3 on a cluster. Applies when a stream is created.
     pub replicas: Replicas,
+    /// How many streams METRICS is split into (1 ..= 16; default 1, the
+    /// single stream `METRICS`). The same number as the hub account's
+    /// mapping (`sysmonstm creds partitions`) and every other reader of
+    /// METRICS; the persister creates each `METRICS_<p>` with its share of
+    /// `stream_max_mib`, and its consumer `persister` on each.
+    pub metrics_partitions: Partitions,
     pub nats: NatsConfig,
 }
 
@@ -108,6 +116,7 @@ impl Default for PersisterConfig {
             stream_max_age_hours: 7 * 24,
             stream_max_mib: 10 * 1024,
             replicas: Replicas::ONE,
+            metrics_partitions: Partitions::ONE,
             nats: NatsConfig::default(),
         }
     }

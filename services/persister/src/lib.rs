@@ -2,7 +2,10 @@
 //!
 //! It pulls snapshots from the durable consumer `persister` on METRICS in
 //! batches, writes each batch with one statement, and acknowledges the
-//! messages only after the rows are committed. A message that can never be
+//! messages only after the rows are committed. METRICS split into
+//! partitions (`metrics_partitions`) has a consumer `persister` on each
+//! stream and writers of its own for each, so a partition that is slow
+//! holds back only itself. A message that can never be
 //! stored (garbage, wrong subject, absurd timestamp) is terminated, counted and
 //! logged; the rest of its batch is stored. A database error acknowledges
 //! nothing: the batch is written again, with back-off, until it goes in —
@@ -85,12 +88,16 @@ impl Persister {
         let client = cfg.nats.connect("sysmonstm-persister", true).await?;
         let js = jetstream::new(client);
 
-        let Some(consumer) = ensure_consumer(&js, cfg, max_backoff, &shutdown).await else {
+        let Some(consumers) = ensure_consumers(&js, cfg, max_backoff, &shutdown).await else {
             return Ok(());
         };
+        // Writers are spread over the partitions, at least one each: every
+        // partition is pulled however slow another is, and the batches in
+        // flight stay `writers` (or the partition count, if more).
+        let writer_count = cfg.writers.max(consumers.len()).max(1);
         // One connection per writer, and one each for MachineInfo, alerts,
         // notification failures, maintenance and the rollups' settling.
-        let connections = u32::try_from(cfg.writers.max(1)).unwrap_or(64) + 5;
+        let connections = u32::try_from(writer_count).unwrap_or(64) + 5;
         let Some((pool, mode)) = store::connect(
             &cfg.database_url,
             cfg.storage,
@@ -104,11 +111,12 @@ impl Persister {
         };
         tracing::info!(
             batch_size = cfg.batch_size,
-            writers = cfg.writers,
+            writers = writer_count,
+            partitions = consumers.len(),
             ?mode,
             "persister ready"
         );
-        let side = self.spawn_side(&js, &pool, mode, consumer.clone(), &shutdown);
+        let side = self.spawn_side(&js, &pool, mode, consumers.clone(), &shutdown);
         let worker = Arc::new(Worker {
             writer: store::Writer::new(pool, mode),
             counters: Arc::clone(&self.counters),
@@ -118,8 +126,13 @@ impl Persister {
             linger: Duration::from_millis(cfg.linger_ms.max(1)),
         });
         let mut writers = tokio::task::JoinSet::new();
-        for _ in 0..cfg.writers.max(1) {
-            writers.spawn(Arc::clone(&worker).run(consumer.clone(), shutdown.clone()));
+        for i in 0..writer_count {
+            let (stream, consumer) = &consumers[i % consumers.len()];
+            writers.spawn(Arc::clone(&worker).run(
+                stream.clone(),
+                consumer.clone(),
+                shutdown.clone(),
+            ));
         }
         let last_seen = tokio::spawn(flush_last_seen(Arc::clone(&worker), shutdown.clone()));
         while writers.join_next().await.is_some() {}
@@ -147,7 +160,7 @@ impl Persister {
         js: &jetstream::Context,
         pool: &sqlx::PgPool,
         mode: Mode,
-        consumer: PullConsumer,
+        consumers: Vec<(String, PullConsumer)>,
         shutdown: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let cfg = &self.config;
@@ -193,7 +206,7 @@ impl Persister {
                 shutdown.clone(),
             )),
             tokio::spawn(watch_lag(
-                consumer,
+                consumers.into_iter().map(|(_, c)| c).collect(),
                 Arc::clone(&self.counters),
                 shutdown.clone(),
             )),
@@ -221,7 +234,13 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+    /// Pulls from `consumer`, the consumer `persister` on `stream`.
+    async fn run(
+        self: Arc<Self>,
+        stream: String,
+        consumer: PullConsumer,
+        shutdown: CancellationToken,
+    ) {
         let mut fetch_backoff = Duration::from_millis(100);
         // One batch buffer for the task's life: a batch's ~2 MB of rows are
         // not allocated (and faulted in) again for every pull.
@@ -237,7 +256,7 @@ impl Worker {
                     m
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?fetch_backoff, "cannot pull from METRICS");
+                    tracing::warn!(error = %e, %stream, retry_in = ?fetch_backoff, "cannot pull from METRICS");
                     tokio::select! {
                         _ = tokio::time::sleep(fetch_backoff) => {}
                         _ = shutdown.cancelled() => break,
@@ -404,14 +423,17 @@ impl Worker {
     }
 }
 
-/// Creates METRICS, MACHINES and the durable consumer if they are missing, waiting for
-/// the hub while it is away. `None` only if shut down meanwhile.
-async fn ensure_consumer(
+/// Creates MACHINES, every METRICS stream (one per partition) and the
+/// durable consumer on each if they are missing, waiting for the hub while
+/// it is away. Returns each METRICS stream's name and consumer, partition 0
+/// first; `None` only if shut down meanwhile.
+async fn ensure_consumers(
     js: &jetstream::Context,
     cfg: &PersisterConfig,
     max_backoff: Duration,
     shutdown: &CancellationToken,
-) -> Option<PullConsumer> {
+) -> Option<Vec<(String, PullConsumer)>> {
+    let parts = cfg.metrics_partitions;
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
@@ -421,20 +443,30 @@ async fn ensure_consumer(
                 .get_or_create_stream(cfg.replicas.stream(streams::machines()))
                 .await?;
             cfg.replicas.check(machines.cached_info());
-            let stream = js
-                .get_or_create_stream(cfg.replicas.stream(streams::metrics(&cfg.metrics_limits())))
-                .await?;
-            cfg.replicas.check(stream.cached_info());
-            let consumer = stream
-                .get_or_create_consumer(
-                    streams::PERSISTER_CONSUMER,
-                    streams::persister_consumer(
-                        cfg.max_ack_pending,
-                        Duration::from_secs(cfg.ack_wait_s.max(1)),
-                    ),
-                )
-                .await?;
-            Ok::<_, anyhow::Error>(consumer)
+            let metrics = sysmonstm_kit::jetstream::ensure_metrics(
+                js,
+                parts,
+                cfg.replicas,
+                &cfg.metrics_limits(),
+            )
+            .await?;
+            let mut consumers = Vec::with_capacity(metrics.len());
+            for (p, stream) in metrics.iter().enumerate() {
+                let consumer = stream
+                    .get_or_create_consumer(
+                        streams::PERSISTER_CONSUMER,
+                        jetstream::consumer::pull::Config {
+                            filter_subject: parts.filter(p),
+                            ..streams::persister_consumer(
+                                cfg.max_ack_pending,
+                                Duration::from_secs(cfg.ack_wait_s.max(1)),
+                            )
+                        },
+                    )
+                    .await?;
+                consumers.push((parts.name(p), consumer));
+            }
+            Ok::<_, anyhow::Error>(consumers)
         };
         match attempt.await {
             Ok(c) => return Some(c),
@@ -464,17 +496,31 @@ async fn flush_last_seen(worker: Arc<Worker>, shutdown: CancellationToken) {
     }
 }
 
-/// Keeps the consumer's lag (not yet delivered) and pending acks on the
-/// counters, once a second.
+/// Keeps the consumers' lag (not yet delivered) and pending acks, summed
+/// over the METRICS partitions, on the counters, once a second. A round in
+/// which one consumer does not answer leaves the last sums standing.
 async fn watch_lag(
-    mut consumer: PullConsumer,
+    mut consumers: Vec<PullConsumer>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) {
     loop {
-        if let Ok(info) = consumer.info().await {
-            Counters::set(&counters.consumer_lag, info.num_pending);
-            Counters::set(&counters.consumer_ack_pending, info.num_ack_pending as u64);
+        let mut sums = Some((0u64, 0u64));
+        for consumer in &mut consumers {
+            let Ok(info) = consumer.info().await else {
+                sums = None;
+                break;
+            };
+            sums = sums.map(|(lag, pending)| {
+                (
+                    lag.saturating_add(info.num_pending),
+                    pending.saturating_add(info.num_ack_pending as u64),
+                )
+            });
+        }
+        if let Some((lag, pending)) = sums {
+            Counters::set(&counters.consumer_lag, lag);
+            Counters::set(&counters.consumer_ack_pending, pending);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
