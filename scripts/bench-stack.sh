@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `just bench stack [N=machines] [R=Hz] [D=minutes] [M=clients]`: the whole
+# `just bench stack [N=machines] [R=Hz] [D=minutes] [M=clients] [P=partitions]`: the whole
 # stack (hub as shipped with credentials, edge over a leaf link, persister,
 # alerter, gateway with M WebSocket clients) under N simulated machines at
 # R Hz for D minutes, on a PostgreSQL of its own (fsync on). Prints the
 # figures and writes target/bench/stack.json and target/bench/stack.svg
 # (crates/loadgen/examples/bench_stack.rs says what each one is).
-# Defaults: N=1000 R=1 D=1 M=20. BENCH_WARMUP_SECONDS (10),
+# Defaults: N=1000 R=1 D=1 M=20 P=1 (P: METRICS split into P streams, the
+# hub's account mapping and every service set so). BENCH_WARMUP_SECONDS (10),
 # BENCH_BREACH_PERCENT (10), BENCH_SILENT_PERCENT (2) tune the rest;
 # BENCH_PROFILE (release) picks the binaries' cargo profile; BENCH_HUB_SYNC=default runs
 # the hub without `sync_interval: always` (to tell the fsyncs' part from the rest).
@@ -19,7 +20,8 @@ for a in "$@"; do
     D=*) export BENCH_SECONDS="$(awk -v m="${a#D=}" 'BEGIN { if (m !~ /^[0-9.]+$/ || m <= 0) exit 1; printf "%d", m * 60 }')" \
            || { echo "D must be a number of minutes, e.g. D=10" >&2; exit 2; } ;;
     M=*) export BENCH_CLIENTS="${a#M=}" ;;
-    *) echo "unknown argument '$a'; use N=machines R=Hz D=minutes M=clients" >&2; exit 2 ;;
+    P=*) export BENCH_PARTITIONS="${a#P=}" ;;
+    *) echo "unknown argument '$a'; use N=machines R=Hz D=minutes M=clients P=partitions" >&2; exit 2 ;;
   esac
 done
 profile="${BENCH_PROFILE:-release}"
