@@ -26,7 +26,10 @@
 //! SYSMON_BENCH_DATABASE_URL (an admin URL; a fresh database is made on it),
 //! BENCH_HUB_SYNC=default (the hub without `sync_interval: always`, to tell
 //! the fsyncs' part from the rest), BENCH_PARTITIONS (1: METRICS split into
-//! this many streams, the hub's account mapping and every service set so).
+//! this many streams, the hub's account mapping and every service set so),
+//! BENCH_PERF (seconds: `perf record` the hub, the edge and the services for
+//! that long from the start of the measured window, into
+//! `target/bench/perf.data`; `scripts/bench-stack.sh` makes the flame graph).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -303,6 +306,7 @@ async fn run() -> anyhow::Result<()> {
     let clients: usize = env_or("BENCH_CLIENTS", 20);
     let breach: u32 = env_or("BENCH_BREACH_PERCENT", 10);
     let silent: u32 = env_or("BENCH_SILENT_PERCENT", 2);
+    let perf_secs: u64 = env_or("BENCH_PERF", 0);
     let parts = streams::Partitions::new(env_or("BENCH_PARTITIONS", 1))
         .context("BENCH_PARTITIONS")?;
     let bin_dir = PathBuf::from(std::env::var("SYSMON_BIN_DIR").context("SYSMON_BIN_DIR")?);
@@ -558,6 +562,7 @@ async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_floor = 0;
     let mut last_offered = 0;
+    let mut perf: Option<Child> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while !load_task.is_finished() {
@@ -573,6 +578,26 @@ async fn run() -> anyhow::Result<()> {
                 .map(|(_, pids)| pids.iter().map(|p| usage(*p).0).sum())
                 .collect();
             measured_from = Some((Instant::now(), offered.0.load(Ordering::Relaxed)));
+            if perf_secs > 0 {
+                // The stack's processes only (not PostgreSQL, not this one),
+                // sampled with DWARF call stacks.
+                let pids: Vec<String> = procs
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with("loadgen") && name != "postgresql")
+                    .flat_map(|(_, pids)| pids.iter().map(u32::to_string))
+                    .collect();
+                std::fs::create_dir_all("target/bench")?;
+                perf = Some(
+                    Command::new("perf")
+                        .args(["record", "-q", "-F", "199", "--call-graph", "dwarf,16384"])
+                        .args(["-o", "target/bench/perf.data", "-p", &pids.join(",")])
+                        .args(["--", "sleep", &perf_secs.to_string()])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .context("perf record (BENCH_PERF)")?,
+                );
+                println!("perf: recording {} for {perf_secs} s", pids.join(","));
+            }
         }
         let (p_lag, floor) = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
             .await
@@ -618,6 +643,9 @@ async fn run() -> anyhow::Result<()> {
         series.push(s);
     }
     let report = load_task.await??;
+    if let Some(mut p) = perf {
+        p.wait()?;
+    }
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let (m_start, m_offered) = measured_from.context("the run ended before the warm-up did")?;
     let window = m_start.elapsed().as_secs_f64();
