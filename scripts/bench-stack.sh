@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# `just bench stack [N=machines] [R=Hz] [D=minutes] [M=clients]`: the whole
+# `just bench stack [N=machines] [R=Hz] [D=minutes] [M=clients] [P=partitions]`: the whole
 # stack (hub as shipped with credentials, edge over a leaf link, persister,
 # alerter, gateway with M WebSocket clients) under N simulated machines at
 # R Hz for D minutes, on a PostgreSQL of its own (fsync on). Prints the
 # figures and writes target/bench/stack.json and target/bench/stack.svg
 # (crates/loadgen/examples/bench_stack.rs says what each one is).
-# Defaults: N=1000 R=1 D=1 M=20. BENCH_WARMUP_SECONDS (10),
+# Defaults: N=1000 R=1 D=1 M=20 P=1 (P: METRICS split into P streams, the
+# hub's account mapping and every service set so). BENCH_WARMUP_SECONDS (10),
 # BENCH_BREACH_PERCENT (10), BENCH_SILENT_PERCENT (2) tune the rest;
 # BENCH_PROFILE (release) picks the binaries' cargo profile; BENCH_HUB_SYNC=default runs
 # the hub without `sync_interval: always` (to tell the fsyncs' part from the rest).
+# BENCH_PERF=seconds profiles the hub, the edge and the services with perf
+# for that long (binaries from the `profiling` profile: release with symbols),
+# and writes target/bench/flame.svg (inferno, installed on first use) and
+# the top functions per process.
 # Needs the exports of scripts/install-deps.sh (the just recipe evals them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +24,19 @@ for a in "$@"; do
     D=*) export BENCH_SECONDS="$(awk -v m="${a#D=}" 'BEGIN { if (m !~ /^[0-9.]+$/ || m <= 0) exit 1; printf "%d", m * 60 }')" \
            || { echo "D must be a number of minutes, e.g. D=10" >&2; exit 2; } ;;
     M=*) export BENCH_CLIENTS="${a#M=}" ;;
-    *) echo "unknown argument '$a'; use N=machines R=Hz D=minutes M=clients" >&2; exit 2 ;;
+    P=*) export BENCH_PARTITIONS="${a#P=}" ;;
+    *) echo "unknown argument '$a'; use N=machines R=Hz D=minutes M=clients P=partitions" >&2; exit 2 ;;
   esac
 done
+if [ -n "${BENCH_PERF:-}" ]; then
+  command -v perf >/dev/null || { echo "BENCH_PERF needs perf (Debian: linux-perf)" >&2; exit 2; }
+  tools="${SYSMON_TOOLS_DIR:-$HOME/.cache/sysmonstm/tools}/inferno"
+  if [ ! -x "$tools/bin/inferno-flamegraph" ]; then
+    cargo install -q --locked inferno@0.12.8 --root "$tools"
+  fi
+  export BENCH_PROFILE="${BENCH_PROFILE:-profiling}"
+  rm -f target/bench/perf.data
+fi
 profile="${BENCH_PROFILE:-release}"
 cargo build --profile "$profile" -q -p sysmonstm-persister -p sysmonstm-alerter -p sysmonstm-gateway --bins
 cargo build --profile "$profile" -q -p sysmonstm-loadgen --example bench_stack
@@ -33,3 +48,10 @@ admin="$(scripts/pg.sh start "$pgdir")"
 BENCH_PG_PID="$(head -n 1 "$pgdir/data/postmaster.pid")" \
 SYSMON_BIN_DIR="$(realpath "$target")" SYSMON_BENCH_DATABASE_URL="$admin" \
   "$target/examples/bench_stack"
+if [ -n "${BENCH_PERF:-}" ] && [ -f target/bench/perf.data ]; then
+  perf script -i target/bench/perf.data 2>/dev/null \
+    | "$tools/bin/inferno-collapse-perf" >target/bench/perf.folded
+  "$tools/bin/inferno-flamegraph" --title "just bench stack: $*" <target/bench/perf.folded >target/bench/flame.svg
+  echo "where the CPU went (samples, per process; the flame graph: target/bench/flame.svg):"
+  perf report -i target/bench/perf.data --no-children --sort comm,sym --stdio -q --percent-limit 1.5 2>/dev/null | head -40
+fi

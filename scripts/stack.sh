@@ -181,6 +181,21 @@ up() {
     for s in notifier cli; do "$cli" creds service "$s" --dir "$creds" >/dev/null; done
   fi
 
+  # METRICS in one stream, or split into partitions for a fleet
+  # (SYSMON_METRICS_PARTITIONS; docs/operations.md, "Scaling"): the hub's account maps
+  # subjects by it, and every service reading METRICS is told the same.
+  local parts_had parts
+  parts_had="$(cat "$creds/metrics-partitions" 2>/dev/null || echo 1)"
+  parts="${SYSMON_METRICS_PARTITIONS:-$parts_had}"
+  [[ "$parts" =~ ^[0-9]{1,2}$ ]] && [ "$parts" -ge 1 ] && [ "$parts" -le 16 ] \
+    || die "SYSMON_METRICS_PARTITIONS=$parts: 1 to 16"
+  if [ "$parts" != "$parts_had" ]; then
+    "$cli" creds partitions "$parts" --dir "$creds" >/dev/null
+    log "METRICS in $parts partition(s) (was $parts_had); a running hub needs 'just down' first"
+  fi
+  export SYSMON_METRICS_PARTITIONS="$parts" SYSMON_PERSISTER_METRICS_PARTITIONS="$parts" \
+    SYSMON_ALERTER_METRICS_PARTITIONS="$parts" SYSMON_GATEWAY_METRICS_PARTITIONS="$parts"
+
   # The edge has an operator of its own (no hub credential works there, and
   # no edge credential at the hub): its authority, the stream admin's and
   # the edge gateway's credentials, and the hub's leaf link to it

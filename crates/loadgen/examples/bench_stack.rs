@@ -25,7 +25,11 @@
 //! BENCH_SILENT_PERCENT (2), SYSMON_BIN_DIR (the release binaries),
 //! SYSMON_BENCH_DATABASE_URL (an admin URL; a fresh database is made on it),
 //! BENCH_HUB_SYNC=default (the hub without `sync_interval: always`, to tell
-//! the fsyncs' part from the rest).
+//! the fsyncs' part from the rest), BENCH_PARTITIONS (1: METRICS split into
+//! this many streams, the hub's account mapping and every service set so),
+//! BENCH_PERF (seconds: `perf record` the hub, the edge and the services for
+//! that long from the start of the measured window, into
+//! `target/bench/perf.data`; `scripts/bench-stack.sh` makes the flame graph).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -203,6 +207,9 @@ struct ProcFigures {
 #[derive(Debug, Serialize)]
 struct Figures {
     machine: String,
+    /// `sync_interval: always` (as shipped) or the default.
+    hub_sync: &'static str,
+    metrics_partitions: usize,
     machines: usize,
     rate_hz: f64,
     seconds: u64,
@@ -235,6 +242,31 @@ async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> 
         info.num_pending + info.num_ack_pending as u64,
         info.ack_floor.stream_sequence,
     ))
+}
+
+/// [`consumer_lag`] summed over every METRICS partition: the lag, and the
+/// ack floors added up (each partition's stream sequences count from 1, so
+/// the sum is what was acknowledged in all).
+async fn metrics_lag(
+    js: &jetstream::Context,
+    parts: streams::Partitions,
+    consumer: &str,
+) -> Option<(u64, u64)> {
+    let mut sum = (0, 0);
+    for name in parts.names() {
+        let (lag, floor) = consumer_lag(js, &name, consumer).await?;
+        sum = (sum.0 + lag, sum.1 + floor);
+    }
+    Some(sum)
+}
+
+/// Messages in every METRICS partition of the hub.
+async fn hub_metrics(js: &jetstream::Context, parts: streams::Partitions) -> Option<u64> {
+    let mut n = 0;
+    for name in parts.names() {
+        n += stream_messages(js, &name).await?.0;
+    }
+    Some(n)
 }
 
 async fn stream_messages(js: &jetstream::Context, name: &str) -> Option<(u64, u64)> {
@@ -274,6 +306,9 @@ async fn run() -> anyhow::Result<()> {
     let clients: usize = env_or("BENCH_CLIENTS", 20);
     let breach: u32 = env_or("BENCH_BREACH_PERCENT", 10);
     let silent: u32 = env_or("BENCH_SILENT_PERCENT", 2);
+    let perf_secs: u64 = env_or("BENCH_PERF", 0);
+    let parts = streams::Partitions::new(env_or("BENCH_PARTITIONS", 1))
+        .context("BENCH_PARTITIONS")?;
     let bin_dir = PathBuf::from(std::env::var("SYSMON_BIN_DIR").context("SYSMON_BIN_DIR")?);
     let admin_url =
         std::env::var("SYSMON_BENCH_DATABASE_URL").context("SYSMON_BENCH_DATABASE_URL")?;
@@ -291,6 +326,7 @@ async fn run() -> anyhow::Result<()> {
     let gateway_creds = cred(hub_auth.issue(Role::Gateway)?);
     let reader_creds = hub_auth.issue(Role::CliReadOnly)?;
     let loadgen_creds = hub_auth.issue(Role::Loadgen)?;
+    hub_auth.set_partitions(parts)?;
     let leaf = edge_auth.issue(Role::Leaf)?;
     let edge_admin = edge_auth.issue(Role::EdgeAdmin)?;
 
@@ -326,6 +362,9 @@ async fn run() -> anyhow::Result<()> {
             ("NATS_URL", hub.url()),
             ("NATS_CREDS", creds.to_owned()),
             ("DATABASE_URL", db.url().to_owned()),
+            ("SYSMON_PERSISTER_METRICS_PARTITIONS", parts.to_string()),
+            ("SYSMON_ALERTER_METRICS_PARTITIONS", parts.to_string()),
+            ("SYSMON_GATEWAY_METRICS_PARTITIONS", parts.to_string()),
         ]
     };
     let mut env = nats_env(&persister_creds);
@@ -368,7 +407,7 @@ async fn run() -> anyhow::Result<()> {
     let admin = jetstream::new(connect(edge.url(), edge_admin).await?);
     let reader = jetstream::new(connect(hub.url(), reader_creds.clone()).await?);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stream_messages(&reader, streams::METRICS).await.is_none()
+    while hub_metrics(&reader, parts).await.is_none()
         || stream_messages(&reader, streams::ALERTS).await.is_none()
     {
         anyhow::ensure!(
@@ -380,7 +419,7 @@ async fn run() -> anyhow::Result<()> {
     sysmonstm_kit::jetstream::ensure_edge_streams(
         &admin,
         &streams::EdgeLimits::default(),
-        streams::Partitions::ONE,
+        parts,
     )
     .await?;
 
@@ -486,7 +525,7 @@ async fn run() -> anyhow::Result<()> {
     };
     println!(
         "{machines} machines at {rate} Hz for {seconds} s (+{warmup} s warm-up), {clients} WebSocket clients, \
-         hub {}; {}, {} cores; load average before: {}",
+         hub {} with METRICS in {parts} stream(s); {}, {} cores; load average before: {}",
         if sync_always {
             "as shipped (sync_interval: always)"
         } else {
@@ -523,6 +562,7 @@ async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_floor = 0;
     let mut last_offered = 0;
+    let mut perf: Option<Child> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while !load_task.is_finished() {
@@ -538,16 +578,34 @@ async fn run() -> anyhow::Result<()> {
                 .map(|(_, pids)| pids.iter().map(|p| usage(*p).0).sum())
                 .collect();
             measured_from = Some((Instant::now(), offered.0.load(Ordering::Relaxed)));
+            if perf_secs > 0 {
+                // The stack's processes only (not PostgreSQL, not this one),
+                // sampled with DWARF call stacks.
+                let pids: Vec<String> = procs
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with("loadgen") && name != "postgresql")
+                    .flat_map(|(_, pids)| pids.iter().map(u32::to_string))
+                    .collect();
+                std::fs::create_dir_all("target/bench")?;
+                perf = Some(
+                    Command::new("perf")
+                        .args(["record", "-q", "-F", "199", "--call-graph", "dwarf,16384"])
+                        .args(["-o", "target/bench/perf.data", "-p", &pids.join(",")])
+                        .args(["--", "sleep", &perf_secs.to_string()])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .context("perf record (BENCH_PERF)")?,
+                );
+                println!("perf: recording {} for {perf_secs} s", pids.join(","));
+            }
         }
-        let (p_lag, floor) = consumer_lag(&reader, streams::METRICS, streams::PERSISTER_CONSUMER)
+        let (p_lag, floor) = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
             .await
             .unwrap_or((0, last_floor));
-        let (a_lag, _) = consumer_lag(&reader, streams::METRICS, streams::ALERTER_CONSUMER)
+        let (a_lag, _) = metrics_lag(&reader, parts, streams::ALERTER_CONSUMER)
             .await
             .unwrap_or_default();
-        let hub_last = stream_messages(&reader, streams::METRICS)
-            .await
-            .map_or(0, |s| s.0);
+        let hub_last = hub_metrics(&reader, parts).await.unwrap_or(0);
         let edge_n = stream_messages(&admin, streams::METRICS)
             .await
             .map_or(0, |s| s.0);
@@ -585,6 +643,9 @@ async fn run() -> anyhow::Result<()> {
         series.push(s);
     }
     let report = load_task.await??;
+    if let Some(mut p) = perf {
+        p.wait()?;
+    }
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let (m_start, m_offered) = measured_from.context("the run ended before the warm-up did")?;
     let window = m_start.elapsed().as_secs_f64();
@@ -601,12 +662,10 @@ async fn run() -> anyhow::Result<()> {
     // Drain: the persister and the edge catch up with what was published.
     let drain = Instant::now();
     loop {
-        let (lag, _) = consumer_lag(&reader, streams::METRICS, streams::PERSISTER_CONSUMER)
+        let (lag, _) = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
             .await
             .unwrap_or((u64::MAX, 0));
-        let hub_n = stream_messages(&reader, streams::METRICS)
-            .await
-            .map_or(0, |s| s.0);
+        let hub_n = hub_metrics(&reader, parts).await.unwrap_or(0);
         let edge_n = stream_messages(&admin, streams::METRICS)
             .await
             .map_or(0, |s| s.0);
@@ -670,9 +729,7 @@ async fn run() -> anyhow::Result<()> {
     }
     drop(rows);
     let missing = report.offered.saturating_sub(stored - unexpected);
-    let hub_n = stream_messages(&reader, streams::METRICS)
-        .await
-        .map_or(0, |s| s.0);
+    let hub_n = hub_metrics(&reader, parts).await.unwrap_or(0);
     let edge_n = stream_messages(&admin, streams::METRICS)
         .await
         .map_or(0, |s| s.0);
@@ -693,6 +750,8 @@ async fn run() -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             mem_gib()
         ),
+        hub_sync: if sync_always { "always" } else { "default" },
+        metrics_partitions: parts.get(),
         machines,
         rate_hz: rate,
         seconds,
