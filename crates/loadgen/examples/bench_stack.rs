@@ -307,8 +307,8 @@ async fn run() -> anyhow::Result<()> {
     let breach: u32 = env_or("BENCH_BREACH_PERCENT", 10);
     let silent: u32 = env_or("BENCH_SILENT_PERCENT", 2);
     let perf_secs: u64 = env_or("BENCH_PERF", 0);
-    let parts = streams::Partitions::new(env_or("BENCH_PARTITIONS", 1))
-        .context("BENCH_PARTITIONS")?;
+    let parts =
+        streams::Partitions::new(env_or("BENCH_PARTITIONS", 1)).context("BENCH_PARTITIONS")?;
     let bin_dir = PathBuf::from(std::env::var("SYSMON_BIN_DIR").context("SYSMON_BIN_DIR")?);
     let admin_url =
         std::env::var("SYSMON_BENCH_DATABASE_URL").context("SYSMON_BENCH_DATABASE_URL")?;
@@ -416,12 +416,8 @@ async fn run() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sysmonstm_kit::jetstream::ensure_edge_streams(
-        &admin,
-        &streams::EdgeLimits::default(),
-        parts,
-    )
-    .await?;
+    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default(), parts)
+        .await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
