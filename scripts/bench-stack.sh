@@ -52,6 +52,11 @@ if [ -n "${BENCH_PERF:-}" ] && [ -f target/bench/perf.data ]; then
   perf script -i target/bench/perf.data 2>/dev/null \
     | "$tools/bin/inferno-collapse-perf" >target/bench/perf.folded
   "$tools/bin/inferno-flamegraph" --title "just bench stack: $*" <target/bench/perf.folded >target/bench/flame.svg
-  echo "where the CPU went (samples, per process; the flame graph: target/bench/flame.svg):"
-  perf report -i target/bench/perf.data --no-children --sort comm,sym --stdio -q --percent-limit 1.5 2>/dev/null | head -40
+  perf report -i target/bench/perf.data --no-children -g none --sort comm,dso --stdio -q 2>/dev/null \
+    >target/bench/perf-processes.txt || true
+  perf report -i target/bench/perf.data --no-children -g none --sort comm,sym --stdio -q --percent-limit 0.5 \
+    2>/dev/null >target/bench/perf-top.txt || true
+  echo "where the CPU went, per process and binary (target/bench/perf-processes.txt):"
+  sed -n 1,25p target/bench/perf-processes.txt
+  echo "the top functions: target/bench/perf-top.txt; the flame graph: target/bench/flame.svg"
 fi
