@@ -26,6 +26,12 @@ if [ ! -f "$edge/operator.nk" ]; then
   done
   made=1
 fi
+# METRICS in one stream, or in SYSMON_METRICS_PARTITIONS (docs/operations.md,
+# Scaling): the hub's account maps subjects by it.
+parts="${SYSMON_METRICS_PARTITIONS:-1}"
+if [ "$parts" != "$(cat "$hub/metrics-partitions" 2>/dev/null || echo 1)" ]; then
+  sysmonstm creds partitions "$parts" --dir "$hub"
+fi
 if [ ! -f "$hub/leaf-remote.conf" ]; then
   sysmonstm creds leaf --dir "$edge" --hub-dir "$hub" --url "${SYSMON_LEAF_URL:-nats-leaf://edge:7422}"
   made=1
