@@ -9,6 +9,11 @@ use sysmonstm_alerter::{Alerter, AlerterConfig};
 use sysmonstm_kit::config::{self, ConfigError, EXIT_CONFIG};
 use sysmonstm_schemas::rules::file::RulesFileError;
 
+// Decoding every snapshot twice (live and from its consumer) allocates a
+// little each time; the same allocator as the persister's and the gateway's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Evaluates alert rules on every snapshot and publishes alert events.
 ///
 /// Configuration: defaults, then the TOML file given with --config, then
