@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::{DateTime, TimeZone as _, Utc};
 use prost::Message as _;
 use sqlx::PgPool;
@@ -118,7 +118,10 @@ pub async fn insert(pool: &PgPool, rows: &[AlertRow]) -> Result<u64, sqlx::Error
     Ok(r.rows_affected())
 }
 
-/// Pulls ALERTS until shutdown.
+/// Pulls ALERTS until shutdown. A pull that fails binds the consumer again:
+/// ALERTS may have been removed and made anew (by an operator, or by another
+/// service after a removal), taking the consumer with it, and pulling a gone
+/// consumer would fail for ever.
 pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
@@ -128,8 +131,50 @@ pub async fn run(
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
+    loop {
+        let Some(consumer) = bind(&js, ack_wait, replicas, max_backoff, &shutdown).await else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let batch = tokio::select! {
+                b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
+                _ = shutdown.cancelled() => return,
+            };
+            match batch {
+                Ok(m) if m.is_empty() => backoff = Duration::from_millis(100),
+                Ok(m) => {
+                    backoff = Duration::from_millis(100);
+                    if !store(&pool, &counters, m, max_backoff, &shutdown).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff,
+                        "cannot pull from ALERTS; binding it again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// ALERTS (made if missing) and the consumer on it, retried with back-off
+/// while the hub refuses; `None` if shut down meanwhile.
+async fn bind(
+    js: &jetstream::Context,
+    ack_wait: Duration,
+    replicas: Replicas,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
     let mut backoff = Duration::from_millis(100);
-    let consumer = loop {
+    loop {
         let attempt = async {
             let stream = js
                 .get_or_create_stream(replicas.stream(streams::alerts()))
@@ -144,88 +189,81 @@ pub async fn run(
             Ok::<_, anyhow::Error>(c)
         };
         match attempt.await {
-            Ok(c) => break c,
+            Ok(c) => return Some(c),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff,
                 "cannot set up ALERTS and its consumer"),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
         }
         backoff = (backoff * 2).min(max_backoff);
-    };
-    while !shutdown.is_cancelled() {
-        let batch = tokio::select! {
-            b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
-            _ = shutdown.cancelled() => return,
-        };
-        let msgs = match batch {
-            Ok(m) if m.is_empty() => continue,
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull from ALERTS");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                continue;
+    }
+}
+
+/// Stores a pulled batch and acks it, terminating what is refused; false
+/// if shut down meanwhile (then nothing more is acked).
+async fn store(
+    pool: &PgPool,
+    counters: &Counters,
+    msgs: Vec<jetstream::Message>,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut rows = Vec::new();
+    let mut accepted = Vec::new();
+    for m in msgs {
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::MSG_ID))
+            .map(|v| v.as_str().to_owned());
+        match decode(&m.payload, id.as_deref()) {
+            Ok(r) => {
+                rows.push(r);
+                accepted.push(m);
             }
-        };
-        let mut rows = Vec::new();
-        let mut accepted = Vec::new();
-        for m in msgs {
-            let id = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::MSG_ID))
-                .map(|v| v.as_str().to_owned());
-            match decode(&m.payload, id.as_deref()) {
-                Ok(r) => {
-                    rows.push(r);
-                    accepted.push(m);
-                }
-                Err(why) => {
-                    Counters::add(&counters.rejected_alert, 1);
-                    tracing::warn!(subject = %m.subject, reason = %why, "alert event rejected");
-                    let _ = m.ack_with(AckKind::Term).await;
-                }
+            Err(why) => {
+                Counters::add(&counters.rejected_alert, 1);
+                tracing::warn!(subject = %m.subject, reason = %why, "alert event rejected");
+                let _ = m.ack_with(AckKind::Term).await;
             }
         }
-        if rows.is_empty() {
-            continue;
-        }
-        // The batch in one statement; if PostgreSQL refuses its values, one
-        // event at a time, so the one it refuses is terminated and the rest
-        // stored (retrying the batch would stop every later event).
-        let whole = insert_patiently(&pool, &rows, &accepted, &counters, max_backoff, &shutdown);
-        match whole.await {
-            None => return,
-            Some(Ok(())) => {
-                for m in &accepted {
-                    let _ = m.ack().await;
-                }
+    }
+    if rows.is_empty() {
+        return true;
+    }
+    // The batch in one statement; if PostgreSQL refuses its values, one
+    // event at a time, so the one it refuses is terminated and the rest
+    // stored (retrying the batch would stop every later event).
+    let whole = insert_patiently(pool, &rows, &accepted, counters, max_backoff, shutdown);
+    match whole.await {
+        None => return false,
+        Some(Ok(())) => {
+            for m in &accepted {
+                let _ = m.ack().await;
             }
-            Some(Err(_)) => {
-                for (row, m) in rows.iter().zip(&accepted) {
-                    let one = std::slice::from_ref(row);
-                    let msg = std::slice::from_ref(m);
-                    match insert_patiently(&pool, one, msg, &counters, max_backoff, &shutdown).await
-                    {
-                        None => return,
-                        Some(Ok(())) => {
-                            let _ = m.ack().await;
-                        }
-                        Some(Err(e)) => {
-                            Counters::add(&counters.rejected_alert, 1);
-                            tracing::warn!(subject = %m.subject, error = %e,
+        }
+        Some(Err(_)) => {
+            for (row, m) in rows.iter().zip(&accepted) {
+                let one = std::slice::from_ref(row);
+                let msg = std::slice::from_ref(m);
+                match insert_patiently(pool, one, msg, counters, max_backoff, shutdown).await {
+                    None => return false,
+                    Some(Ok(())) => {
+                        let _ = m.ack().await;
+                    }
+                    Some(Err(e)) => {
+                        Counters::add(&counters.rejected_alert, 1);
+                        tracing::warn!(subject = %m.subject, error = %e,
                                 "PostgreSQL refused this alert event; terminated");
-                            let _ = m.ack_with(AckKind::Term).await;
-                        }
+                        let _ = m.ack_with(AckKind::Term).await;
                     }
                 }
             }
         }
     }
+    true
 }
 
 /// Inserts `rows`, retrying with back-off (progress acks keep `msgs` ours)

@@ -137,3 +137,53 @@ async fn an_alert_event_postgresql_refuses_is_terminated_and_the_others_are_stor
     assert_eq!(Counters::get(&persister.counters.db_errors), 0);
     persister.stop().await;
 }
+
+/// ALERTS removed and made again (an operator, a new hub) takes the
+/// persister's consumer with it: the persister binds it again and goes on
+/// storing events, without a restart.
+#[tokio::test]
+async fn alerts_removed_and_made_again_is_bound_again() {
+    use prost::Message as _;
+    use sysmonstm_schemas::{MachineId, streams, subjects, v1};
+    let nats = NatsServer::start();
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+    js.get_or_create_stream(streams::alerts())
+        .await
+        .expect("ALERTS");
+    let persister = spawn(config(&nats.url(), db.url()));
+    let machine = MachineId::parse("a1").expect("id");
+    for (i, rule) in ["cpu_high", "disk_full"].into_iter().enumerate() {
+        if i == 1 {
+            js.delete_stream(streams::ALERTS).await.expect("removed");
+            js.create_stream(streams::alerts())
+                .await
+                .expect("made again");
+        }
+        let event = v1::AlertEvent {
+            machine_id: "a1".into(),
+            rule: rule.into(),
+            severity: v1::Severity::Warning as i32,
+            state: v1::AlertState::Firing as i32,
+            since_ms: base_ms(),
+            timestamp_ms: base_ms(),
+            ..Default::default()
+        };
+        let subject = subjects::alert(
+            v1::Severity::Warning,
+            &machine,
+            &MachineId::parse(rule).expect("rule"),
+        );
+        publish_raw(&js, &subject, &format!("a1:{rule}"), event.encode_to_vec()).await;
+        eventually(WAIT, &format!("the {rule} event stored"), || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            (n == i as i64 + 1).then_some(())
+        })
+        .await;
+    }
+    persister.stop().await;
+}
