@@ -416,8 +416,14 @@ async fn run() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &streams::EdgeLimits::default(), parts)
-        .await?;
+    // The edge's window holds the whole run (its default 2 GiB is ~10 min of
+    // 6 000 machines): a snapshot dropped by the window's byte limit would
+    // count as lost.
+    let edge_limits = streams::EdgeLimits {
+        max_bytes: 48 << 30,
+        ..streams::EdgeLimits::default()
+    };
+    sysmonstm_kit::jetstream::ensure_edge_streams(&admin, &edge_limits, parts).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
