@@ -47,6 +47,8 @@ test:
     # in the API, `alerts watch`, a second `up` that changes nothing and
     # restarts a killed gateway, `down` leaving nothing running, the data kept.
     SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" scripts/smoke-up.sh
+    # The same with METRICS split into partitions (SYSMON_METRICS_PARTITIONS).
+    SYSMON_METRICS_PARTITIONS=3 SYSMON_BIN_DIR="$(realpath "${CARGO_TARGET_DIR:-target}")/hostile" scripts/smoke-up.sh
     # The agent's package installs, its unit passes systemd's own check, and
     # it is removed again.
     deb="$(scripts/package.sh)"

@@ -224,6 +224,17 @@ assert 0 < s["memory"] <= 100, s["memory"]
 assert s["memory_total_bytes"] == mem, (s["memory_total_bytes"], mem)
 EOF
 say "snapshot of $machine in the API: cpu $(json "$web/api/machines/$machine/metrics" 'round(j["cpu"], 1)') %"
+# With SYSMON_METRICS_PARTITIONS=N the hub holds METRICS_0 … METRICS_<N-1>
+# and no single METRICS, and the snapshot above came through them.
+parts="${SYSMON_METRICS_PARTITIONS:-1}"
+streams="$(find "$copy/.data/hub" -path '*/streams/METRICS*' -prune -type d -printf '%f\n' | sort | tr '\n' ' ')"
+if [ "$parts" -gt 1 ]; then
+  want="$(for p in $(seq 0 $((parts - 1))); do echo "METRICS_$p"; done | sort | tr '\n' ' ')"
+else
+  want="METRICS "
+fi
+[ "$streams" = "$want" ] || fail "the hub's METRICS streams are '$streams', not '$want' (SYSMON_METRICS_PARTITIONS=$parts)"
+say "METRICS in $parts stream(s): $streams"
 
 # 3. The alerts CLI, as `just up` prints it, shows a rule that fires at once.
 bin="${SYSMON_BIN_DIR:-${CARGO_TARGET_DIR:-$copy/target}/${SYSMON_PROFILE:-release}}"
