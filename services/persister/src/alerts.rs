@@ -131,35 +131,23 @@ pub async fn run(
     max_backoff: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = Duration::from_millis(100);
     loop {
         let Some(consumer) = bind(&js, ack_wait, replicas, max_backoff, &shutdown).await else {
             return;
         };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let batch = tokio::select! {
-                b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
-                _ = shutdown.cancelled() => return,
-            };
-            match batch {
-                Ok(m) if m.is_empty() => backoff = Duration::from_millis(100),
-                Ok(m) => {
-                    backoff = Duration::from_millis(100);
-                    if !store(&pool, &counters, m, max_backoff, &shutdown).await {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff,
-                        "cannot pull from ALERTS; binding it again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(max_backoff);
-                    break;
-                }
-            }
+        let (pool, counters, shutdown) = (&pool, &counters, &shutdown);
+        let keep = |m| store(pool, counters, m, max_backoff, shutdown);
+        let again = crate::pull_until_failure(
+            &consumer,
+            streams::ALERTS,
+            &mut backoff,
+            max_backoff,
+            shutdown,
+            keep,
+        );
+        if !again.await {
+            return;
         }
     }
 }

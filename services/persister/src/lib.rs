@@ -529,6 +529,50 @@ async fn watch_lag(
     }
 }
 
+/// Pulls batches of up to 500 from `consumer` and hands each non-empty one
+/// to `store` (false: shut down meanwhile), until shutdown (false) or a
+/// failed pull (true: bind the consumer again — its stream may have been
+/// removed and made anew, taking the consumer with it). `backoff` is the
+/// wait after a failure, doubled up to `max_backoff` and reset by a pull
+/// that works. ALERTS and NOTIFICATIONS are followed this way.
+pub(crate) async fn pull_until_failure<F, Fut>(
+    consumer: &PullConsumer,
+    stream: &str,
+    backoff: &mut Duration,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+    mut store: F,
+) -> bool
+where
+    F: FnMut(Vec<jetstream::Message>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        let batch = tokio::select! {
+            b = fetch(consumer, 500, Duration::from_millis(500)) => b,
+            _ = shutdown.cancelled() => return false,
+        };
+        match batch {
+            Ok(m) => {
+                *backoff = Duration::from_millis(100);
+                if !m.is_empty() && !store(m).await {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?*backoff, stream,
+                    "cannot pull; binding the consumer again");
+                tokio::select! {
+                    _ = tokio::time::sleep(*backoff) => {}
+                    _ = shutdown.cancelled() => return false,
+                }
+                *backoff = (*backoff * 2).min(max_backoff);
+                return true;
+            }
+        }
+    }
+}
+
 /// One pull of up to `max` messages, waiting at most `linger` for them.
 pub(crate) async fn fetch(
     consumer: &PullConsumer,

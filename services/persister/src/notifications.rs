@@ -197,31 +197,18 @@ pub async fn run(
         let Some(consumer) = bind(&js, ack_wait, max_backoff, &shutdown).await else {
             return;
         };
-        loop {
-            let batch = tokio::select! {
-                b = crate::fetch(&consumer, 500, Duration::from_millis(500)) => b,
-                _ = shutdown.cancelled() => return,
-            };
-            match batch {
-                Ok(m) => {
-                    backoff = Duration::from_millis(100);
-                    if !m.is_empty()
-                        && !store(&pool, &counters, m, &limits, max_backoff, &shutdown).await
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff,
-                        "cannot pull from NOTIFICATIONS; binding it again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(max_backoff);
-                    break;
-                }
-            }
+        let (pool, counters, shutdown) = (&pool, &counters, &shutdown);
+        let keep = |m| store(pool, counters, m, &limits, max_backoff, shutdown);
+        let again = crate::pull_until_failure(
+            &consumer,
+            streams::NOTIFICATIONS,
+            &mut backoff,
+            max_backoff,
+            shutdown,
+            keep,
+        );
+        if !again.await {
+            return;
         }
     }
 }
