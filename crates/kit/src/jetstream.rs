@@ -232,6 +232,162 @@ pub async fn metrics_streams(
     Ok(out)
 }
 
+/// A stream on the hub that stores metrics subjects and that a service
+/// reading `partitions` does not read: left from another partition count,
+/// or the sign that this service's count is not the hub's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadMetrics {
+    pub stream: String,
+    pub messages: u64,
+    /// How long ago it stored its last message (`None`: empty).
+    pub last_ago: Option<Duration>,
+}
+
+impl UnreadMetrics {
+    /// Still being written: its last message is younger than `RECENT`.
+    pub fn receiving(&self) -> bool {
+        self.last_ago.is_some_and(|a| a < UNREAD_RECENT)
+    }
+}
+
+/// A stream written to this recently is taken to be receiving snapshots.
+pub const UNREAD_RECENT: Duration = Duration::from_secs(300);
+
+/// The streams binding metrics subjects that are not the METRICS streams
+/// of `partitions`, with how full they are and how fresh their last
+/// message is, in name order.
+pub async fn unread_metrics(
+    js: &jetstream::Context,
+    partitions: streams::Partitions,
+) -> Result<Vec<UnreadMetrics>, JetStreamError> {
+    let setup = |why: String| JetStreamError::Setup {
+        what: "listing the streams that store metrics".into(),
+        why,
+    };
+    let ours = partitions.names();
+    // STREAM.NAMES with a subject lists the streams whose subjects overlap
+    // it (async-nats only exposes that for one name), a page at a time.
+    let mut others = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let page: serde_json::Value = js
+            .request(
+                "STREAM.NAMES",
+                &serde_json::json!({
+                    "subject": sysmonstm_schemas::subjects::METRICS_LIVE,
+                    "offset": offset,
+                }),
+            )
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        if let Some(e) = page.get("error") {
+            return Err(setup(e.to_string()));
+        }
+        let names = page
+            .get("streams")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if names.is_empty() {
+            break;
+        }
+        offset = offset.saturating_add(names.len() as u64);
+        for name in names.iter().filter_map(serde_json::Value::as_str) {
+            if !ours.iter().any(|o| o == name) && others.len() < 64 {
+                others.push(name.to_owned());
+            }
+        }
+        let total = page.get("total").and_then(serde_json::Value::as_u64);
+        if total.is_none_or(|t| offset >= t) || others.len() >= 64 {
+            break;
+        }
+    }
+    others.sort();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut out = Vec::with_capacity(others.len());
+    for name in others {
+        // Removed meanwhile: nothing left unread there.
+        let Ok(mut s) = js.get_stream(&name).await else {
+            continue;
+        };
+        let Ok(info) = s.info().await else {
+            continue;
+        };
+        let messages = info.state.messages;
+        let last = u64::try_from(info.state.last_timestamp.unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(0);
+        out.push(UnreadMetrics {
+            stream: name,
+            messages,
+            last_ago: (messages > 0).then(|| Duration::from_millis(now.saturating_sub(last))),
+        });
+    }
+    Ok(out)
+}
+
+/// How often [`watch_unread_metrics`] looks.
+pub const UNREAD_CHECK: Duration = Duration::from_secs(60);
+
+/// Looks for unread METRICS streams ([`unread_metrics`]) now and every
+/// [`UNREAD_CHECK`] until `shutdown`, keeps on `gauge` how many are receiving
+/// snapshots, and logs them: an error for each one receiving (snapshots
+/// stored there are not `what` — the service's partition count is not the
+/// hub's), a warning once for each idle one that still holds messages.
+pub async fn watch_unread_metrics(
+    js: jetstream::Context,
+    partitions: streams::Partitions,
+    what: &'static str,
+    gauge: prometheus::IntGauge,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut idle_told = std::collections::BTreeSet::new();
+    loop {
+        match unread_metrics(&js, partitions).await {
+            Ok(found) => {
+                let receiving = found.iter().filter(|u| u.receiving()).count();
+                gauge.set(i64::try_from(receiving).unwrap_or(i64::MAX));
+                for u in &found {
+                    if u.receiving() {
+                        tracing::error!(
+                            stream = %u.stream,
+                            messages = u.messages,
+                            last_ago = ?u.last_ago.unwrap_or_default(),
+                            metrics_partitions = partitions.get(),
+                            reads = %partitions.names().join(","),
+                            "{} receives snapshots that are not {what}: this service's \
+                             metrics_partitions is not the hub's (the hub's count is the \
+                             `metrics-partitions` file beside its credentials, set by \
+                             `sysmonstm creds partitions`); give every service the same count",
+                            u.stream
+                        );
+                    } else if u.messages > 0
+                        && idle_told.len() < 64
+                        && idle_told.insert(u.stream.clone())
+                    {
+                        tracing::warn!(
+                            stream = %u.stream,
+                            messages = u.messages,
+                            "{} holds snapshots this service does not read (none new for \
+                             {:?}): left from another partition count; remove it once it \
+                             is not needed (`nats stream rm {}`)",
+                            u.stream,
+                            u.last_ago.unwrap_or_default(),
+                            u.stream
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the streams that store metrics"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(UNREAD_CHECK) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// The last snapshot of every machine, from every METRICS partition, as
 /// (subject as stored, payload).
 pub async fn last_snapshots(

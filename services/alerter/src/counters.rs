@@ -29,6 +29,8 @@ pub struct Counters {
     pub machines_forgotten: IntCounter,
     /// Machines the engine follows now.
     pub machines: IntGauge,
+    /// Streams receiving snapshots that this alerter does not read.
+    pub metrics_streams_unread: IntGauge,
     /// Times evaluation waited for room in the full confirm queue.
     pub confirm_queue_full: IntCounter,
 }
@@ -104,6 +106,10 @@ impl Default for Counters {
             machines: r.gauge(
                 "machines",
                 "Machines the alerter follows now (for the silent rule).",
+            ),
+            metrics_streams_unread: r.gauge(
+                "metrics_streams_unread",
+                "Streams on the hub receiving snapshots that this alerter's metrics_partitions does not read (its count is not the hub's).",
             ),
             registry: Arc::new(r),
         }

@@ -160,6 +160,14 @@ impl Alerter {
             put_rules(&rules_kv, &rules).await?;
         }
 
+        tokio::spawn(js_kit::watch_unread_metrics(
+            js.clone(),
+            parts,
+            "evaluated",
+            self.counters.metrics_streams_unread.clone(),
+            shutdown.clone(),
+        ));
+
         let mut engine = Engine::new();
         let (tx, rx) = mpsc::channel::<InFlight>(cfg.confirm_queue);
         let confirm = tokio::spawn(confirm_loop(

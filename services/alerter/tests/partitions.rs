@@ -287,3 +287,28 @@ async fn a_machine_silent_before_the_alerter_started_is_found_in_its_partition()
     assert_eq!((got, fired.len()), (want, n));
     alerter.stop().await;
 }
+
+/// An alerter given another partition count than the hub's evaluates none
+/// of the snapshots: it says so on `metrics_streams_unread` (and in its
+/// log) rather than staying quiet while machines breach their rules.
+#[tokio::test]
+async fn a_partition_count_not_the_hubs_is_reported() {
+    let nats = NatsServer::start_partitioned(parts());
+    let js = js_for(&nats.url()).await;
+    setup_partitioned(&js).await;
+    for m in &mut machines_in_every_partition(1).await {
+        m.publish(&js, 5.0).await;
+    }
+    let alerter = spawn(AlerterConfig {
+        metrics_partitions: Partitions::ONE,
+        ..partitioned(&nats.url())
+    });
+    let c = alerter.counters.clone();
+    eventually(WAIT, "the four partitions reported unread", || {
+        let c = c.clone();
+        async move { (Counters::get(&c.metrics_streams_unread) == 4).then_some(()) }
+    })
+    .await;
+    assert_eq!(Counters::get(&alerter.counters.snapshots_evaluated), 0);
+    alerter.stop().await;
+}

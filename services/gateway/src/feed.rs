@@ -64,6 +64,13 @@ pub fn spawn(shared: &Arc<Shared>, shutdown: &CancellationToken) {
                 _ = stop.cancelled() => {}
             }
         });
+        tokio::spawn(sysmonstm_kit::jetstream::watch_unread_metrics(
+            shared.js.clone(),
+            shared.config.metrics_partitions,
+            "shown",
+            shared.counters.metrics_streams_unread.clone(),
+            shutdown.clone(),
+        ));
     }
     for kind in [Kind::Metrics, Kind::Machines, Kind::Alerts] {
         let shared = Arc::clone(shared);

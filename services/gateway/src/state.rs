@@ -93,6 +93,8 @@ pub struct Counters {
     pub silences_refused: IntCounterVec,
     /// Silences held now (the bucket's, ended ones until their key goes).
     pub silences: IntGauge,
+    /// Streams receiving snapshots that this gateway does not read.
+    pub metrics_streams_unread: IntGauge,
     http_connections_open: IntGauge,
     http_connections_refused: IntCounter,
     cache_hit_ratio_latest: Gauge,
@@ -279,6 +281,10 @@ impl Default for Counters {
             cache_hit_ratio_latest: ratio.with_label_values(&["latest"]),
             cache_hit_ratio_history: ratio.with_label_values(&["history"]),
             machines: r.gauge("machines", "Machines with a latest snapshot."),
+            metrics_streams_unread: r.gauge(
+                "metrics_streams_unread",
+                "Streams on the hub receiving snapshots that this gateway's metrics_partitions does not read (its count is not the hub's).",
+            ),
             registry: Arc::new(r),
         }
     }

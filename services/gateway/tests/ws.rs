@@ -840,4 +840,20 @@ async fn every_partition_of_metrics_is_read_and_followed_live() {
         counter(addr, "sysmonstm_gateway_decode_errors_total").await,
         0
     );
+
+    // A gateway given one stream where the hub has four shows nothing of
+    // them, and says so on /metrics (and in its log).
+    let wrong = start(
+        &env,
+        GatewayConfig {
+            metrics_partitions: sysmonstm_schemas::streams::Partitions::ONE,
+            ..env.config()
+        },
+    )
+    .await;
+    let gauge = "sysmonstm_gateway_metrics_streams_unread";
+    sysmonstm_testkit::eventually(WAIT, "the four partitions reported unread", || async {
+        (counter(wrong.addr(), gauge).await == 4).then_some(())
+    })
+    .await;
 }

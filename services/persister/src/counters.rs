@@ -53,6 +53,8 @@ pub struct Counters {
     pub consumer_lag: IntGauge,
     /// Delivered, not yet acknowledged.
     pub consumer_ack_pending: IntGauge,
+    /// Streams receiving snapshots that this persister does not read.
+    pub metrics_streams_unread: IntGauge,
     batch_seconds: Histogram,
 }
 
@@ -120,6 +122,10 @@ impl Default for Counters {
             consumer_ack_pending: r.gauge(
                 "consumer_ack_pending_messages",
                 "Messages delivered and not yet acknowledged.",
+            ),
+            metrics_streams_unread: r.gauge(
+                "metrics_streams_unread",
+                "Streams on the hub receiving snapshots that this persister's metrics_partitions does not read (its count is not the hub's).",
             ),
             batch_seconds: r.seconds(
                 "batch_seconds",

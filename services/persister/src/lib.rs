@@ -210,6 +210,13 @@ impl Persister {
                 Arc::clone(&self.counters),
                 shutdown.clone(),
             )),
+            tokio::spawn(sysmonstm_kit::jetstream::watch_unread_metrics(
+                js.clone(),
+                cfg.metrics_partitions,
+                "stored",
+                self.counters.metrics_streams_unread.clone(),
+                shutdown.clone(),
+            )),
         ];
         if mode == Mode::Plain {
             side.push(tokio::spawn(maintenance::run_settle(

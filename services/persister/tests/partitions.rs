@@ -167,3 +167,68 @@ async fn every_partition_is_stored_exactly_once_across_a_crash_and_two_instances
     a.stop().await;
     b.stop().await;
 }
+
+/// A persister given another partition count than the hub's reads none of
+/// the streams the snapshots land in: it says so (the gauge, an error in
+/// its log) instead of sitting quietly, and nothing is lost: the right
+/// count, given back, stores all of it.
+#[tokio::test]
+async fn a_partition_count_not_the_hubs_is_reported_and_loses_nothing() {
+    let parts = Partitions::new(4).expect("4");
+    let nats = NatsServer::start_partitioned(parts);
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let js = js_for(&nats.url()).await;
+
+    let right = spawn(partitioned(&nats.url(), db.url(), parts));
+    for name in parts.names() {
+        eventually(WAIT, &format!("the consumer on {name}"), || {
+            consumer(&js, &name)
+        })
+        .await;
+    }
+    publish_round(&js, 1..=2).await;
+    let two = published_set(MACHINES, 2);
+    eventually(WAIT, "rounds 1 and 2 stored", || async {
+        (stored_set(&pool).await == two).then_some(())
+    })
+    .await;
+    right.stop().await;
+
+    // One stream where the hub has four.
+    let wrong = spawn(partitioned(&nats.url(), db.url(), Partitions::ONE));
+    let c = wrong.counters.clone();
+    eventually(WAIT, "the four partitions reported unread", || {
+        let c = c.clone();
+        async move { (Counters::get(&c.metrics_streams_unread) == 4).then_some(()) }
+    })
+    .await;
+    publish_round(&js, 3..=3).await;
+    assert_eq!(
+        stored_set(&pool).await,
+        two,
+        "nothing read from streams it was not given"
+    );
+    wrong.stop().await;
+
+    // The hub's count again: round 3 waited in the partitions.
+    let back = spawn(partitioned(&nats.url(), db.url(), parts));
+    let three = published_set(MACHINES, 3);
+    eventually(WAIT, "round 3 stored after all", || async {
+        (stored_set(&pool).await == three).then_some(())
+    })
+    .await;
+    // The single METRICS the wrong count made is unread but empty, so not
+    // receiving anything.
+    let unread = sysmonstm_kit::jetstream::unread_metrics(&js, parts)
+        .await
+        .expect("listed");
+    assert_eq!(
+        unread
+            .iter()
+            .map(|u| (u.stream.as_str(), u.messages, u.receiving()))
+            .collect::<Vec<_>>(),
+        [(streams::METRICS, 0, false)]
+    );
+    back.stop().await;
+}
