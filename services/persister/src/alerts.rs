@@ -218,75 +218,32 @@ async fn store(
             }
         }
     }
-    if rows.is_empty() {
-        return true;
-    }
-    // The batch in one statement; if PostgreSQL refuses its values, one
-    // event at a time, so the one it refuses is terminated and the rest
-    // stored (retrying the batch would stop every later event).
-    let whole = insert_patiently(pool, &rows, &accepted, counters, max_backoff, shutdown);
-    match whole.await {
-        None => return false,
-        Some(Ok(())) => {
-            for m in &accepted {
-                let _ = m.ack().await;
-            }
-        }
-        Some(Err(_)) => {
-            for (row, m) in rows.iter().zip(&accepted) {
-                let one = std::slice::from_ref(row);
-                let msg = std::slice::from_ref(m);
-                match insert_patiently(pool, one, msg, counters, max_backoff, shutdown).await {
-                    None => return false,
-                    Some(Ok(())) => {
-                        let _ = m.ack().await;
-                    }
-                    Some(Err(e)) => {
-                        Counters::add(&counters.rejected_alert, 1);
-                        tracing::warn!(subject = %m.subject, error = %e,
-                                "PostgreSQL refused this alert event; terminated");
-                        let _ = m.ack_with(AckKind::Term).await;
-                    }
-                }
-            }
-        }
-    }
-    true
+    crate::rows::store::<Alerts>(pool, &rows, &accepted, counters, max_backoff, shutdown).await
 }
 
-/// Inserts `rows`, retrying with back-off (progress acks keep `msgs` ours)
-/// while the database cannot take them; `Some(Err)` when PostgreSQL refuses
-/// the values themselves, `None` if shut down meanwhile.
-async fn insert_patiently(
-    pool: &PgPool,
-    rows: &[AlertRow],
-    msgs: &[jetstream::Message],
-    counters: &Counters,
-    max_backoff: Duration,
-    shutdown: &CancellationToken,
-) -> Option<Result<(), sqlx::Error>> {
-    let mut retry = Duration::from_millis(100);
-    loop {
-        match insert(pool, rows).await {
-            Ok(new) => {
-                Counters::add(&counters.alerts_stored, new);
-                Counters::add(&counters.alerts_duplicates, rows.len() as u64 - new);
-                return Some(Ok(()));
-            }
-            Err(e) if crate::store::refuses_the_data(&e) => return Some(Err(e)),
-            Err(e) => {
-                Counters::add(&counters.db_errors, 1);
-                tracing::warn!(error = %e, retry_in = ?retry, "storing alerts failed; retrying");
-                for m in msgs {
-                    let _ = m.ack_with(AckKind::Progress).await;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                retry = (retry * 2).min(max_backoff);
-            }
-        }
+/// `alerts`, for [`crate::rows::store`].
+struct Alerts;
+
+impl crate::rows::Table for Alerts {
+    type Row = AlertRow;
+    const WHAT: &'static str = "alert events";
+
+    fn insert(
+        pool: &PgPool,
+        rows: &[AlertRow],
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send {
+        insert(pool, rows)
+    }
+
+    fn stored(counters: &Counters, new: u64, old: u64) {
+        Counters::add(&counters.alerts_stored, new);
+        Counters::add(&counters.alerts_duplicates, old);
+    }
+
+    fn refused(counters: &Counters, m: &jetstream::Message, e: &sqlx::Error) {
+        Counters::add(&counters.rejected_alert, 1);
+        tracing::warn!(subject = %m.subject, error = %e,
+            "PostgreSQL refused this alert event; terminated");
     }
 }
 

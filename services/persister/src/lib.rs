@@ -23,6 +23,7 @@ pub mod decode;
 pub mod machines;
 pub mod maintenance;
 pub mod notifications;
+mod rows;
 pub mod store;
 mod wire;
 

@@ -240,34 +240,31 @@ async fn store(
             Err(why) => reject(counters, &m, why.reason(), why.to_string()).await,
         }
     }
-    if rows.is_empty() {
-        return true;
+    crate::rows::store::<Failures>(pool, &rows, &accepted, counters, max_backoff, shutdown).await
+}
+
+/// `notification_failures`, for [`crate::rows::store`].
+struct Failures;
+
+impl crate::rows::Table for Failures {
+    type Row = FailureRow;
+    const WHAT: &'static str = "notification failures";
+
+    fn insert(
+        pool: &PgPool,
+        rows: &[FailureRow],
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send {
+        insert(pool, rows)
     }
-    // The batch in one statement; if PostgreSQL refuses its values, one
-    // record at a time, so the one it refuses is terminated and the rest
-    // stored.
-    match insert_patiently(pool, &rows, &accepted, counters, max_backoff, shutdown).await {
-        None => return false,
-        Some(Ok(())) => {
-            for m in &accepted {
-                let _ = m.ack().await;
-            }
-        }
-        Some(Err(_)) => {
-            for (row, m) in rows.iter().zip(&accepted) {
-                let one = std::slice::from_ref(row);
-                let msg = std::slice::from_ref(m);
-                match insert_patiently(pool, one, msg, counters, max_backoff, shutdown).await {
-                    None => return false,
-                    Some(Ok(())) => {
-                        let _ = m.ack().await;
-                    }
-                    Some(Err(e)) => reject(counters, m, "refused_by_database", e.to_string()).await,
-                }
-            }
-        }
+
+    fn stored(counters: &Counters, new: u64, old: u64) {
+        Counters::add(&counters.notification_failures_stored, new);
+        Counters::add(&counters.notification_failures_duplicates, old);
     }
-    true
+
+    fn refused(counters: &Counters, m: &jetstream::Message, e: &sqlx::Error) {
+        count_refused(counters, m, "refused_by_database", &e.to_string());
+    }
 }
 
 /// The consumer on NOTIFICATIONS, once the stream exists. An absent stream
@@ -323,55 +320,19 @@ fn not_found(e: &jetstream::context::GetStreamError) -> bool {
 }
 
 async fn reject(counters: &Counters, m: &jetstream::Message, reason: &'static str, why: String) {
+    count_refused(counters, m, reason, &why);
+    if let Err(e) = m.ack_with(AckKind::Term).await {
+        tracing::warn!(error = %e, "terminating a refused message failed; it will come back");
+    }
+}
+
+fn count_refused(counters: &Counters, m: &jetstream::Message, reason: &'static str, why: &str) {
     counters
         .rejected_notification
         .with_label_values(&[reason])
         .inc();
     tracing::warn!(subject = %m.subject, bytes = m.payload.len(), reason, error = %why,
         "notification failure record refused and terminated");
-    if let Err(e) = m.ack_with(AckKind::Term).await {
-        tracing::warn!(error = %e, "terminating a refused message failed; it will come back");
-    }
-}
-
-/// Inserts `rows`, retrying with back-off (progress acks keep `msgs` ours)
-/// while the database cannot take them; `Some(Err)` when PostgreSQL refuses
-/// the values themselves, `None` if shut down meanwhile.
-async fn insert_patiently(
-    pool: &PgPool,
-    rows: &[FailureRow],
-    msgs: &[jetstream::Message],
-    counters: &Counters,
-    max_backoff: Duration,
-    shutdown: &CancellationToken,
-) -> Option<Result<(), sqlx::Error>> {
-    let mut retry = Duration::from_millis(100);
-    loop {
-        match insert(pool, rows).await {
-            Ok(new) => {
-                Counters::add(&counters.notification_failures_stored, new);
-                Counters::add(
-                    &counters.notification_failures_duplicates,
-                    rows.len() as u64 - new,
-                );
-                return Some(Ok(()));
-            }
-            Err(e) if crate::store::refuses_the_data(&e) => return Some(Err(e)),
-            Err(e) => {
-                Counters::add(&counters.db_errors, 1);
-                tracing::warn!(error = %e, retry_in = ?retry,
-                    "storing notification failures failed; retrying");
-                for m in msgs {
-                    let _ = m.ack_with(AckKind::Progress).await;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                retry = (retry * 2).min(max_backoff);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
