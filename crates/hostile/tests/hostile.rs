@@ -211,12 +211,14 @@ async fn every_service_survives_hostile_input_and_a_normal_machine_still_goes_th
         requests.push(format!("/api/alerts?state={v}&machine={v}"));
         requests.push(format!("/api/machines/{v}"));
         requests.push(format!("/api/machines/{v}/metrics"));
+        requests.push(format!("/api/machines?limit={v}&after={v}"));
     }
     let long = "a".repeat(10_000);
     requests.extend([
         format!("/api/machines/{long}"),
         format!("/api/machines/{NORMAL}/history?metric={long}"),
         format!("/api/machines?{long}=1"),
+        format!("/api/machines?limit=1&after={long}"),
         "/api/machines/%ff%fe/history?metric=cpu".to_owned(),
         "/api/rules?x=1".to_owned(),
         "/api/alerts/live?machine=UPPER".to_owned(),

@@ -62,7 +62,9 @@ pub async fn machines(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
     counted(
         &s,
         async {
-            params::only(&query(&s, q)?, &[])?;
+            let q = query(&s, q)?;
+            params::only(&q, &["limit", "after"])?;
+            let (limit, after) = params::page(&q)?;
             let now = Utc::now().timestamp_millis();
             let mut ids: Vec<Arc<String>> = s.latest.iter().map(|(k, _)| k).collect();
             // At the edge the list is the window's: MACHINES keeps facts
@@ -73,6 +75,17 @@ pub async fn machines(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
             }
             ids.sort();
             ids.dedup();
+            // A page: the machines after `after`, at most `limit`, and where
+            // the next page starts if more are left.
+            if let Some(a) = &after {
+                let start = ids.partition_point(|id| id.as_str() <= a.as_str());
+                ids.drain(..start);
+            }
+            let mut next_after = None;
+            if let Some(n) = limit.filter(|n| ids.len() > *n) {
+                ids.truncate(n);
+                next_after = ids.last().map(|id| id.as_str().to_owned());
+            }
             let latest: Vec<_> = ids.iter().map(|id| s.latest.get(id.as_str())).collect();
             let infos: Vec<_> = ids.iter().map(|id| s.info.get(id.as_str())).collect();
             let rows: Vec<MachineRow<'_>> = ids
@@ -86,7 +99,7 @@ pub async fn machines(State(s): State<Arc<Shared>>, q: Q) -> ApiResult {
                     latest: l.as_ref().map(|l| &l.detail.summary),
                 })
                 .collect();
-            Ok(Json(json!({ "machines": rows })).into_response())
+            Ok(Json(json!({ "machines": rows, "next_after": next_after })).into_response())
         }
         .await,
     )

@@ -38,6 +38,36 @@ pub fn machine(id: &str) -> Result<MachineId, ApiError> {
     MachineId::parse(id).map_err(|e| ApiError::bad("id", format!("not a machine id: {e}")))
 }
 
+/// The most machines one `/api/machines` page holds.
+pub const MAX_PAGE: u32 = 10_000;
+
+/// `/api/machines`' page: `limit` (1 to [`MAX_PAGE`]; absent: every
+/// machine) and `after` (a machine id: only those sorting after it).
+pub fn page(q: &HashMap<String, String>) -> Result<(Option<usize>, Option<MachineId>), ApiError> {
+    let limit = match q.get("limit") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "limit",
+                        format!("{} is not a page size (1 to {MAX_PAGE})", shown(raw)),
+                    )
+                })?,
+        ),
+    };
+    let after = match q.get("after") {
+        None => None,
+        Some(raw) => Some(MachineId::parse(raw).map_err(|e| {
+            ApiError::bad("after", format!("{} is not a machine id: {e}", shown(raw)))
+        })?),
+    };
+    Ok((limit, after))
+}
+
 /// Earliest time a parameter may name: 2000-01-01T00:00:00Z, where the
 /// data's own range begins (`schemas::accept::EARLIEST_MS`).
 pub const EARLIEST_MS: i64 = sysmonstm_schemas::accept::EARLIEST_MS;

@@ -76,6 +76,37 @@ async fn machines_their_facts_and_latest_snapshot() {
         cpu.map(|c| (c * 1e3).round())
     );
 
+    assert_eq!(v["next_after"], Value::Null, "the whole list");
+    // Pages, in id order: each says where the next begins.
+    let page = |q: &'static str| {
+        let app = app.clone();
+        async move {
+            let (status, v) = get(&app, &format!("/api/machines?{q}")).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {v}");
+            let ids: Vec<String> = v["machines"]
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter_map(|m| m["machine_id"].as_str().map(str::to_owned))
+                .collect();
+            (ids, v["next_after"].as_str().map(str::to_owned))
+        }
+    };
+    assert_eq!(
+        page("limit=1").await,
+        (vec!["db-1".into()], Some("db-1".into()))
+    );
+    assert_eq!(
+        page("limit=1&after=db-1").await,
+        (vec!["web-1".into()], None)
+    );
+    assert_eq!(
+        page("limit=2").await,
+        (vec!["db-1".into(), "web-1".into()], None)
+    );
+    assert_eq!(page("after=cache-9").await.0, ["db-1", "web-1"]);
+    assert_eq!(page("after=web-1").await, (vec![], None));
+
     let (status, v) = get(&app, "/api/machines/web-1").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["info"]["core_count"], info.core_count);
@@ -103,8 +134,12 @@ async fn machines_their_facts_and_latest_snapshot() {
     );
     bad(&app, "/api/machines/Bad.Id", "id").await;
     bad(&app, "/api/machines/Bad.Id/metrics", "id").await;
-    bad(&app, "/api/machines?limit=3", "limit").await;
-    assert!(shared.counters.http_bad_requests.get() >= 3);
+    for q in ["limit=0", "limit=10001", "limit=x", "limit=-1", "limit="] {
+        bad(&app, &format!("/api/machines?{q}"), "limit").await;
+    }
+    bad(&app, "/api/machines?after=Bad.Id", "after").await;
+    bad(&app, "/api/machines?page=2", "page").await;
+    assert!(shared.counters.http_bad_requests.get() >= 9);
     assert_eq!(shared.counters.latest_hits.get(), 1);
     assert_eq!(shared.counters.latest_misses.get(), 1);
 }
