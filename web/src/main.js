@@ -1,4 +1,5 @@
-// The sysmonstm dashboard: an overview card per machine and a machine page
+// The sysmonstm dashboard: the overview (a card per machine, filtered,
+// sorted and capped; overview.js) and a machine page
 // with live per-second charts, history zoom, processes, filesystems,
 // interfaces and alerts; the rules editor at /rules. Live data comes over /ws (arrays of
 // {type, data} updates); history and recent alerts over /api.

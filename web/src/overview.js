@@ -88,7 +88,7 @@ export class Overview {
     this.el.className = "overview";
     this.el.innerHTML = `<div class="overview-bar">
         <span class="counts"></span>
-        <input type="search" name="q" class="filter" placeholder="Filter by machine or hostname" autocomplete="off" spellcheck="false" aria-label="Filter machines">
+        <input type="search" name="q" class="filter" maxlength="200" placeholder="Filter by machine or hostname" autocomplete="off" spellcheck="false" aria-label="Filter machines">
         <label class="sort">Sort <select name="sort"><option value="name">name</option><option value="attention">needs attention</option></select></label>
       </div>
       <section id="overview" class="grid"></section>
