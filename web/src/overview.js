@@ -4,8 +4,8 @@
 // A hub holds thousands of machines, so the page is a toolbar (counts, a
 // filter, a sort) over at most `cap` cards: the toolbar is built once and
 // never re-rendered by updates (typing keeps focus and caret), the grid is
-// re-rendered at most once per animation frame however many WebSocket
-// batches arrive, and only the cards whose markup changed are replaced.
+// re-rendered at most four times a second however many WebSocket batches
+// arrive (at the next animation frame for what the user does), and only the cards whose markup changed are replaced.
 // Filter and sort live in the URL (?q=…&sort=attention, via replaceState) so
 // a view can be linked and survives a reload; ?limit=N (1..1000) sets the
 // initial cap.
@@ -14,6 +14,8 @@ import { level, pct, rate, num, ago, online, esc } from "./format.js";
 // Cards drawn at once, and how many more "Show more" adds.
 export const CAP_STEP = 120;
 const LIMIT_MAX = 1000;
+// The least time between two redraws for live data.
+const RENDER_GAP_MS = 250;
 
 function bar(metric, v) {
   const w = v == null ? 0 : Math.max(0, Math.min(100, v));
@@ -80,6 +82,8 @@ export class Overview {
     this.initialCap = v.limit;
     this.cap = v.limit;
     this.frame = 0;
+    this.timer = 0;
+    this.lastRender = -Infinity;
     this.matching = 0;
     this.shown = null; // ids of the cards in the grid, in order
     this.html = []; // their markup, to replace only the changed ones
@@ -105,17 +109,17 @@ export class Overview {
       this.q = input.value.slice(0, 200);
       this.cap = this.initialCap;
       this.toUrl();
-      this.schedule();
+      this.schedule(true);
     });
     select.addEventListener("change", () => {
       this.sort = select.value === "attention" ? "attention" : "name";
       this.toUrl();
-      this.schedule();
+      this.schedule(true);
     });
     this.el.querySelector(".show-more").addEventListener("click", () => {
       // Never above what matches, never below where it started.
       this.cap = Math.max(this.initialCap, Math.min(this.cap + CAP_STEP, this.matching));
-      this.schedule();
+      this.schedule(true);
     });
   }
 
@@ -130,17 +134,34 @@ export class Overview {
   }
 
   // At most one render per animation frame.
-  schedule() {
+  schedule(soon = false) {
     if (this.frame) return;
+    // Live data changes each machine once a second: redrawn at most every
+    // RENDER_GAP_MS. What the user does is drawn at the next frame.
+    const wait = soon ? 0 : this.lastRender + RENDER_GAP_MS - performance.now();
+    if (wait > 0) {
+      if (!this.timer) {
+        this.timer = setTimeout(() => {
+          this.timer = 0;
+          this.schedule();
+        }, wait);
+      }
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = 0;
     this.frame = requestAnimationFrame(() => {
       this.frame = 0;
+      this.lastRender = performance.now();
       this.render();
     });
   }
 
   destroy() {
     if (this.frame) cancelAnimationFrame(this.frame);
+    if (this.timer) clearTimeout(this.timer);
     this.frame = 0;
+    this.timer = 0;
   }
 
   render() {
