@@ -1,9 +1,10 @@
-// The sysmonstm dashboard: an overview card per machine and a machine page
+// The sysmonstm dashboard: the overview (a card per machine, filtered,
+// sorted and capped; overview.js) and a machine page
 // with live per-second charts, history zoom, processes, filesystems,
 // interfaces and alerts; the rules editor at /rules. Live data comes over /ws (arrays of
 // {type, data} updates); history and recent alerts over /api.
 import { LiveFeed } from "./feed.js";
-import { renderOverview } from "./overview.js";
+import { Overview } from "./overview.js";
 import { MachinePage } from "./machine.js";
 import { AlertsPanel } from "./alerts.js";
 import { RulesPage } from "./rules.js";
@@ -19,6 +20,7 @@ const app = document.getElementById("app");
 const conn = document.getElementById("conn");
 let page = null; // MachinePage when on /machine/<id>
 let rulesPage = null; // RulesPage when on /rules
+let overview = null; // Overview when on the machines' page
 const alertsPanel = new AlertsPanel();
 
 const feed = new LiveFeed({
@@ -51,21 +53,20 @@ const feed = new LiveFeed({
         alertsChanged = true;
       }
     }
-    if (!page && !rulesPage) renderOverview(overviewEl(), state);
+    // Coalesced: one render per animation frame, however many batches.
+    if (overview) overview.schedule();
     if (alertsChanged) alertsPanel.render(state.alerts, page ? page.id : null);
   },
 });
-
-function overviewEl() {
-  return document.getElementById("overview");
-}
 
 function route() {
   const m = location.pathname.match(/^\/machine\/([a-z0-9_-]+)\/?$/);
   if (page) page.destroy();
   if (rulesPage) rulesPage.destroy();
+  if (overview) overview.destroy();
   page = null;
   rulesPage = null;
+  overview = null;
   app.innerHTML = "";
   if (/^\/rules\/?$/.test(location.pathname) && !readOnly) {
     rulesPage = new RulesPage(app);
@@ -77,13 +78,11 @@ function route() {
     app.appendChild(alertsPanel.el);
     feed.subscribe(id);
   } else {
-    const grid = document.createElement("section");
-    grid.id = "overview";
-    grid.className = "grid";
-    app.appendChild(grid);
+    overview = new Overview(state);
+    app.appendChild(overview.el);
     app.appendChild(alertsPanel.el);
     feed.subscribe(null);
-    renderOverview(grid, state);
+    overview.render();
   }
   alertsPanel.render(state.alerts, page ? page.id : null);
   alertsPanel.loadRecent(page ? page.id : null);
@@ -102,7 +101,7 @@ window.addEventListener("popstate", route);
 // Online/silent is a matter of time passing: re-evaluate every second.
 setInterval(() => {
   if (page) page.tick();
-  else if (!rulesPage) renderOverview(overviewEl(), state);
+  else if (overview) overview.schedule();
 }, 1000);
 
 // The public edge is read-only (GET /api/mode says so): no rules editor

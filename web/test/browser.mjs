@@ -114,11 +114,75 @@ try {
   step("cards update: " + JSON.stringify(first) + " → " + JSON.stringify(await seqs()) + "; " + JSON.stringify(cards[0]));
   await page.screenshot({ path: join(shots, "overview.png"), fullPage: true });
 
+  // The toolbar: how many machines, online, silent, alerting.
+  const countsLine = () => page.$eval(".overview-bar .counts", (e) => e.textContent);
+  await page.waitForFunction(
+    (n) => document.querySelector(".overview-bar .counts")?.textContent === `${n} machines · ${n} online · 0 silent · 0 alerting`,
+    machines.length,
+    { timeout: WAIT }
+  );
+  step("counts: " + (await countsLine()));
+
+  // A cap on the cards drawn (?limit= sets it, for a small one here), and
+  // "Show more" raises it.
+  const cardCount = () => page.$$eval(".card[data-machine]", (cs) => cs.length);
+  await page.goto(base + "/?limit=2", { waitUntil: "load" });
+  await page.waitForFunction((n) => document.querySelector(".overview-more .showing")?.textContent.startsWith(`Showing 2 of ${n} matching`), machines.length, {
+    timeout: WAIT,
+  });
+  check((await cardCount()) === 2, `?limit=2 drew ${await cardCount()} cards`);
+  const showing = await page.$eval(".overview-more .showing", (e) => e.textContent);
+  await page.screenshot({ path: join(shots, "overview-cap.png"), fullPage: true });
+  await page.click(".overview-more button.show-more");
+  await page.waitForFunction((n) => document.querySelectorAll(".card[data-machine]").length === n, machines.length, { timeout: WAIT });
+  check(await page.isHidden(".overview-more"), "the Show more line stays with every card drawn");
+  step(`cap: "${showing}", then ${await cardCount()} cards after Show more`);
+
+  // The filter: hostile text is echoed as text; a machine's name, typed key
+  // by key while updates arrive, leaves exactly its card, keeps focus and
+  // caret, and goes into the URL.
+  const hostile = '"><img src=x id=injected>';
+  await page.fill(".overview-bar input.filter", hostile);
+  await page.waitForFunction((h) => document.querySelector("#overview .empty")?.textContent.includes(h), hostile, { timeout: WAIT });
+  check(!(await page.$("#injected")), "the filter text was rendered as markup");
+  await page.fill(".overview-bar input.filter", "");
+  const target = machines[machines.length - 1];
+  const typed = target.toUpperCase();
+  await page.type(".overview-bar input.filter", typed, { delay: 120 });
+  const oneCard = (m) => {
+    const cs = [...document.querySelectorAll(".card[data-machine]")];
+    return cs.length === 1 && cs[0].dataset.machine === m;
+  };
+  await page.waitForFunction(oneCard, target, { timeout: WAIT });
+  const focus = await page.evaluate(() => {
+    const e = document.activeElement;
+    return { focused: e?.matches(".overview-bar input.filter"), value: e?.value, caret: e?.selectionStart };
+  });
+  check(focus.focused && focus.value === typed && focus.caret === typed.length, "typing lost focus or caret: " + JSON.stringify(focus));
+  check(new URL(page.url()).searchParams.get("q") === typed, "the filter is not in the URL: " + page.url());
+  await page.reload({ waitUntil: "load" });
+  await page.waitForFunction(oneCard, target, { timeout: WAIT });
+  const kept = await page.$eval(".overview-bar input.filter", (e) => e.value);
+  check(kept === typed, "the filter after a reload: " + JSON.stringify(kept));
+  step(`filter ${JSON.stringify(typed)}: only ${target}, in the URL (${new URL(page.url()).search}), kept over a reload`);
+  await page.screenshot({ path: join(shots, "overview-filter.png"), fullPage: true });
+  await page.goto(base + "/", { waitUntil: "load" });
+  for (const m of machines) await page.waitForSelector(`.card[data-machine="${m}"]`, { timeout: WAIT });
+
   // A firing alert appears in the panel as it is published.
   console.log("waiting-for-alert");
   await nextLine();
   await page.waitForSelector(`li.alert[data-alert="${alertKey}"]`, { timeout: WAIT });
   step("firing alert shown: " + (await page.$eval(`li.alert[data-alert="${alertKey}"]`, (e) => e.textContent.replace(/\s+/g, " ").trim())));
+  // "Needs attention" puts the machine with the firing alert first (by
+  // name it is not), and the counts say one machine is alerting.
+  const alertMachine = alertKey.split(":")[0];
+  check((await page.$eval(".card[data-machine]", (c) => c.dataset.machine)) !== alertMachine, "the alerting machine is first by name already");
+  await page.selectOption(".overview-bar select[name=sort]", "attention");
+  await page.waitForFunction((m) => document.querySelector(".card[data-machine]")?.dataset.machine === m, alertMachine, { timeout: WAIT });
+  check(new URL(page.url()).searchParams.get("sort") === "attention", "the sort is not in the URL: " + page.url());
+  await page.waitForFunction(() => document.querySelector(".overview-bar .counts")?.textContent.endsWith(" · 1 alerting"), null, { timeout: WAIT });
+  step(`needs attention: ${alertMachine} first; ${await countsLine()}`);
   await page.waitForSelector(`.recent tr[data-alert="${alertKey}"][data-state="firing"]`, { timeout: WAIT });
   await page.waitForSelector(`.recent tr[data-alert="${storedAlertKey}"][data-state="resolved"]`, { timeout: WAIT });
   await page.screenshot({ path: join(shots, "overview-alert.png"), fullPage: true });
@@ -157,7 +221,8 @@ try {
   await page.waitForSelector(`.recent tr[data-alert="${alertKey}"][data-state="resolved"]`, { timeout: WAIT });
   const firingCount = await page.$eval(".alerts h3 .count", (e) => e.textContent);
   check(firingCount === "0", "still counted as firing: " + firingCount);
-  step("alert resolved: nothing firing, event listed");
+  await page.waitForFunction(() => document.querySelector(".overview-bar .counts")?.textContent.endsWith(" · 0 alerting"), null, { timeout: WAIT });
+  step("alert resolved: nothing firing, event listed, " + (await countsLine()));
   await page.screenshot({ path: join(shots, "overview-resolved.png"), fullPage: true });
 
   // The machine page of the machine with stored history: opened fresh, the

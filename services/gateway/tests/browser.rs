@@ -4,7 +4,9 @@
 //! a real database holding an hour of the first machine's history (rows
 //! written here in the persister's schema, its own migration) and a stored
 //! alert. The driver (`web/test/browser.mjs`) checks what a person would:
-//! the cards update with plausible numbers, the machine's facts match this
+//! the cards update with plausible numbers, the toolbar counts them, caps
+//! them (`?limit=`, "Show more"), filters (kept in the URL over a reload)
+//! and sorts the alerting machine first, the machine's facts match this
 //! machine, the live charts start from the stored minutes and label whole
 //! seconds, the history chart has the stored points, an alert published
 //! here as a real AlertEvent on ALERTS appears, shows "muted until HH:MM"
@@ -202,6 +204,7 @@ async fn the_dashboard_shows_live_agents_charts_and_a_firing_alert() {
     for f in [
         "overview.png",
         "overview-alert.png",
+        "overview-filter.png",
         "overview-muted.png",
         "machine.png",
         "rules.png",
