@@ -53,7 +53,7 @@ const feed = new LiveFeed({
         alertsChanged = true;
       }
     }
-    // Coalesced: one render per animation frame, however many batches.
+    // Coalesced: at most four renders a second, however many batches.
     if (overview) overview.schedule();
     if (alertsChanged) alertsPanel.render(state.alerts, page ? page.id : null);
   },

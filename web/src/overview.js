@@ -5,7 +5,8 @@
 // filter, a sort) over at most `cap` cards: the toolbar is built once and
 // never re-rendered by updates (typing keeps focus and caret), the grid is
 // re-rendered at most four times a second however many WebSocket batches
-// arrive (at the next animation frame for what the user does), and only the cards whose markup changed are replaced.
+// arrive (at the next animation frame for what the user does), and only the
+// cards whose markup changed are replaced.
 // Filter and sort live in the URL (?q=…&sort=attention, via replaceState) so
 // a view can be linked and survives a reload; ?limit=N (1..1000) sets the
 // initial cap.
@@ -133,7 +134,7 @@ export class Overview {
     history.replaceState(history.state, "", u.pathname + u.search + u.hash);
   }
 
-  // At most one render per animation frame.
+  // At most one render per RENDER_GAP_MS for live data; soon: the next frame.
   schedule(soon = false) {
     if (this.frame) return;
     // Live data changes each machine once a second: redrawn at most every
