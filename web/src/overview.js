@@ -60,16 +60,24 @@ export function viewFromUrl(search) {
 }
 
 // Worst firing alert per machine: 0 critical, 1 warning (others rank none).
-// Acknowledged alerts still fire; resolved ones do not.
+// Acknowledged alerts still fire; resolved ones do not. Muted ones (a
+// silence covers them) are what no person is asked about, as in the alerts
+// panel: they are counted apart (`muted`: the machines with only muted ones).
 function firingByMachine(alerts) {
   const worst = new Map();
+  const muted = new Set();
   for (const a of alerts.values()) {
     if (a.state !== "firing" && a.state !== "acknowledged") continue;
+    if (a.muted) {
+      muted.add(a.machine_id);
+      continue;
+    }
     const r = a.severity === "critical" ? 0 : a.severity === "warning" ? 1 : 2;
     const prev = worst.get(a.machine_id);
     if (prev == null || r < prev) worst.set(a.machine_id, r);
   }
-  return worst;
+  for (const id of worst.keys()) muted.delete(id);
+  return { worst, muted };
 }
 
 const byName = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
@@ -169,7 +177,7 @@ export class Overview {
     const { summaries, infos, alerts } = this.state;
     const ids = new Set(summaries.keys());
     for (const id of infos.keys()) ids.add(id);
-    const firing = firingByMachine(alerts);
+    const { worst: firing, muted } = firingByMachine(alerts);
     const needle = this.q.trim().toLowerCase();
     let on = 0;
     let alerting = 0;
@@ -188,7 +196,8 @@ export class Overview {
     }
     this.countsEl.textContent =
       `${count(ids.size)} machine${ids.size === 1 ? "" : "s"} · ${count(on)} online · ` +
-      `${count(ids.size - on)} silent · ${count(alerting)} alerting`;
+      `${count(ids.size - on)} silent · ${count(alerting)} alerting` +
+      (muted.size ? ` · ${count(muted.size)} muted` : "");
 
     if (this.sort === "attention") {
       // Firing critical, firing warning, silent, then the fullest of CPU,
