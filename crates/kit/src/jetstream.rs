@@ -244,7 +244,7 @@ pub struct UnreadMetrics {
 }
 
 impl UnreadMetrics {
-    /// Still being written: its last message is younger than `RECENT`.
+    /// Still being written: its last message is younger than [`UNREAD_RECENT`].
     pub fn receiving(&self) -> bool {
         self.last_ago.is_some_and(|a| a < UNREAD_RECENT)
     }
