@@ -14,6 +14,10 @@
 # for that long (binaries from the `profiling` profile: release with symbols),
 # and writes target/bench/flame.svg (inferno, installed on first use) and
 # the top functions per process.
+# BENCH_HUB_PPROF=1 opens the hub's Go profiler (goroutines, block profile) and
+# prints its address. Each second the bench also records the consumers'
+# unacked and redelivered counts and a disk probe's fsync latency (1 KiB
+# appended and fsynced every 100 ms next to the hub's store).
 # Needs the exports of scripts/install-deps.sh (the just recipe evals them).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -30,6 +30,14 @@
 //! BENCH_PERF (seconds: `perf record` the hub, the edge and the services for
 //! that long from the start of the measured window, into
 //! `target/bench/perf.data`; `scripts/bench-stack.sh` makes the flame graph).
+//!
+//! BENCH_HUB_PPROF=1 opens the hub's Go profiler (its address is printed).
+//!
+//! A disk probe beside the stack appends 1 KiB and fsyncs it ten times a
+//! second in the temp dir (where the hub's store is): the disk's fsync
+//! latency over the run, next to the consumers' lags. A stream's consumers
+//! read through the lock its store holds while it fsyncs, so that latency
+//! is what sets their share.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -195,6 +203,58 @@ struct Second {
     persister_lag: u64,
     alerter_lag: u64,
     edge_lag: u64,
+    /// Of the lags: delivered but not yet acknowledged.
+    persister_ack_pending: u64,
+    alerter_ack_pending: u64,
+    /// Messages redelivered so far (ack wait expired), all partitions.
+    persister_redelivered: u64,
+    alerter_redelivered: u64,
+    /// The disk probe's fsyncs in that second: median and slowest, ms.
+    fsync_p50_ms: f64,
+    fsync_max_ms: f64,
+}
+
+/// Appends 1 KiB and fsyncs it every 100 ms in `dir` until `stop`, each
+/// latency (ms) into `out`. The file is cut back at 8 MiB.
+fn disk_probe(dir: &Path, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<f64>>>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = dir.join("sysmonstm-bench-fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("disk probe {}", path.display()))?;
+    f.set_len(0)?;
+    let buf = [0x5au8; 1024];
+    let mut written = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        f.write_all(&buf)?;
+        f.sync_all()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        out.lock()
+            .map_err(|_| anyhow::anyhow!("probe lock"))?
+            .push(ms);
+        written += buf.len();
+        if written >= 8 << 20 {
+            f.set_len(0)?;
+            f.sync_all()?;
+            written = 0;
+        }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+    }
+    drop(f);
+    std::fs::remove_file(&path).ok();
+    Ok(())
+}
+
+/// Median and largest of `v` (0 when empty).
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
 }
 
 #[derive(Debug, Serialize)]
@@ -234,28 +294,44 @@ struct Figures {
     series: Vec<Second>,
 }
 
-async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> Option<(u64, u64)> {
+/// Where one durable consumer stands.
+#[derive(Clone, Copy, Default)]
+struct Lag {
+    /// Not yet acknowledged: pending delivery plus delivered and unacked.
+    lag: u64,
+    /// The ack floor's stream sequence.
+    floor: u64,
+    ack_pending: u64,
+    redelivered: u64,
+}
+
+async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> Option<Lag> {
     let mut c: jetstream::consumer::PullConsumer =
         js.get_consumer_from_stream(consumer, stream).await.ok()?;
     let info = c.info().await.ok()?;
-    Some((
-        info.num_pending + info.num_ack_pending as u64,
-        info.ack_floor.stream_sequence,
-    ))
+    Some(Lag {
+        lag: info.num_pending + info.num_ack_pending as u64,
+        floor: info.ack_floor.stream_sequence,
+        ack_pending: info.num_ack_pending as u64,
+        redelivered: info.num_redelivered as u64,
+    })
 }
 
-/// [`consumer_lag`] summed over every METRICS partition: the lag, and the
-/// ack floors added up (each partition's stream sequences count from 1, so
-/// the sum is what was acknowledged in all).
+/// [`consumer_lag`] summed over every METRICS partition (each partition's
+/// stream sequences count from 1, so the floors' sum is what was
+/// acknowledged in all).
 async fn metrics_lag(
     js: &jetstream::Context,
     parts: streams::Partitions,
     consumer: &str,
-) -> Option<(u64, u64)> {
-    let mut sum = (0, 0);
+) -> Option<Lag> {
+    let mut sum = Lag::default();
     for name in parts.names() {
-        let (lag, floor) = consumer_lag(js, &name, consumer).await?;
-        sum = (sum.0 + lag, sum.1 + floor);
+        let l = consumer_lag(js, &name, consumer).await?;
+        sum.lag += l.lag;
+        sum.floor += l.floor;
+        sum.ack_pending += l.ack_pending;
+        sum.redelivered += l.redelivered;
     }
     Some(sum)
 }
@@ -338,11 +414,18 @@ async fn run() -> anyhow::Result<()> {
             edge_auth.include_line()
         ),
     );
-    let hub_extra = format!(
+    let mut hub_extra = format!(
         "{}\n{}",
         hub_auth.include_line(),
         hub_auth.leaf_remote_conf(&format!("nats-leaf://127.0.0.1:{leaf_port}"), &leaf)?
     );
+    // BENCH_HUB_PPROF=1: the hub's Go profiler (goroutines, and where they
+    // block, sampled every 10 µs of blocking) on a port of its own.
+    if std::env::var("BENCH_HUB_PPROF").is_ok_and(|v| v == "1") {
+        let port = free_port();
+        hub_extra.push_str(&format!("\nprof_port: {port}\nprof_block_rate: 10000\n"));
+        println!("hub profiler: http://127.0.0.1:{port}/debug/pprof/");
+    }
     // BENCH_HUB_SYNC=default: the hub without `sync_interval: always`, to
     // tell the fsyncs' part from the rest.
     let sync_always = std::env::var("BENCH_HUB_SYNC").map_or(true, |v| v != "default");
@@ -565,6 +648,13 @@ async fn run() -> anyhow::Result<()> {
     let mut last_floor = 0;
     let mut last_offered = 0;
     let mut perf: Option<Child> = None;
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe_out = Arc::new(Mutex::new(Vec::new()));
+    let probe = {
+        let (stop, out) = (probe_stop.clone(), probe_out.clone());
+        let dir = std::env::temp_dir();
+        std::thread::spawn(move || disk_probe(&dir, stop, out))
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     while !load_task.is_finished() {
@@ -601,26 +691,42 @@ async fn run() -> anyhow::Result<()> {
                 println!("perf: recording {} for {perf_secs} s", pids.join(","));
             }
         }
-        let (p_lag, floor) = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
+        let p = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
             .await
-            .unwrap_or((0, last_floor));
-        let (a_lag, _) = metrics_lag(&reader, parts, streams::ALERTER_CONSUMER)
+            .unwrap_or(Lag {
+                floor: last_floor,
+                ..Lag::default()
+            });
+        let a = metrics_lag(&reader, parts, streams::ALERTER_CONSUMER)
             .await
             .unwrap_or_default();
         let hub_last = hub_metrics(&reader, parts).await.unwrap_or(0);
         let edge_n = stream_messages(&admin, streams::METRICS)
             .await
             .map_or(0, |s| s.0);
+        let (fsync_p50_ms, fsync_max_ms) = {
+            let mut v = probe_out
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default();
+            median_max(&mut v)
+        };
         let now_offered = offered.0.load(Ordering::Relaxed);
         let s = Second {
             t_s: t,
             offered: now_offered - last_offered,
-            persisted: floor.saturating_sub(last_floor),
-            persister_lag: p_lag,
-            alerter_lag: a_lag,
+            persisted: p.floor.saturating_sub(last_floor),
+            persister_lag: p.lag,
+            alerter_lag: a.lag,
             edge_lag: hub_last.saturating_sub(edge_n),
+            persister_ack_pending: p.ack_pending,
+            alerter_ack_pending: a.ack_pending,
+            persister_redelivered: p.redelivered,
+            alerter_redelivered: a.redelivered,
+            fsync_p50_ms,
+            fsync_max_ms,
         };
-        last_floor = floor;
+        last_floor = p.floor;
         last_offered = now_offered;
         if measured_from.is_some() {
             for (k, v) in [
@@ -638,13 +744,28 @@ async fn run() -> anyhow::Result<()> {
         }
         if t % 10 == 0 {
             println!(
-                "t={t:>4}s offered {:>6}/s persisted {:>6}/s lag: persister {} alerter {} edge {}",
-                s.offered, s.persisted, s.persister_lag, s.alerter_lag, s.edge_lag
+                "t={t:>4}s offered {:>6}/s persisted {:>6}/s lag: persister {} ({} unacked, {} redelivered) \
+                 alerter {} ({} unacked, {} redelivered) edge {}; disk fsync p50 {:.2} ms max {:.1} ms",
+                s.offered,
+                s.persisted,
+                s.persister_lag,
+                s.persister_ack_pending,
+                s.persister_redelivered,
+                s.alerter_lag,
+                s.alerter_ack_pending,
+                s.alerter_redelivered,
+                s.edge_lag,
+                s.fsync_p50_ms,
+                s.fsync_max_ms
             );
         }
         series.push(s);
     }
     let report = load_task.await??;
+    probe_stop.store(true, Ordering::Relaxed);
+    if let Ok(Err(e)) = probe.join() {
+        println!("disk probe: {e:#}");
+    }
     if let Some(mut p) = perf {
         p.wait()?;
     }
@@ -664,9 +785,9 @@ async fn run() -> anyhow::Result<()> {
     // Drain: the persister and the edge catch up with what was published.
     let drain = Instant::now();
     loop {
-        let (lag, _) = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
+        let lag = metrics_lag(&reader, parts, streams::PERSISTER_CONSUMER)
             .await
-            .unwrap_or((u64::MAX, 0));
+            .map_or(u64::MAX, |l| l.lag);
         let hub_n = hub_metrics(&reader, parts).await.unwrap_or(0);
         let edge_n = stream_messages(&admin, streams::METRICS)
             .await
@@ -865,7 +986,8 @@ fn print_figures(f: &Figures) {
     );
 }
 
-/// Rate and lag over time, two panels, no library.
+/// Rate, lag and the disk probe's fsync latency over time, three panels,
+/// no library.
 fn svg(f: &Figures) -> String {
     let (w, h, pad) = (900.0, 240.0, 50.0);
     let n = f.series.len().max(2) as f64;
@@ -905,9 +1027,9 @@ fn svg(f: &Figures) -> String {
     let col = |g: fn(&Second) -> u64| f.series.iter().map(g).collect::<Vec<u64>>();
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>{}{}\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>{}{}{}\
          <text x=\"{pad}\" y=\"{}\" font-size=\"12\">seconds since start ({} machines at {} Hz)</text></svg>",
-        2.0 * h + 30.0,
+        3.0 * h + 30.0,
         panel(
             0.0,
             "snapshots per second",
@@ -925,7 +1047,15 @@ fn svg(f: &Figures) -> String {
                 ("edge", "#ff7f0e", col(|s| s.edge_lag)),
             ]
         ),
-        2.0 * h + 20.0,
+        panel(
+            2.0 * h,
+            "disk fsync, µs (probe, each second)",
+            &[
+                ("median", "#17becf", col(|s| (s.fsync_p50_ms * 1e3) as u64)),
+                ("slowest", "#7f7f7f", col(|s| (s.fsync_max_ms * 1e3) as u64)),
+            ]
+        ),
+        3.0 * h + 20.0,
         f.machines,
         f.rate_hz
     )
