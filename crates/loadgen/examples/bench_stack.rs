@@ -218,7 +218,10 @@ struct Second {
 /// latency (ms) into `out`. The file is cut back at 8 MiB.
 fn disk_probe(dir: &Path, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<f64>>>) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let path = dir.join("sysmonstm-bench-fsync-probe");
+    let path = dir.join(format!(
+        "sysmonstm-bench-fsync-probe-{}",
+        std::process::id()
+    ));
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -761,11 +764,14 @@ async fn run() -> anyhow::Result<()> {
         }
         series.push(s);
     }
-    let report = load_task.await??;
+    // Stopped (and its file removed) whether or not the load succeeded.
     probe_stop.store(true, Ordering::Relaxed);
-    if let Ok(Err(e)) = probe.join() {
-        println!("disk probe: {e:#}");
+    match probe.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => println!("disk probe: {e:#}"),
+        Err(_) => println!("disk probe: its thread panicked"),
     }
+    let report = load_task.await??;
     if let Some(mut p) = perf {
         p.wait()?;
     }
