@@ -104,7 +104,8 @@ bench which *args:
       query) scripts/bench-persister.sh query ;;
       gateway) scripts/bench-gateway.sh ;;
       alerts) scripts/bench-alerts.sh ;;
-      *) echo "unknown benchmark '{{which}}'; one of: agent alerts ingest query gateway stack" >&2; exit 2 ;;
+      catchup) cargo run --release -q -p sysmonstm-loadgen --example consumer_catchup ;;
+      *) echo "unknown benchmark '{{which}}'; one of: agent alerts catchup ingest query gateway stack" >&2; exit 2 ;;
     esac
 
 # Print one snapshot of this machine as JSON (what the agent sees).
