@@ -25,6 +25,14 @@ pub(crate) struct InFlight {
 pub(crate) const ACK_EVERY: usize = 256;
 pub(crate) const ACK_FLUSH: Duration = Duration::from_millis(100);
 
+/// Snapshots asked for in one pull from a METRICS partition (async-nats asks
+/// again when half are left). Its default, 200, could not catch up on a hub
+/// that fsyncs every message once the box was busy: behind by 50 000 at
+/// 2 500/s it fell further behind, where 2 000 a pull caught up in 5 s
+/// (`just bench catchup`, docs/benchmarks.md). At most this many (~1 MB) wait
+/// in the client per partition.
+pub(crate) const PULL_BATCH: usize = 2000;
+
 /// Acknowledges `msg` and, the consumer's policy being AckPolicy::All,
 /// every snapshot before it. A lost ack only means a redelivery after
 /// `ack_wait`, which re-evaluates: events are deduplicated by Msg-Id.

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AlerterConfig;
 use crate::clock::Clock;
 use crate::counters::Counters;
-use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, ack_up_to, confirm_loop};
+use crate::effects::{ACK_EVERY, ACK_FLUSH, InFlight, PULL_BATCH, ack_up_to, confirm_loop};
 use crate::engine::{Change, Engine, EventKind};
 use crate::sample::{self, Sample};
 use sysmonstm_kit::jetstream as js_kit;
@@ -248,7 +248,11 @@ impl Alerter {
         // partition; a consumer's end is a `None` of its own.
         let mut merged = Vec::with_capacity(consumers.len());
         for (p, c) in consumers.iter().enumerate() {
-            let msgs = c.messages().await?;
+            let msgs = c
+                .stream()
+                .max_messages_per_batch(PULL_BATCH)
+                .messages()
+                .await?;
             merged.push(
                 msgs.map(move |m| (p, Some(m)))
                     .chain(futures::stream::iter([(p, None)]))

@@ -92,10 +92,12 @@ impl Persister {
         let Some(consumers) = ensure_consumers(&js, cfg, max_backoff, &shutdown).await else {
             return Ok(());
         };
-        // Writers are spread over the partitions, at least one each: every
-        // partition is pulled however slow another is, and the batches in
-        // flight stay `writers` (or the partition count, if more).
-        let writer_count = cfg.writers.max(consumers.len()).max(1);
+        // `writers` on each partition: every partition is pulled however
+        // slow another is, and while one batch of a partition is written the
+        // next is already pulled (one writer a partition, alone, fell behind
+        // for good at 2 000 snapshots/s a stream on a busy box: `just bench
+        // catchup`, docs/benchmarks.md).
+        let writer_count = cfg.writers.max(1) * consumers.len().max(1);
         // One connection per writer, and one each for MachineInfo, alerts,
         // notification failures, maintenance and the rollups' settling.
         let connections = u32::try_from(writer_count).unwrap_or(64) + 5;
@@ -126,12 +128,16 @@ impl Persister {
             batch_size: cfg.batch_size.max(1),
             linger: Duration::from_millis(cfg.linger_ms.max(1)),
         });
+        let sources: Vec<_> = consumers
+            .iter()
+            .map(|(_, c)| Arc::new(tokio::sync::Mutex::new(Source::new(c.clone()))))
+            .collect();
         let mut writers = tokio::task::JoinSet::new();
         for i in 0..writer_count {
-            let (stream, consumer) = &consumers[i % consumers.len()];
+            let p = i % consumers.len();
             writers.spawn(Arc::clone(&worker).run(
-                stream.clone(),
-                consumer.clone(),
+                consumers[p].0.clone(),
+                Arc::clone(&sources[p]),
                 shutdown.clone(),
             ));
         }
@@ -230,7 +236,79 @@ impl Persister {
     }
 }
 
-/// What each writer task shares: it pulls a batch, stores it, acknowledges
+/// A partition's pull, shared by its writers: one takes a batch from it while
+/// the others write theirs. A continuous pull asks for the next messages
+/// before the last are handled; a fetch per batch (ask, wait, write, ask
+/// again) fell behind for good at 2 000 snapshots/s a stream on a busy box
+/// (`just bench catchup`, docs/benchmarks.md).
+struct Source {
+    consumer: PullConsumer,
+    msgs: Option<jetstream::consumer::pull::Stream>,
+}
+
+impl Source {
+    fn new(consumer: PullConsumer) -> Self {
+        Self {
+            consumer,
+            msgs: None,
+        }
+    }
+
+    /// The next batch: its first message as soon as there is one, then
+    /// whatever comes within `linger`, up to `max`. The pull asks for `2 ×
+    /// max` at a time, so that many more may wait in this client (and come
+    /// again after `ack_wait` if the database keeps them waiting that long;
+    /// a row stored twice is one row).
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> anyhow::Result<Vec<jetstream::Message>> {
+        let msgs = match &mut self.msgs {
+            Some(m) => m,
+            None => self.msgs.insert(
+                self.consumer
+                    .stream()
+                    .max_messages_per_batch(max.saturating_mul(2))
+                    .messages()
+                    .await?,
+            ),
+        };
+        let mut out = Vec::with_capacity(max);
+        match msgs.next().await {
+            Some(Ok(m)) => out.push(m),
+            Some(Err(e)) => {
+                // Pulled again from scratch (a consumer made anew, a
+                // heartbeat missed): what this one held comes again.
+                self.msgs = None;
+                anyhow::bail!(e);
+            }
+            None => {
+                self.msgs = None;
+                anyhow::bail!("the pull ended");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        while out.len() < max {
+            match tokio::time::timeout_at(deadline, msgs.next()).await {
+                Ok(Some(Ok(m))) => out.push(m),
+                Err(_) => break,
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "pull interrupted; the batch so far is written");
+                    self.msgs = None;
+                    break;
+                }
+                Ok(None) => {
+                    self.msgs = None;
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What each writer task shares: it takes a batch, stores it, acknowledges
 /// it, and starts over.
 struct Worker {
     writer: store::Writer,
@@ -242,11 +320,11 @@ struct Worker {
 }
 
 impl Worker {
-    /// Pulls from `consumer`, the consumer `persister` on `stream`.
+    /// Takes batches from `source`, the consumer `persister` on `stream`.
     async fn run(
         self: Arc<Self>,
         stream: String,
-        consumer: PullConsumer,
+        source: Arc<tokio::sync::Mutex<Source>>,
         shutdown: CancellationToken,
     ) {
         let mut fetch_backoff = Duration::from_millis(100);
@@ -255,7 +333,9 @@ impl Worker {
         let mut rows = Batch::with_capacity(self.batch_size);
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
-                b = fetch(&consumer, self.batch_size, self.linger) => b,
+                b = async {
+                    source.lock().await.next_batch(self.batch_size, self.linger).await
+                } => b,
                 _ = shutdown.cancelled() => break,
             };
             let msgs = match batch {
