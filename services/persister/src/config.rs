@@ -58,12 +58,13 @@ pub struct PersisterConfig {
     pub metrics_listen: String,
     /// Most snapshots written in one statement.
     pub batch_size: usize,
-    /// How long one pull waits for a batch to fill, in milliseconds.
+    /// How long a batch waits to fill once its first snapshot is in, in
+    /// milliseconds.
     pub linger_ms: u64,
-    /// Batches in flight at once, each pulled, written and acknowledged by
-    /// a task of its own on a connection of its own: while one waits for
-    /// the database, the next is pulled and decoded. Spread over the METRICS
-    /// partitions, at least one per partition.
+    /// Batches in flight at once on each METRICS partition, each pulled,
+    /// written and acknowledged by a task of its own on a connection of its
+    /// own: while one waits for the database, the next is pulled and
+    /// decoded.
     pub writers: usize,
     /// Most unacknowledged messages the consumer hands out.
     pub max_ack_pending: i64,
@@ -123,6 +124,54 @@ impl Default for PersisterConfig {
 }
 
 impl PersisterConfig {
+    /// Every number within its documented range; the error names the field.
+    /// Checked before anything connects: a batch of `usize::MAX` would be an
+    /// allocation that aborts, an hour of back-off times two an overflow.
+    pub fn validate(&self) -> Result<(), String> {
+        fn check<T: PartialOrd + std::fmt::Display>(
+            field: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), String> {
+            if v < lo || v > hi {
+                return Err(format!("{field} = {v} is outside {lo} ..= {hi}"));
+            }
+            Ok(())
+        }
+        check("batch_size", self.batch_size, 1, 100_000)?;
+        check("linger_ms", self.linger_ms, 1, 60_000)?;
+        check("writers", self.writers, 1, 64)?;
+        check("max_ack_pending", self.max_ack_pending, 1, 1_000_000)?;
+        check("ack_wait_s", self.ack_wait_s, 1, 3600)?;
+        check("max_backoff_ms", self.max_backoff_ms, 100, 3_600_000)?;
+        check("max_future_skew_s", self.max_future_skew_s, 0, 86_400)?;
+        check("max_payload_bytes", self.max_payload_bytes, 1024, 8 << 20)?;
+        for (field, days) in [
+            ("retention_raw_days", self.retention_raw_days),
+            ("retention_1m_days", self.retention_1m_days),
+            ("retention_5m_days", self.retention_5m_days),
+            ("retention_1h_days", self.retention_1h_days),
+        ] {
+            check(field, days, 0, 36_500)?;
+        }
+        check(
+            "maintenance_interval_s",
+            self.maintenance_interval_s,
+            10,
+            7 * 86_400,
+        )?;
+        check("rollup_settle_ms", self.rollup_settle_ms, 100, 3_600_000)?;
+        check(
+            "stream_max_age_hours",
+            self.stream_max_age_hours,
+            1,
+            24 * 3650,
+        )?;
+        check("stream_max_mib", self.stream_max_mib, 1, 1 << 30)?;
+        Ok(())
+    }
+
     /// The contract's limits (`schemas::accept`) with this persister's
     /// settings.
     pub fn limits(&self) -> sysmonstm_schemas::accept::Limits {
@@ -134,8 +183,67 @@ impl PersisterConfig {
 
     pub fn metrics_limits(&self) -> sysmonstm_schemas::streams::MetricsLimits {
         sysmonstm_schemas::streams::MetricsLimits {
-            max_age: std::time::Duration::from_secs(self.stream_max_age_hours.max(1) * 3600),
-            max_bytes: self.stream_max_mib.max(1) * 1024 * 1024,
+            max_age: std::time::Duration::from_secs(
+                self.stream_max_age_hours.clamp(1, 24 * 3650) * 3600,
+            ),
+            max_bytes: self.stream_max_mib.clamp(1, 1 << 30) * 1024 * 1024,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_out_of_range_names_the_field() {
+        PersisterConfig::default().validate().expect("defaults");
+        for (cfg, field) in [
+            (
+                PersisterConfig {
+                    batch_size: usize::MAX,
+                    ..Default::default()
+                },
+                "batch_size",
+            ),
+            (
+                PersisterConfig {
+                    writers: 0,
+                    ..Default::default()
+                },
+                "writers",
+            ),
+            (
+                PersisterConfig {
+                    max_ack_pending: -1,
+                    ..Default::default()
+                },
+                "max_ack_pending",
+            ),
+            (
+                PersisterConfig {
+                    max_backoff_ms: u64::MAX,
+                    ..Default::default()
+                },
+                "max_backoff_ms",
+            ),
+            (
+                PersisterConfig {
+                    retention_1m_days: u32::MAX,
+                    ..Default::default()
+                },
+                "retention_1m_days",
+            ),
+            (
+                PersisterConfig {
+                    stream_max_age_hours: u64::MAX,
+                    ..Default::default()
+                },
+                "stream_max_age_hours",
+            ),
+        ] {
+            let e = cfg.validate().expect_err(field);
+            assert!(e.contains(field), "{e}");
         }
     }
 }

@@ -74,6 +74,8 @@ impl Persister {
     /// is waited for.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let cfg = &self.config;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         let max_backoff = Duration::from_millis(cfg.max_backoff_ms.max(100));
         if !cfg.metrics_listen.is_empty() {
             let addr = sysmonstm_kit::http::serve_ops(

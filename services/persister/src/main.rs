@@ -62,6 +62,10 @@ async fn main() -> ExitCode {
     if let Some(b) = args.batch_size {
         cfg.batch_size = b;
     }
+    if let Err(e) = cfg.validate() {
+        eprintln!("sysmonstm-persister: configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     let _telemetry = sysmonstm_kit::telemetry::init("sysmonstm-persister");
     let shutdown = sysmonstm_kit::shutdown::on_signal();
     match Persister::new(cfg).run(shutdown).await {
