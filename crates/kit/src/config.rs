@@ -23,6 +23,20 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `Err` naming `field` when `v` is outside `lo ..= hi`: what every
+/// service's `validate` says of a number out of its range.
+pub fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), String> {
+    if v < lo || v > hi {
+        return Err(format!("{field} = {v} is outside {lo} ..= {hi}"));
+    }
+    Ok(())
+}
+
 /// Loads `T` from its defaults, the TOML file at `path` (if given) and the
 /// environment variables that start with `env_prefix` (e.g. `SYSMON_AGENT_`).
 pub fn load<T>(path: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>

@@ -95,12 +95,7 @@ impl AlerterConfig {
             lo: T,
             hi: T,
         ) -> Result<(), ConfigError> {
-            if v < lo || v > hi {
-                return Err(ConfigError::Invalid(format!(
-                    "{field} = {v} is outside {lo} ..= {hi}"
-                )));
-            }
-            Ok(())
+            sysmonstm_kit::config::in_range(field, v, lo, hi).map_err(ConfigError::Invalid)
         }
         check("tick_ms", self.tick_ms, 10, 60_000)?;
         check("ack_wait_s", self.ack_wait_s, 1, 3600)?;

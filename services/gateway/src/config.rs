@@ -220,17 +220,7 @@ impl GatewayConfig {
     /// typo in a config file is an error at start rather than a gateway that
     /// refuses every client or every message.
     pub fn validate(&self) -> Result<(), String> {
-        fn range<T: PartialOrd + std::fmt::Display>(
-            key: &str,
-            v: T,
-            lo: T,
-            hi: T,
-        ) -> Result<(), String> {
-            if v < lo || v > hi {
-                return Err(format!("{key} = {v} is outside {lo}..={hi}"));
-            }
-            Ok(())
-        }
+        use sysmonstm_kit::config::in_range as range;
         const YEAR_S: u64 = 366 * 86_400;
         range("silent_after_s", self.silent_after_s, 1, YEAR_S)?;
         range("history_cache_ttl_s", self.history_cache_ttl_s, 1, 86_400)?;

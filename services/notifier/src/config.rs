@@ -238,12 +238,7 @@ fn check<T: PartialOrd + std::fmt::Display>(
     lo: T,
     hi: T,
 ) -> Result<(), ConfigError> {
-    if v < lo || v > hi {
-        return Err(ConfigError::Invalid(format!(
-            "{field} = {v} is outside {lo} ..= {hi}"
-        )));
-    }
-    Ok(())
+    sysmonstm_kit::config::in_range(field, v, lo, hi).map_err(ConfigError::Invalid)
 }
 
 fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {

@@ -128,17 +128,7 @@ impl PersisterConfig {
     /// Checked before anything connects: a batch of `usize::MAX` would be an
     /// allocation that aborts, an hour of back-off times two an overflow.
     pub fn validate(&self) -> Result<(), String> {
-        fn check<T: PartialOrd + std::fmt::Display>(
-            field: &str,
-            v: T,
-            lo: T,
-            hi: T,
-        ) -> Result<(), String> {
-            if v < lo || v > hi {
-                return Err(format!("{field} = {v} is outside {lo} ..= {hi}"));
-            }
-            Ok(())
-        }
+        use sysmonstm_kit::config::in_range as check;
         check("batch_size", self.batch_size, 1, 100_000)?;
         check("linger_ms", self.linger_ms, 1, 60_000)?;
         check("writers", self.writers, 1, 64)?;
