@@ -10,6 +10,7 @@ pub mod jetstream;
 pub mod jwt;
 pub mod metrics;
 pub mod nats;
+mod otlp_http;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -55,8 +55,8 @@ pub struct Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(p) = self.provider.take() {
-            // On a thread of its own: the exporter's blocking HTTP client
-            // must not be used or dropped on a tokio worker.
+            // On a thread of its own: the exporter's HTTP client blocks, and
+            // a tokio worker must not.
             let done = std::thread::Builder::new()
                 .name("otel-shutdown".into())
                 .spawn(move || p.shutdown());
@@ -110,33 +110,22 @@ fn otlp_endpoint() -> Option<String> {
     .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
 }
 
-fn tracer_provider(service: &str) -> Result<SdkTracerProvider, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-    let service = service.to_owned();
-    // In a build where reqwest has rustls (the notifier's channels link it
-    // with no provider of its own), its client panics without a default.
-    crate::install_tls_provider();
-    // Built on a thread of its own: reqwest's blocking client panics when it
-    // is created or dropped inside a tokio runtime.
-    std::thread::Builder::new()
-        .name("otel-init".into())
-        .spawn(move || {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(service)
-                .build();
-            Ok(SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build())
-        })
-        .map_err(|e| e.to_string())?
-        .join()
-        .map_err(|_| "the exporter's set-up panicked".to_owned())?
+fn tracer_provider(service: &str, endpoint: &str) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+    crate::otlp_http::check_endpoint(endpoint)?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_http_client(crate::otlp_http::Client::default())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Installs the global subscriber: logs, and traces if an OTLP endpoint is
@@ -166,7 +155,7 @@ pub fn init_with(service: &str, default_filter: &str) -> Telemetry {
     let endpoint = otlp_endpoint();
     let mut failed = None;
     let provider = match endpoint {
-        Some(_) => match tracer_provider(service) {
+        Some(ref e) => match tracer_provider(service, e) {
             Ok(p) => Some(p),
             Err(e) => {
                 failed = Some(e);
