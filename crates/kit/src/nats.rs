@@ -100,13 +100,18 @@ impl NatsConfig {
     /// Builds the connect options; `name` is shown in the server's monitoring.
     pub async fn options(&self, name: &str) -> Result<ConnectOptions, ConnectError> {
         let mut opts = match &self.creds_file {
-            Some(path) => ConnectOptions::with_credentials_file(path.clone())
-                .await
-                .map_err(|source| ConnectError::File {
+            Some(path) => {
+                let (jwt, key) = read_creds(path).map_err(|source| ConnectError::File {
                     what: "credentials",
                     path: path.clone(),
                     source,
-                })?,
+                })?;
+                let key = std::sync::Arc::new(key);
+                ConnectOptions::with_jwt(jwt, move |nonce| {
+                    let key = key.clone();
+                    async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+                })
+            }
             None => ConnectOptions::new(),
         };
         if let Some(path) = &self.nkey_file {
@@ -253,9 +258,142 @@ fn log_event(event: &async_nats::Event) {
     }
 }
 
+/// A credentials file is a JWT and a seed of a few hundred bytes each; a
+/// path to something endless (`/dev/zero`) stops here.
+const MAX_CREDS_BYTES: u64 = 64 * 1024;
+
+/// Reads a `.creds` file (`nsc`, `nats`, `sysmonstm creds`): the user JWT
+/// and the key pair of its seed.
+///
+/// Parsed here rather than by async-nats, which does it with a regular
+/// expression: that is all that linked the `regex` crates into the agent,
+/// whose memory is mostly its own code pages (docs/benchmarks.md).
+fn read_creds(path: &std::path::Path) -> std::io::Result<(String, nkeys::KeyPair)> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CREDS_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CREDS_BYTES {
+        return Err(bad_creds("it is over 64 KiB: not a credentials file"));
+    }
+    let (jwt, seed) = decorated_creds(&text)?;
+    let key = nkeys::KeyPair::from_seed(seed)
+        .map_err(|e| bad_creds(&format!("its nkey seed is not valid: {e}")))?;
+    Ok((jwt.to_owned(), key))
+}
+
+fn bad_creds(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned())
+}
+
+/// The user JWT and the seed of a credentials file: the first two values
+/// each on a line of its own between two marker lines (`-----BEGIN … -----`,
+/// `------END … ------`), as the NATS clients read it; the comment between
+/// them is ignored.
+fn decorated_creds(text: &str) -> std::io::Result<(&str, &str)> {
+    let marker = |l: &str| {
+        let l = l.trim();
+        l.len() >= 6 && l.starts_with("---") && l.ends_with("---")
+    };
+    let value = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'='))
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::with_capacity(2);
+    let mut i = 0;
+    while i + 2 < lines.len() && found.len() < 2 {
+        if marker(lines[i]) && value(lines[i + 1].trim()) && marker(lines[i + 2]) {
+            found.push(lines[i + 1].trim());
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    match found[..] {
+        [jwt, seed] => Ok((jwt, seed)),
+        [_] => Err(bad_creds(
+            "it holds only one of the user JWT and the nkey seed between -----BEGIN/END----- lines",
+        )),
+        _ => Err(bad_creds(
+            "it holds no user JWT between -----BEGIN/END----- lines",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user() -> (String, nkeys::KeyPair) {
+        let kp = nkeys::KeyPair::new_user();
+        // Any JWT-shaped token: these tests read the file, not the claims.
+        let jwt =
+            "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVIn0.c2ln_-".to_owned();
+        (jwt, kp)
+    }
+
+    #[test]
+    fn reads_the_creds_files_sysmonstm_and_nats_write() {
+        let (jwt, kp) = user();
+        let seed = kp.seed().expect("seed");
+        let dir = tempfile::tempdir().expect("dir");
+        let text = crate::jwt::creds_file(&jwt, &seed);
+        for (name, text) in [
+            ("lf.creds", text.clone()),
+            ("crlf.creds", text.replace('\n', "\r\n")),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            let (got_jwt, got) = read_creds(&path).expect(name);
+            assert_eq!(got_jwt, jwt, "{name}");
+            assert_eq!(got.public_key(), kp.public_key(), "{name}");
+            // The key signs a nonce the user's public key verifies.
+            let sig = got.sign(b"nonce").expect("sign");
+            kp.verify(b"nonce", &sig).expect("verifies");
+        }
+    }
+
+    #[test]
+    fn a_broken_creds_file_is_a_clear_error() {
+        let (jwt, kp) = user();
+        let seed = kp.seed().expect("seed");
+        let full = crate::jwt::creds_file(&jwt, &seed);
+        let cut = full
+            .split("-----BEGIN USER NKEY SEED")
+            .next()
+            .expect("head")
+            .to_owned();
+        let bad_seed = full.replace(
+            &seed,
+            "SUAXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        );
+        let spaced = full.replace(&jwt, &format!("{jwt} trailing words"));
+        for (text, says) in [
+            (String::new(), "no user JWT"),
+            ("just some text\n".to_owned(), "no user JWT"),
+            (jwt.clone(), "no user JWT"),
+            (cut, "only one of"),
+            (spaced, "only one of"),
+            (bad_seed, "seed is not valid"),
+            ("x".repeat(70_000), "over 64 KiB"),
+        ] {
+            let dir = tempfile::tempdir().expect("dir");
+            let path = dir.path().join("c.creds");
+            std::fs::write(&path, &text).expect("write");
+            let e = read_creds(&path)
+                .err()
+                .unwrap_or_else(|| panic!("{text:.60?} was taken"));
+            assert!(e.to_string().contains(says), "{text:.60?}: {e}");
+        }
+        // Something endless stops at the bound rather than filling memory.
+        let Err(e) = read_creds(std::path::Path::new("/dev/zero")) else {
+            panic!("/dev/zero was taken as credentials");
+        };
+        assert!(e.to_string().contains("over 64 KiB"), "{e}");
+    }
 
     #[test]
     fn parses_a_server_list() {

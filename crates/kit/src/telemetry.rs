@@ -31,6 +31,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -128,6 +129,34 @@ fn tracer_provider(service: &str, endpoint: &str) -> Result<SdkTracerProvider, S
         .build())
 }
 
+/// The log filter: `RUST_LOG` as `level` and `target=level` pairs
+/// (`info,sysmonstm_persister=debug`), else `default_filter`. A value that
+/// does not parse is returned as a message to log, and the default applies.
+///
+/// `Targets` rather than `EnvFilter`: the latter's span and field filters
+/// need the `regex` crates, ~0.6 MiB of code in every binary (the agent's
+/// memory is mostly its code pages), for a syntax nobody here uses.
+fn log_filter(var: Option<&str>, default_filter: &str) -> (Targets, Option<String>) {
+    let fallback = || {
+        default_filter
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    };
+    match var.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (fallback(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                fallback(),
+                Some(format!(
+                    "RUST_LOG={v:.200?} is not understood ({e}): logging at {default_filter}; \
+                     give a level and target=level pairs, e.g. info,sysmonstm_persister=debug"
+                )),
+            ),
+        },
+    }
+}
+
 /// Installs the global subscriber: logs, and traces if an OTLP endpoint is
 /// set. Safe to call more than once (tests): later calls change nothing.
 pub fn init(service: &str) -> Telemetry {
@@ -137,8 +166,8 @@ pub fn init(service: &str) -> Telemetry {
 /// [`init`] with another level than `info` when `RUST_LOG` is not set (the
 /// CLI: `warn`, its own output is what matters).
 pub fn init_with(service: &str, default_filter: &str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (filter, bad_filter) =
+        log_filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
@@ -179,6 +208,9 @@ pub fn init_with(service: &str, default_filter: &str) -> Telemetry {
         .with(otel)
         .try_init()
         .is_ok();
+    if let Some(e) = bad_filter {
+        tracing::warn!("{e}");
+    }
     if let Some(e) = failed {
         tracing::error!(error = %e, "cannot export traces over OTLP; running without");
     }
@@ -281,6 +313,26 @@ impl Extractor for HeaderExtractor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_a_bad_one_falls_back_loudly() {
+        let (f, bad) = log_filter(Some("warn,sysmonstm_persister=debug"), "info");
+        assert!(bad.is_none());
+        assert!(f.would_enable("sysmonstm_persister::writer", &Level::DEBUG));
+        assert!(!f.would_enable("async_nats", &Level::INFO));
+        assert!(f.would_enable("async_nats", &Level::WARN));
+        for unset in [None, Some(""), Some("  ")] {
+            let (f, bad) = log_filter(unset, "warn");
+            assert!(bad.is_none(), "{unset:?}");
+            assert!(f.would_enable("sysmonstm_cli", &Level::WARN), "{unset:?}");
+            assert!(!f.would_enable("sysmonstm_cli", &Level::INFO), "{unset:?}");
+        }
+        let (f, bad) = log_filter(Some("sysmonstm=loud"), "info");
+        assert!(bad.expect("reported").contains("not understood"));
+        assert!(f.would_enable("sysmonstm_agent", &Level::INFO));
+        assert!(!f.would_enable("sysmonstm_agent", &Level::DEBUG));
+    }
 
     #[test]
     fn json_off_a_terminal_human_on_one_unless_told() {
