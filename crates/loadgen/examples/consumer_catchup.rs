@@ -20,6 +20,11 @@
 //!   cut into batches of up to 1 000 within 100 ms, each acked (the
 //!   persister's now);
 //! * `pull-none`: durable pull, 200 at a time, no acks;
+//! * `pull-none-2000`: durable pull asking for 2 000 at a time, no acks (how
+//!   the edge gateway follows the edge's METRICS now);
+//! * `pull-ordered`: async-nats' ordered pull consumer, 500 at a time (fixed
+//!   by the library), no acks (how the edge gateway followed the edge's
+//!   METRICS until now; still its MACHINES and ALERTS);
 //! * `push-none`: ordered push, no acks, flow control (how a stream sources
 //!   another, as the edge's do).
 //!
@@ -56,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let seconds = env_u64("BENCH_SECONDS", 60);
     let chosen: Vec<String> = std::env::var("BENCH_CONSUMERS")
         .unwrap_or_else(|_| {
-            "pull-all,pull-all-2000,pull-explicit,pull-explicit-x2,pull-explicit-stream,pull-none,push-none"
+            "pull-all,pull-all-2000,pull-explicit,pull-explicit-x2,pull-explicit-stream,pull-none,pull-none-2000,pull-ordered,push-none"
                 .into()
         })
         .split(',')
@@ -234,9 +239,13 @@ async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow:
                 }
             }
         }
-        "pull-none" => {
+        "pull-none" | "pull-none-2000" => {
             let c = s.create_consumer(pull(consumer::AckPolicy::None)).await?;
-            let mut msgs = c.messages().await?;
+            let mut msgs = if name == "pull-none" {
+                c.messages().await?
+            } else {
+                c.stream().max_messages_per_batch(2000).messages().await?
+            };
             while let Some(m) = msgs.next().await {
                 mark(&seen, &m?)?;
             }
@@ -277,6 +286,18 @@ async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow:
                     mark(&seen, m)?;
                     m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
                 }
+            }
+        }
+        "pull-ordered" => {
+            let c = s
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await?;
+            let mut msgs = c.messages().await?;
+            while let Some(m) = msgs.next().await {
+                mark(&seen, &m?)?;
             }
         }
         "push-none" => {

@@ -24,6 +24,10 @@ use crate::state::{Counters, Latest, Shared, Update};
 /// Most updates put on the fan-out channel as one batch.
 const MAX_BATCH: usize = 256;
 
+/// Snapshots asked for at a time by the edge gateway's pull on the edge's
+/// METRICS (as the alerter asks the hub's).
+const EDGE_PULL_BATCH: usize = 2000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Metrics,
@@ -159,14 +163,45 @@ async fn follow_edge(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
         Kind::Alerts => (streams::ALERTS, subjects::ALERTS_ALL),
     };
     let stream = shared.js.get_stream(name).await?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let mut messages = match kind {
+        // Snapshots come at the fleet's rate (thousands a second); an
+        // ordered consumer asks for 500 at a time (fixed by async-nats), and
+        // on a busy box that falls behind for good once behind at ~4 000/s
+        // (`just bench catchup`, docs/benchmarks.md). A plain ephemeral pull
+        // of EDGE_PULL_BATCH with no acks keeps up. It has no gap check: a
+        // snapshot missed is replaced by the machine's next one a second
+        // later, and a broken pull ends this feed, which then starts again
+        // from the latest of every machine.
+        Kind::Metrics => stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: filter.to_owned(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await?
+            .stream()
+            .max_messages_per_batch(EDGE_PULL_BATCH)
+            .messages()
+            .await?
+            .map(|m| m.map_err(anyhow::Error::from))
+            .boxed(),
+        // Facts and alert events are few, and each one counts (a missed
+        // "resolved" would leave an alert shown): an ordered consumer,
+        // which notices a gap and starts again where it was.
+        Kind::Machines | Kind::Alerts => stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?
+            .messages()
+            .await?
+            .map(|m| m.map_err(anyhow::Error::from))
+            .boxed(),
+    };
     tracing::info!(?kind, stream = name, "following the edge's stream");
     *backoff = Duration::from_millis(100);
     while let Some(msg) = messages.next().await {
