@@ -7,9 +7,9 @@
 // re-rendered at most four times a second however many WebSocket batches
 // arrive (at the next animation frame for what the user does), and only the
 // cards whose markup changed are replaced.
-// Filter and sort live in the URL (?q=…&sort=attention, via replaceState) so
-// a view can be linked and survives a reload; ?limit=N (1..1000) sets the
-// initial cap.
+// Filter, sort and cap live in the URL (?q=…&sort=attention&limit=N, via
+// replaceState) so a view can be linked and survives a reload; ?limit=N
+// (1..1000) sets the initial cap, and "Show more" writes the new one.
 import { level, pct, rate, num, ago, online, esc } from "./format.js";
 
 // Cards drawn at once, and how many more "Show more" adds.
@@ -128,17 +128,21 @@ export class Overview {
     this.el.querySelector(".show-more").addEventListener("click", () => {
       // Never above what matches, never below where it started.
       this.cap = Math.max(this.initialCap, Math.min(this.cap + CAP_STEP, this.matching));
+      this.toUrl();
       this.schedule(true);
     });
   }
 
-  // The filter and sort into the address bar, other parameters kept.
+  // The filter, sort and cap into the address bar, other parameters kept.
   toUrl() {
     const u = new URL(location.href);
     if (this.q) u.searchParams.set("q", this.q);
     else u.searchParams.delete("q");
     if (this.sort === "attention") u.searchParams.set("sort", "attention");
     else u.searchParams.delete("sort");
+    const limit = Math.min(this.cap, LIMIT_MAX);
+    if (limit !== CAP_STEP) u.searchParams.set("limit", String(limit));
+    else u.searchParams.delete("limit");
     history.replaceState(history.state, "", u.pathname + u.search + u.hash);
   }
 

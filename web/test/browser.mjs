@@ -136,7 +136,11 @@ try {
   await page.click(".overview-more button.show-more");
   await page.waitForFunction((n) => document.querySelectorAll(".card[data-machine]").length === n, machines.length, { timeout: WAIT });
   check(await page.isHidden(".overview-more"), "the Show more line stays with every card drawn");
-  step(`cap: "${showing}", then ${await cardCount()} cards after Show more`);
+  await page.waitForFunction((n) => new URL(location.href).searchParams.get("limit") === String(n), machines.length, { timeout: WAIT });
+  await page.reload({ waitUntil: "load" });
+  await page.waitForFunction((n) => document.querySelectorAll(".card[data-machine]").length === n, machines.length, { timeout: WAIT });
+  check(await page.isHidden(".overview-more"), "the cap Show more raised was lost over a reload");
+  step(`cap: "${showing}", then ${await cardCount()} cards after Show more, in the URL (${new URL(page.url()).search}) and kept over a reload`);
 
   // The filter: hostile text is echoed as text; a machine's name, typed key
   // by key while updates arrive, leaves exactly its card, keeps focus and
