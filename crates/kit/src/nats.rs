@@ -54,16 +54,15 @@ impl Default for NatsConfig {
 pub enum ConnectError {
     #[error("no NATS server configured")]
     NoServers,
-    #[error("NATS server address {addr:?} is not valid: {source}")]
-    BadAddress {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("cannot read {what} file {path}: {source}")]
+    // The cause is in the message and not also the error's `source`: a
+    // caller printing the chain (`{:#}`) would say it twice.
+    #[error("NATS server address {addr:?} is not valid: {cause}")]
+    BadAddress { addr: String, cause: std::io::Error },
+    #[error("cannot read {what} file {path}: {cause}")]
     File {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("tls_cert and tls_key must be given together")]
     HalfClientCert,
@@ -89,9 +88,9 @@ impl NatsConfig {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<ServerAddr>()
-                    .map_err(|source| ConnectError::BadAddress {
+                    .map_err(|cause| ConnectError::BadAddress {
                         addr: s.to_owned(),
-                        source,
+                        cause,
                     })
             })
             .collect()
@@ -101,10 +100,10 @@ impl NatsConfig {
     pub async fn options(&self, name: &str) -> Result<ConnectOptions, ConnectError> {
         let mut opts = match &self.creds_file {
             Some(path) => {
-                let (jwt, key) = read_creds(path).map_err(|source| ConnectError::File {
+                let (jwt, key) = read_creds(path).map_err(|cause| ConnectError::File {
                     what: "credentials",
                     path: path.clone(),
-                    source,
+                    cause,
                 })?;
                 let key = std::sync::Arc::new(key);
                 ConnectOptions::with_jwt(jwt, move |nonce| {
@@ -115,10 +114,10 @@ impl NatsConfig {
             None => ConnectOptions::new(),
         };
         if let Some(path) = &self.nkey_file {
-            let seed = std::fs::read_to_string(path).map_err(|source| ConnectError::File {
+            let seed = std::fs::read_to_string(path).map_err(|cause| ConnectError::File {
                 what: "nkey seed",
                 path: path.clone(),
-                source,
+                cause,
             })?;
             opts = opts.nkey(seed.trim().to_owned());
         }
@@ -430,12 +429,18 @@ mod tests {
             creds_file: Some("/nonexistent/agent.creds".into()),
             ..Default::default()
         };
+        let Err(e) = rt.block_on(missing.options("t")) else {
+            panic!("a missing credentials file was taken");
+        };
         assert!(matches!(
-            rt.block_on(missing.options("t")),
-            Err(ConnectError::File {
+            e,
+            ConnectError::File {
                 what: "credentials",
                 ..
-            })
+            }
         ));
+        // The cause is said once, however the error is printed.
+        assert!(e.to_string().contains("No such file"), "{e}");
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
     }
 }
