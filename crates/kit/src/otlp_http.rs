@@ -102,9 +102,8 @@ impl Client {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        stream.write_all(&head)?;
-        stream.write_all(request.body())?;
-        stream.flush()?;
+        send_all(&mut stream, &head, deadline)?;
+        send_all(&mut stream, request.body(), deadline)?;
         read_response(&mut stream, deadline)
     }
 }
@@ -121,13 +120,35 @@ fn connect(
         match TcpStream::connect_timeout(&addr, left) {
             Ok(s) => {
                 s.set_nodelay(true)?;
-                s.set_write_timeout(Some(left))?;
                 return Ok(s);
             }
             Err(e) => last = Some(e),
         }
     }
     Err(last.map_or_else(|| "the host has no address".into(), Into::into))
+}
+
+/// Writes all of `bytes` within what is left of the deadline, however
+/// slowly the other end reads (each write waits at most what is left).
+fn send_all(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> Result<(), HttpError> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(Some(left(deadline)?))?;
+        match stream.write(&bytes[..bytes.len().min(64 * 1024)]) {
+            Ok(0) => return Err("the connection closed while sending".into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("timed out".into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn left(deadline: Instant) -> Result<Duration, HttpError> {
@@ -389,6 +410,29 @@ mod tests {
             started.elapsed()
         );
         drop(l);
+    }
+
+    #[test]
+    fn a_collector_that_stops_reading_times_out_however_large_the_spans() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/v1/traces", l.local_addr().expect("addr"));
+        // Accepts, then never reads: the client's writes fill both buffers.
+        let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+        let big = Request::post(url)
+            .body(Bytes::from(vec![b'x'; 64 * 1024 * 1024]))
+            .expect("request");
+        let c = Client {
+            timeout: Duration::from_millis(500),
+        };
+        let started = Instant::now();
+        let e = c.send(&big).expect_err("nobody read it");
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(held.join());
     }
 
     #[test]
