@@ -178,6 +178,9 @@ async fn follow_edge(shared: &Shared, kind: Kind, backoff: &mut Duration) -> any
                 deliver_policy: DeliverPolicy::LastPerSubject,
                 ack_policy: jetstream::consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(60),
+                // Its position is worth nothing after a restart: kept in
+                // memory, as an ordered consumer's is, not written to disk.
+                memory_storage: true,
                 ..Default::default()
             })
             .await?
