@@ -213,6 +213,20 @@ fn mark(seen: &AtomicU64, m: &jetstream::Message) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Notes every message of `msgs` as received, until it ends or fails.
+async fn mark_all<E>(
+    mut msgs: impl futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    seen: &AtomicU64,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    while let Some(m) = msgs.next().await {
+        mark(seen, &m?)?;
+    }
+    Ok(())
+}
+
 async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow::Result<()> {
     let pull = |ack_policy| consumer::pull::Config {
         durable_name: Some(name.replace('-', "_")),
@@ -241,14 +255,12 @@ async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow:
         }
         "pull-none" | "pull-none-2000" => {
             let c = s.create_consumer(pull(consumer::AckPolicy::None)).await?;
-            let mut msgs = if name == "pull-none" {
+            let msgs = if name == "pull-none" {
                 c.messages().await?
             } else {
                 c.stream().max_messages_per_batch(2000).messages().await?
             };
-            while let Some(m) = msgs.next().await {
-                mark(&seen, &m?)?;
-            }
+            mark_all(msgs, &seen).await?;
         }
         "pull-explicit" | "pull-explicit-x2" => {
             let c = s
@@ -295,10 +307,7 @@ async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow:
                     ..Default::default()
                 })
                 .await?;
-            let mut msgs = c.messages().await?;
-            while let Some(m) = msgs.next().await {
-                mark(&seen, &m?)?;
-            }
+            mark_all(c.messages().await?, &seen).await?;
         }
         "push-none" => {
             let inbox = s.cached_info().config.name.clone();
@@ -309,10 +318,7 @@ async fn consume(name: &str, s: stream::Stream, seen: Arc<AtomicU64>) -> anyhow:
                     ..Default::default()
                 })
                 .await?;
-            let mut msgs = c.messages().await?;
-            while let Some(m) = msgs.next().await {
-                mark(&seen, &m?)?;
-            }
+            mark_all(c.messages().await?, &seen).await?;
         }
         other => anyhow::bail!("no consumer called {other:?}"),
     }
