@@ -1,10 +1,12 @@
 // The WebSocket to the gateway: reconnects with back-off, re-sends the
-// current subscription after a reconnect, hands batches of updates on.
+// current subscription (or pause) after a reconnect, hands batches of
+// updates on.
 export class LiveFeed {
   constructor({ onStatus, onUpdates }) {
     this.onStatus = onStatus;
     this.onUpdates = onUpdates;
     this.machine = null;
+    this.paused = false;
     this.ws = null;
     this.backoff = 500;
   }
@@ -38,12 +40,25 @@ export class LiveFeed {
   // null = summary of every machine; an id = that machine in full detail.
   subscribe(machine) {
     this.machine = machine;
+    this.paused = false;
     this.send();
+  }
+
+  // Nothing but forgotten machines until resume(), which brings the
+  // current state of the subscription first.
+  pause() {
+    this.paused = true;
+    this.send();
+  }
+
+  resume() {
+    this.subscribe(this.machine);
   }
 
   send() {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ type: "subscribe", machine: this.machine }));
+      const msg = this.paused ? { type: "pause" } : { type: "subscribe", machine: this.machine };
+      this.ws.send(JSON.stringify(msg));
     }
   }
 }

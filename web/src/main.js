@@ -104,6 +104,25 @@ setInterval(() => {
   else if (overview) overview.schedule();
 }, 1000);
 
+// A tab out of sight for a while on the overview or the rules stops its
+// live feed: nothing is drawn there, so nothing need be sent. Back in sight,
+// the current state comes first, and the recent alerts are read again for
+// what came and went meanwhile. The machine page keeps its feed: its charts
+// are per-second history.
+const PAUSE_HIDDEN_MS = 30000;
+let pauseTimer = null;
+document.addEventListener("visibilitychange", () => {
+  clearTimeout(pauseTimer);
+  if (document.visibilityState === "hidden") {
+    pauseTimer = setTimeout(() => {
+      if (!page) feed.pause();
+    }, PAUSE_HIDDEN_MS);
+  } else if (feed.paused) {
+    feed.resume();
+    alertsPanel.loadRecent(page ? page.id : null);
+  }
+});
+
 // The public edge is read-only (GET /api/mode says so): no rules editor
 // and no link to it; everything else is the same page.
 let readOnly = false;

@@ -332,6 +332,58 @@ try {
   step("rules listed: " + (await page.$eval("table.rules tbody", (e) => e.textContent.replace(/\s+/g, " ").trim())));
   await page.screenshot({ path: join(shots, "rules.png"), fullPage: true });
 
+  // A tab whose overview is out of sight for 30 s pauses its feed and gets
+  // nothing while the machines go on; back in sight, it resumes live. The
+  // page's clock is Playwright's, running at its own pace until the 30 s
+  // are skipped.
+  const bg = await ctx.newPage();
+  bg.on("pageerror", (e) => errors.push("page error (background tab): " + e.message));
+  await bg.clock.install();
+  await bg.clock.resume();
+  const sent = [];
+  const got = [];
+  bg.on("websocket", (ws) => {
+    ws.on("framesent", (f) => sent.push(String(f.payload)));
+    ws.on("framereceived", (f) => got.push(String(f.payload)));
+  });
+  await bg.goto(base + "/", { waitUntil: "load" });
+  await bg.waitForSelector(`.card[data-machine="${machines[0]}"]`, { timeout: WAIT });
+  const setHidden = (hidden) =>
+    bg.evaluate((hidden) => {
+      Object.defineProperty(document, "visibilityState", { value: hidden ? "hidden" : "visible", configurable: true });
+      Object.defineProperty(document, "hidden", { value: hidden, configurable: true });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, hidden);
+  await setHidden(true);
+  await bg.clock.fastForward(29000);
+  check(!sent.includes('{"type":"pause"}'), "paused before 30 s out of sight: " + JSON.stringify(sent));
+  await bg.clock.fastForward(2000);
+  const deadline = Date.now() + WAIT;
+  while (!sent.includes('{"type":"pause"}') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  check(sent.includes('{"type":"pause"}'), "no pause sent after 31 s out of sight: " + JSON.stringify(sent));
+  const gotAtPause = got.length;
+  // The gateway has moved two snapshots on since (so it has sent anything it
+  // was going to send for the first), and the hidden tab got none of them.
+  const latestSeq = async () => {
+    const r = await fetch(`${base}/api/machines/${machines[0]}/metrics`);
+    return (await r.json()).seq;
+  };
+  const seqAtPause = await latestSeq();
+  while ((await latestSeq()) < seqAtPause + 2) {
+    check(Date.now() < deadline, "the machines stopped publishing");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const whilePaused = got.slice(gotAtPause).filter((m) => !m.includes('"type":"forget"') || m.includes('"type":"summary"'));
+  check(whilePaused.length === 0, "a paused tab got " + whilePaused.join(" ").slice(0, 300));
+  await setHidden(false);
+  await bg.waitForFunction(
+    ({ m, seq }) => Number(document.querySelector(`.card[data-machine="${m}"]`)?.dataset.seq || 0) > seq,
+    { m: machines[0], seq: seqAtPause + 2 },
+    { timeout: WAIT }
+  );
+  step(`background tab: pause sent after 30 s hidden, nothing received over 2 snapshots, live again when shown (${sent.slice(-2).join(" ")})`);
+  await bg.close();
+
   if (errors.length) throw new Error("errors in the page:\n" + errors.join("\n"));
   console.log("browser test passed; screenshots in " + shots);
 } catch (e) {

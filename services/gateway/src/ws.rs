@@ -5,6 +5,9 @@
 //! It may send `{"type":"subscribe","machine":"<id>"}` to narrow to one
 //! machine in full detail, or `{"type":"subscribe","machine":null}` for the
 //! summary of all; each switch sends the new view's current state first.
+//! `{"type":"pause"}` stops the updates (but for machines forgotten) until
+//! the next `subscribe`: the dashboard sends it when its overview has been
+//! out of sight for a while, so a background tab costs no bandwidth.
 //!
 //! Every server message is a JSON array of updates (`{"type": …, "data": …}`).
 //! Per client, a pump task moves updates from the shared fan-out channel into
@@ -43,6 +46,10 @@ use crate::state::{Counters, Shared, Update};
 enum View {
     Summary,
     Machine(String),
+    /// Nothing but the machines forgotten meanwhile: the client's page is
+    /// out of sight (`{"type":"pause"}`); a `subscribe` resumes it, with
+    /// the state of its view first.
+    Paused,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +92,7 @@ impl Pending {
     /// Queues the current state of the client's view.
     fn fill(&mut self, shared: &Shared) {
         match self.view.clone() {
+            View::Paused => return,
             View::Summary => {
                 for (k, l) in shared.latest.iter() {
                     self.put(
@@ -141,7 +149,7 @@ impl Pending {
             (Update::Info { machine, frame }, View::Machine(m)) if m == machine => {
                 self.put((Kind::Info, machine.clone()), Arc::clone(frame))
             }
-            (Update::Alert { key, frame }, _) => {
+            (Update::Alert { key, frame }, View::Summary | View::Machine(_)) => {
                 self.put((Kind::Alert, key.clone()), Arc::clone(frame))
             }
             (Update::Forget { machine, frame }, _) => {
@@ -338,8 +346,8 @@ impl Allowance {
     }
 }
 
-/// Reads the client's messages: `subscribe` changes its view (within its
-/// allowance; one beyond it waits, and a later one replaces it), pongs
+/// Reads the client's messages: `subscribe` and `pause` change its view
+/// (within its allowance; one beyond it waits, and a later one replaces it), pongs
 /// keep it alive. Returns when the client closes or breaks the protocol.
 async fn read_client(
     s: Arc<Shared>,
@@ -392,8 +400,9 @@ async fn read_client(
         };
         match msg {
             Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
-                Ok(m) if m.kind == "subscribe" => {
+                Ok(m) if m.kind == "subscribe" || m.kind == "pause" => {
                     let view = match m.machine {
+                        _ if m.kind == "pause" => View::Paused,
                         Some(id) => match sysmonstm_schemas::MachineId::parse(&id) {
                             Ok(id) => View::Machine(id.as_str().to_owned()),
                             Err(_) => {

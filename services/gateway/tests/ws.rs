@@ -857,3 +857,88 @@ async fn every_partition_of_metrics_is_read_and_followed_live() {
     })
     .await;
 }
+
+/// `{"type":"pause"}` (the dashboard's overview out of sight): the client
+/// gets nothing but forgets, then, on its next `subscribe`, the current state
+/// of its view first.
+#[tokio::test]
+async fn a_paused_client_gets_only_forgets_until_it_subscribes_again() {
+    let env = env(false).await;
+    let running = start(&env, env.config()).await;
+    let addr = running.addr();
+    let mut live = Agent::new("live-1").await;
+    let mut gone = Agent::new("gone-2").await;
+    live.publish(&env.js).await;
+    gone.publish(&env.js).await;
+    sysmonstm_testkit::eventually(WAIT, "both machines shown", || async {
+        let m = reqwest_like(addr, "/api/machines").await;
+        (m.contains("live-1") && m.contains("gone-2")).then_some(())
+    })
+    .await;
+    let mut ws = connect(addr).await;
+    until(&mut ws, "the initial state", |u| {
+        u["type"] == "summary" && u["data"]["machine_id"] == "live-1"
+    })
+    .await;
+
+    // The socket's messages are read in order: once the message after the
+    // pause is counted as not understood, the pause has been applied.
+    let bad = "sysmonstm_gateway_ws_bad_client_messages_total";
+    let before = counter(addr, bad).await;
+    for text in [r#"{"type":"pause"}"#, r#"{"type":"after-the-pause"}"#] {
+        ws.send(Message::Text(text.into())).await.expect("send");
+    }
+    sysmonstm_testkit::eventually(WAIT, "the pause read", || async {
+        (counter(addr, bad).await > before).then_some(())
+    })
+    .await;
+
+    // A live snapshot reaches the gateway (its API shows it) but not the
+    // paused client; a forget after it does, with nothing before it.
+    let s = live.publish(&env.js).await;
+    sysmonstm_testkit::eventually(WAIT, "the gateway holds the new snapshot", || async {
+        let (_, body) = reqwest_body(addr, "/api/machines/live-1/metrics").await;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["seq"] == s.seq).then_some(())
+    })
+    .await;
+    let id = sysmonstm_schemas::MachineId::parse("gone-2").expect("id");
+    tokio::time::timeout(
+        WAIT,
+        env.js
+            .client()
+            .request(sysmonstm_schemas::subjects::forget(&id), "".into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("an answer");
+    let mut while_paused = Vec::new();
+    loop {
+        let b = next_batch(&mut ws).await;
+        let done = b.iter().any(|u| u["type"] == "forget");
+        while_paused.extend(b);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        while_paused.iter().all(|u| u["type"] == "forget"),
+        "a paused client got {while_paused:?}"
+    );
+
+    // Resumed: the current state first, the snapshot it missed included.
+    ws.send(Message::Text(
+        r#"{"type":"subscribe","machine":null}"#.into(),
+    ))
+    .await
+    .expect("send");
+    until(&mut ws, "the state again", |u| {
+        is(u, "summary", "live-1", s.seq)
+    })
+    .await;
+    let n = live.publish(&env.js).await;
+    until(&mut ws, "live updates again", |u| {
+        is(u, "summary", "live-1", n.seq)
+    })
+    .await;
+}
